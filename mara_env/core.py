@@ -117,11 +117,13 @@ class MARACore:
         return [skipped[row] for row in rows]
 
     def decide(self, rows: Sequence[int], actions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Apply the actions; return the per-decision KL rewards and which rows ended."""
+        """Apply the actions; return ``log p_ref(a | k)`` of each decision and which rows ended.
+
+        The per-decision KL reward is ``kl_coef`` times the first.
+        """
         logp = self.decoder.decide(rows, actions)
-        kl_reward = self.config.kl_coef * logp
         done = np.array([self.decoder.rows[r].phase is Phase.DONE for r in rows], dtype=bool)
-        return kl_reward, done
+        return logp, done
 
     def finish(self, rows: Sequence[int]) -> tuple[np.ndarray, list[dict[str, Any]]]:
         """Score the ended episodes of ``rows`` in one batch; return terminal rewards and episode infos."""

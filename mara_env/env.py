@@ -63,9 +63,10 @@ class TokenAcceptRejectEnv(gym.Env[np.ndarray, np.int64]):
     **info** (describes the observation returned): ``candidate_rank`` (0-based), ``token_id``,
     ``ref_prob`` (``q_k``), ``ref_accept_prob`` (``p_ref(accept|k)``), ``set_size``, ``position``
     (response tokens so far), ``response`` (text so far, with ``info_response=True``). Steps add
-    ``kl_reward``; the last step adds ``prompt``, ``response``, ``response_ids``, ``reward_score``, ``cost_score``,
-    ``terminal_reward``, ``num_tokens``, ``num_decisions``, ``finish_reason`` (``"eos"``/``"length"``),
-    ``ref_logprob`` and ``prompt_truncated``.
+    ``kl_reward`` and ``ref_logp`` (``log p_ref(a | k)`` of the action taken); the last step adds
+    ``prompt``, ``response``, ``response_ids``, ``reward_score``, ``cost_score``, ``terminal_reward``,
+    ``num_tokens``, ``num_decisions``, ``finish_reason`` (``"eos"``/``"length"``), ``ref_logprob`` and
+    ``prompt_truncated``.
 
     **reset options**: ``{"prompt": str}`` or ``{"prompt_index": int}`` to choose the prompt;
     otherwise it is drawn uniformly from the prompt set with the environment's seeded generator.
@@ -116,18 +117,21 @@ class TokenAcceptRejectEnv(gym.Env[np.ndarray, np.int64]):
                 "step() called before reset() or after the episode ended (terminated=True); call env.reset() first."
             )
         a = parse_action(action)
-        kl_reward, done = self.core.decide([0], np.array([a]))
+        ref_logp, done = self.core.decide([0], np.array([a]))
+        kl_reward = self.config.kl_coef * ref_logp
         reward = float(kl_reward[0])
         if done[0]:
             terminal, infos = self.core.finish([0])
             reward += float(terminal[0])
             info = infos[0]
             info["kl_reward"] = float(kl_reward[0])
+            info["ref_logp"] = float(ref_logp[0])
             self._needs_reset = True
             obs = np.zeros(self.observation_space.shape, dtype=self.observation_space.dtype)
             return obs, reward, True, False, info
         info = self.core.candidate_info(0)
         info["kl_reward"] = float(kl_reward[0])
+        info["ref_logp"] = float(ref_logp[0])
         return self.core.observations([0])[0], reward, False, False, info
 
     def render(self) -> str | None:

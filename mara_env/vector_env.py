@@ -93,7 +93,8 @@ class TokenAcceptRejectVectorEnv(VectorEnv):
         if not self._started:
             raise RuntimeError("step() called before reset(); call envs.reset() first.")
         acts = self._parse_actions(actions)
-        kl_reward, done = self.core.decide(self._rows, acts)
+        ref_logp, done = self.core.decide(self._rows, acts)
+        kl_reward = self.config.kl_coef * ref_logp
         rewards = kl_reward.copy()
         finished = [row for row in self._rows if done[row]]
         infos: dict[str, Any] = {}
@@ -103,6 +104,7 @@ class TokenAcceptRejectVectorEnv(VectorEnv):
             zero = np.zeros(self.single_observation_space.shape, dtype=self.single_observation_space.dtype)
             for row, ep_info in zip(finished, episode_infos):
                 ep_info["kl_reward"] = float(kl_reward[row])
+                ep_info["ref_logp"] = float(ref_logp[row])
                 infos = self._add_info(infos, {"final_obs": zero.copy(), "final_info": ep_info}, row)
             skipped = self.core.start_rows(finished)
             for row, n in zip(finished, skipped):
@@ -111,6 +113,7 @@ class TokenAcceptRejectVectorEnv(VectorEnv):
         for row in self._rows:
             info = self.core.candidate_info(row)
             info["kl_reward"] = float(kl_reward[row])
+            info["ref_logp"] = float(ref_logp[row])
             infos = self._add_info(infos, info, row)
         obs = self.core.observations(self._rows)
         truncated = np.zeros(self.num_envs, dtype=bool)
