@@ -17,7 +17,7 @@ from gymnasium.utils import seeding
 
 from mara_env.config import MARAConfig
 from mara_env.decoder import AcceptRejectDecoder, DecoderConfig, Phase
-from mara_env.llm import PromptFormat, load_replicas, model_context_length
+from mara_env.llm import PromptFormat, default_max_prompt_tokens, load_replicas
 from mara_env.prompts import PromptSet
 from mara_env.scoring import TerminalReward
 
@@ -63,14 +63,7 @@ class MARACore:
         )
         self.max_prompt_tokens = config.max_prompt_tokens
         if self.max_prompt_tokens is None:
-            context = model_context_length(first.model)
-            if context is not None:
-                self.max_prompt_tokens = context - config.max_new_tokens - chunk
-                if self.max_prompt_tokens < 8:
-                    raise ValueError(
-                        f"max_new_tokens={config.max_new_tokens} leaves no room for a prompt in the model's "
-                        f"context of {context} tokens; lower max_new_tokens."
-                    )
+            self.max_prompt_tokens = default_max_prompt_tokens(first.model, config.max_new_tokens, chunk)
         scorer_device = config.scorer_device if config.scorer_device is not None else first.device
         self.terminal = TerminalReward(
             config.reward_model,

@@ -44,6 +44,7 @@ class ReplicaEngine:
         self.num_rows = num_rows
         self.length = [0] * num_rows  # committed tokens per row
         self.num_forwards = 0  # forwards run so far (a statistic for benchmarks)
+        self.num_tokens = 0  # new tokens run through the model so far (the compute cost)
         self._keys: list[torch.Tensor] = []  # per layer: (rows, kv_heads, capacity, head_dim)
         self._values: list[torch.Tensor] = []
         self._capacity = 0
@@ -72,6 +73,7 @@ class ReplicaEngine:
         """
         self.num_forwards += 1
         n_new = [len(t) for t in tokens]
+        self.num_tokens += sum(n_new)
         width = max(n_new)
         past_len = max(self.length[r] for r in rows)
         self._ensure_capacity(past_len + width)

@@ -438,6 +438,23 @@ def model_context_length(model: Any) -> int | None:
     return None
 
 
+def default_max_prompt_tokens(model: Any, max_new_tokens: int, chunk_size: int) -> int | None:
+    """The longest formatted prompt that leaves room for ``max_new_tokens`` and one candidate chunk.
+
+    ``None`` when the model's config states no context length.
+    """
+    context = model_context_length(model)
+    if context is None:
+        return None
+    limit = context - max_new_tokens - chunk_size
+    if limit < 8:
+        raise ValueError(
+            f"max_new_tokens={max_new_tokens} leaves no room for a prompt in the model's "
+            f"context of {context} tokens; lower max_new_tokens."
+        )
+    return limit
+
+
 def describe(replicas: Sequence[LLMReplica]) -> str:
     """A one-line description of the replicas, for logs."""
     r = replicas[0]

@@ -1,0 +1,631 @@
+"""
+Aligned generation: an LLM's answers decoded under a trained accept/reject agent.
+
+:class:`MARAGenerator` runs the same decoder as the ``MARA-v0`` environment
+(:class:`mara_env.decoder.AcceptRejectDecoder`), with the same prompt format
+(:class:`mara_env.PromptFormat`), the same candidate sets and the same forced last candidate, so an
+agent decides at generation time exactly as it did in training. Many prompts are decoded at once:
+each of ``batch_size`` rows takes the next prompt as soon as its answer ends.
+
+At each decision the agent gives ``p = pi(accept | s)`` for the candidate's hidden state ``s``. The
+generator samples ``a ~ Bernoulli(p)`` (or takes ``p >= 0.5`` with ``deterministic=True``) and
+keeps a single-sample estimate of the answer's KL divergence from the reference ``q`` (the LLM's
+distribution renormalised over the candidate set)::
+
+    KL_hat(y) = sum over decisions t of  log pi(a_t | s_t) - log p_ref(a_t | k_t)
+
+whose expectation over answers is ``KL(pi || q)`` (the chain rule over binary decisions; see the
+environment's docstring).
+
+Example::
+
+    >>> from agents import MARAGenerator
+    >>> gen = MARAGenerator(llm=None, agent="runs/mara-default/model.zip", top_k=50, top_p=0.95)
+    >>> out = gen.generate(["How do I pick a lock?"], max_new_tokens=64, seed=0)
+    >>> out[0].text, out[0].num_decisions, out[0].accept_position_counts()
+    >>> raw = gen.generate_raw(["How do I pick a lock?"], max_new_tokens=64, seed=0)  # the LLM alone
+    >>> for piece in gen.stream("Tell me a story", max_new_tokens=64):
+    ...     print(piece, end="", flush=True)
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import warnings
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch as th
+from gymnasium import spaces
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.torch_layers import FlattenExtractor
+from tqdm.auto import tqdm
+from transformers import LogitsProcessor, LogitsProcessorList
+
+from agents.authors_format import import_authors_actor
+from agents.sac_discrete.policies import DiscreteActor
+from mara_env.candidates import CandidateConfig, candidate_sets
+from mara_env.config import AUTO_CHUNK_SIZE
+from mara_env.decoder import AcceptRejectDecoder, DecoderConfig, Phase
+from mara_env.llm import LLMReplica, PromptFormat, default_max_prompt_tokens, load_replicas
+
+#: A function from observations ``(n, hidden)`` to accept probabilities (or 0/1 decisions) ``(n,)``.
+AcceptFunction = Callable[[np.ndarray], np.ndarray]
+
+#: File suffixes read as an actor in the authors' state-dict layout.
+AUTHORS_SUFFIXES = (".pt", ".pth", ".bin")
+
+
+@dataclass
+class Generation:
+    """One answer and how it was decoded.
+
+    :param prompt: the user prompt.
+    :param text: the answer (special tokens removed).
+    :param token_ids: the answer's token ids (an ending EOS included).
+    :param finish_reason: ``"eos"`` or ``"length"``.
+    :param num_decisions: the agent's decisions (0 for raw decoding).
+    :param accepted_ranks: 0-based rank in its candidate set of every answer token.
+    :param set_sizes: candidate-set size at every answer position.
+    :param ref_logprob: ``log q(y | x)``, the answer's log-probability under the reference's
+        candidate-set distribution (the env's ``info["ref_logprob"]``).
+    :param kl: single-sample estimate of ``KL(pi || q)`` for this answer, in nats (0 for raw decoding,
+        which samples ``q`` itself).
+    :param prompt_truncated: whether the prompt was cut to fit the context.
+    """
+
+    prompt: str
+    text: str
+    token_ids: list[int]
+    finish_reason: str
+    num_decisions: int
+    accepted_ranks: list[int]
+    set_sizes: list[int]
+    ref_logprob: float
+    kl: float
+    prompt_truncated: bool = False
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.token_ids)
+
+    def accept_position_counts(self, max_rank: int = 10) -> np.ndarray:
+        """How many answer tokens were the 1st, 2nd, ... candidate, over positions with a choice.
+
+        Positions whose set held a single token are left out (nothing was decided there); the last
+        bin pools ranks ``>= max_rank``.
+        """
+        ranks = [min(r, max_rank - 1) for r, n in zip(self.accepted_ranks, self.set_sizes) if n > 1]
+        return np.bincount(np.asarray(ranks, dtype=np.int64), minlength=max_rank)
+
+
+@dataclass
+class GenerationStats:
+    """Totals of one :meth:`MARAGenerator.generate` or :meth:`~MARAGenerator.generate_raw` call.
+
+    :param llm_tokens: tokens run through the LLM (prompts, candidates, forced tokens; padding too for
+        raw decoding), the compute cost.
+    :param llm_forwards: batched LLM forwards.
+    :param answer_tokens: answer tokens produced.
+    :param wall_seconds: wall-clock time of the call.
+    """
+
+    llm_tokens: int = 0
+    llm_forwards: int = 0
+    answer_tokens: int = 0
+    wall_seconds: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.answer_tokens / self.wall_seconds if self.wall_seconds > 0 else float("nan")
+
+
+# --------------------------------------------------------------------------------------------- agents
+
+
+def _check_hidden(agent_hidden: int, llm_hidden: int, what: str) -> None:
+    if agent_hidden != llm_hidden:
+        raise ValueError(
+            f"{what} observes hidden states of size {agent_hidden}, but this LLM's hidden size is {llm_hidden}. "
+            "An agent transfers only between LLMs with the same hidden size (the paper's Table 3); "
+            "train one on this LLM or pick an LLM of hidden size "
+            f"{agent_hidden}."
+        )
+
+
+def _actor_accept(actor: DiscreteActor) -> AcceptFunction:
+    actor.set_training_mode(False)
+
+    def accept(obs: np.ndarray) -> np.ndarray:
+        with th.no_grad():
+            probs, _ = actor.action_probs(th.as_tensor(obs, dtype=th.float32, device=actor.device))
+        return probs[:, 1].double().cpu().numpy()
+
+    return accept
+
+
+def load_authors_actor(path: str | os.PathLike) -> DiscreteActor:
+    """Build an actor from a checkpoint in the authors' layout (``ln``, ``linear1``, ``linear2``, ``output_linear``).
+
+    The layer sizes are read from the file; it is loaded with ``weights_only=True``.
+    """
+    state = th.load(path, map_location="cpu", weights_only=True)
+    needed = ("ln.weight", "linear1.weight", "linear2.weight", "output_linear.weight")
+    if not isinstance(state, dict) or not all(isinstance(state.get(k), th.Tensor) for k in needed):
+        raise ValueError(
+            f"'{os.fspath(path)}' is not an agent checkpoint: expected an SB3 .zip save or an actor state dict in "
+            f"the authors' layout with keys {list(needed)}."
+        )
+    hidden = int(state["ln.weight"].shape[0])
+    net_arch = [int(state["linear1.weight"].shape[0]), int(state["linear2.weight"].shape[0])]
+    obs_space = spaces.Box(-np.inf, np.inf, shape=(hidden,), dtype=np.float32)
+    actor = DiscreteActor(
+        obs_space,
+        spaces.Discrete(int(state["output_linear.weight"].shape[0])),
+        net_arch=net_arch,
+        features_extractor=FlattenExtractor(obs_space),
+        features_dim=hidden,
+        input_layer_norm=True,
+    )
+    import_authors_actor(actor, state)
+    return actor
+
+
+def as_accept_function(agent: Any, hidden_size: int, device: str | th.device = "auto") -> AcceptFunction:
+    """Turn any supported agent into a function from observations to accept probabilities.
+
+    :param agent: a trained SB3 model (``DiscreteSAC``, PPO, A2C, DQN, QR-DQN); the path of a saved SB3
+        ``.zip`` of one of those; the path of an actor in the authors' layout (``.pt``/``.pth``/``.bin``);
+        a :class:`~agents.sac_discrete.policies.DiscreteActor`; or a callable mapping an ``(n, hidden)``
+        float32 array to ``n`` accept probabilities (0/1 decisions are probabilities too).
+    :param hidden_size: the LLM's hidden size; an agent for another size is refused.
+    :param device: device for models loaded from files.
+    """
+    # agents.algorithms imports every SB3 algorithm class; only needed for SB3 models and their files.
+    if isinstance(agent, (str, os.PathLike)):
+        path = Path(agent)
+        if not path.is_file():
+            raise FileNotFoundError(f"agent checkpoint '{path}' does not exist.")
+        if path.suffix.lower() in AUTHORS_SUFFIXES:
+            agent = load_authors_actor(path)
+        else:
+            from agents.algorithms import load_algorithm
+
+            agent = load_algorithm(path, device=device)
+    if isinstance(agent, BaseAlgorithm):
+        shape = agent.observation_space.shape
+        if not isinstance(agent.action_space, spaces.Discrete) or agent.action_space.n != 2 or len(shape) != 1:
+            raise ValueError(
+                f"{type(agent).__name__} was trained on observations {shape} and actions {agent.action_space}; "
+                "a MARA agent observes one hidden-state vector and has two actions (reject, accept)."
+            )
+        _check_hidden(shape[0], hidden_size, f"The {type(agent).__name__} agent")
+        from agents.algorithms import accept_probabilities
+
+        model = agent
+        return lambda obs: accept_probabilities(model, obs)
+    if isinstance(agent, DiscreteActor):
+        _check_hidden(agent.observation_space.shape[0], hidden_size, "The actor")
+        return _actor_accept(agent)
+    if callable(agent):
+        fn = agent
+
+        def checked(obs: np.ndarray) -> np.ndarray:
+            out = np.asarray(fn(obs), dtype=np.float64).reshape(-1)
+            if out.shape != (obs.shape[0],) or not np.all((out >= 0) & (out <= 1)):
+                raise ValueError(
+                    f"the agent callable must return {obs.shape[0]} accept probabilities in [0, 1] for an "
+                    f"observation batch of shape {obs.shape}; it returned {np.asarray(fn(obs)).shape} values "
+                    f"(min {np.nanmin(out) if out.size else 'n/a'})."
+                )
+            return out
+
+        return checked
+    raise TypeError(
+        f"agent: cannot use a {type(agent).__name__}. Pass a trained SB3 model, the path of its .zip, an actor in "
+        "the authors' layout (.pt), or a callable observations -> accept probabilities."
+    )
+
+
+# --------------------------------------------------------------------------------------------- generator
+
+
+class MARAGenerator:
+    """Answers from an LLM under an accept/reject agent, with the environment's exact decoding rules.
+
+    :param llm: the LLM, in any form ``MARA-v0`` accepts (``None``: the embedded SmolLM2-135M-Instruct,
+        a hub id or folder, ``(model, tokenizer)``, a list of replicas or devices).
+    :param agent: the agent (see :func:`as_accept_function`). ``None`` decodes with the reference's own
+        accept probabilities ``p_ref(accept | k)``, which samples the candidate-set distribution ``q``
+        exactly: raw decoding through the accept/reject machinery.
+    :param devices: devices for the LLM replicas (rows are split across them).
+    :param dtype: LLM dtype (``"auto"``: float32 on CPU, bfloat16 on CUDA).
+    :param trust_remote_code: allow model repositories' own code.
+    :param system_prompt: optional system message, as in the environment.
+    :param top_k: candidate-set size cap (must match the agent's training environment).
+    :param top_p: nucleus mass.
+    :param temperature: applied before the cuts.
+    :param chunk_size: candidates per forward (an int, ``"all"`` or ``"auto"``).
+    :param max_prompt_tokens: longest formatted prompt (``None``: context minus answer room).
+    :param prompt_overflow: ``"truncate"`` (cut the user text from the left, with a warning) or ``"error"``.
+    :param batch_size: prompts decoded at once.
+    :param deterministic: accept when ``pi(accept | s) >= 0.5`` instead of sampling.
+    """
+
+    def __init__(
+        self,
+        llm: Any = None,
+        agent: Any = None,
+        *,
+        devices: Any = None,
+        dtype: Any = "auto",
+        trust_remote_code: bool = False,
+        system_prompt: str | None = None,
+        top_k: int = 50,
+        top_p: float = 0.95,
+        temperature: float = 1.0,
+        chunk_size: int | str = "auto",
+        max_prompt_tokens: int | None = None,
+        prompt_overflow: str = "truncate",
+        batch_size: int = 16,
+        deterministic: bool = False,
+    ) -> None:
+        if prompt_overflow not in ("truncate", "error"):
+            raise ValueError(f"prompt_overflow must be 'truncate' or 'error', got {prompt_overflow!r}.")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}.")
+        self.candidates = CandidateConfig(top_k=top_k, top_p=top_p, temperature=temperature)
+        self.replicas: list[LLMReplica] = load_replicas(
+            llm, devices=devices, dtype=dtype, trust_remote_code=trust_remote_code
+        )
+        first = self.replicas[0]
+        self.tokenizer = first.tokenizer
+        self.hidden_size = first.hidden_size
+        self.prompt_format = PromptFormat(first.tokenizer, system_prompt)
+        if chunk_size == "all":
+            self.chunk_size = top_k
+        elif chunk_size == "auto":
+            self.chunk_size = AUTO_CHUNK_SIZE.get(first.device.type, 4)
+        elif isinstance(chunk_size, int) and not isinstance(chunk_size, bool) and chunk_size >= 1:
+            self.chunk_size = chunk_size
+        else:
+            raise ValueError(f"chunk_size must be an integer >= 1, 'all' or 'auto', got {chunk_size!r}.")
+        self.max_prompt_tokens = max_prompt_tokens
+        self.prompt_overflow = prompt_overflow
+        self.batch_size = batch_size
+        self.deterministic = deterministic
+        self.agent = agent
+        self._accept: AcceptFunction | None = (
+            None if agent is None else as_accept_function(agent, self.hidden_size, device=first.device)
+        )
+        self.last_stats = GenerationStats()
+        self._warned: set[str] = set()
+
+    # ----------------------------------------------------------------------------------- aligned
+
+    def generate(
+        self,
+        prompts: Sequence[str],
+        max_new_tokens: int = 512,
+        seed: int | None = None,
+        *,
+        deterministic: bool | None = None,
+        progress: bool = False,
+    ) -> list[Generation]:
+        """Aligned answers to ``prompts``, in their order.
+
+        :param prompts: user prompts (plain text; the chat template is applied here).
+        :param max_new_tokens: answer-length limit.
+        :param seed: seeds the agent's decisions; prompt ``i`` uses its own stream ``(seed, i)``, so an
+            answer does not depend on which other prompts share its batch.
+        :param deterministic: override the generator's setting for this call.
+        :param progress: show a progress bar over prompts.
+        """
+        prompts = self._check_prompts(prompts)
+        det = self.deterministic if deterministic is None else deterministic
+        start = time.perf_counter()
+        decoder = self._decoder(min(self.batch_size, len(prompts)), max_new_tokens)
+        results: list[Generation | None] = [None] * len(prompts)
+        try:
+            self._run(decoder, prompts, seed, det, results, progress)
+        finally:
+            decoder.close()
+        self.last_stats = GenerationStats(
+            llm_tokens=sum(e.num_tokens for e in decoder.engines),
+            llm_forwards=sum(e.num_forwards for e in decoder.engines),
+            answer_tokens=sum(g.num_tokens for g in results),
+            wall_seconds=time.perf_counter() - start,
+        )
+        return results
+
+    def stream(
+        self, prompt: str, max_new_tokens: int = 512, seed: int | None = None, *, deterministic: bool | None = None
+    ) -> Iterator[str]:
+        """Yield the aligned answer to one prompt piece by piece as tokens are accepted."""
+        prompts = self._check_prompts([prompt])
+        det = self.deterministic if deterministic is None else deterministic
+        decoder = self._decoder(1, max_new_tokens)
+        shown = ""
+        try:
+            for _ in self._steps(decoder, prompts, seed, det, [None], None):
+                text = self._decode(decoder.rows[0].response)
+                # Yield only text that is complete: a token may end inside a multi-byte character.
+                if len(text) > len(shown) and text.startswith(shown) and not text.endswith("\ufffd"):
+                    yield text[len(shown) :]
+                    shown = text
+        finally:
+            decoder.close()
+        final = self._decode(decoder.rows[0].response)
+        if final.startswith(shown) and len(final) > len(shown):
+            yield final[len(shown) :]
+
+    # ----------------------------------------------------------------------------------- raw
+
+    @th.no_grad()
+    def generate_raw(
+        self,
+        prompts: Sequence[str],
+        max_new_tokens: int = 512,
+        seed: int | None = None,
+        *,
+        progress: bool = False,
+    ) -> list[Generation]:
+        """The LLM's own answers: ``model.generate`` sampling with the same prompt format, temperature,
+        top-k and top-p, on the first replica, ``batch_size`` prompts at a time (left-padded).
+
+        Answer statistics (ranks, set sizes, ``log q``) are recorded on the fly from the logits;
+        ``kl`` is 0 because the answer is sampled from ``q`` itself.
+
+        :param seed: seeds torch's generator before each batch (``seed + batch index``).
+        """
+        prompts = self._check_prompts(prompts)
+        replica = self.replicas[0]
+        model, device = replica.model, replica.device
+        pad = self.tokenizer.pad_token_id
+        if pad is None:
+            pad = next(iter(replica.eos_token_ids))
+        start = time.perf_counter()
+        results: list[Generation] = []
+        llm_tokens = forwards = 0
+        limit = self._prompt_limit(max_new_tokens)
+        batches = range(0, len(prompts), self.batch_size)
+        for b, lo in enumerate(tqdm(batches, desc="raw", disable=not progress, unit="batch")):
+            chunk = prompts[lo : lo + self.batch_size]
+            encoded = [self._prompt_ids(p, limit) for p in chunk]
+            width = max(len(ids) for ids, _ in encoded)
+            input_ids = th.full((len(chunk), width), pad, dtype=th.long)
+            attention = th.zeros((len(chunk), width), dtype=th.long)
+            for i, (ids, _) in enumerate(encoded):
+                input_ids[i, width - len(ids) :] = th.tensor(ids)
+                attention[i, width - len(ids) :] = 1
+            recorder = _RawRecorder(self.candidates, len(chunk), replica.eos_token_ids)
+            if seed is not None:
+                th.manual_seed(seed + b)
+            out = model.generate(
+                input_ids=input_ids.to(device),
+                attention_mask=attention.to(device),
+                do_sample=True,
+                top_k=self.candidates.top_k,
+                top_p=self.candidates.top_p,
+                temperature=self.candidates.temperature,
+                max_new_tokens=max_new_tokens,
+                pad_token_id=pad,
+                eos_token_id=sorted(replica.eos_token_ids),
+                logits_processor=LogitsProcessorList([recorder]),
+            )
+            new = out[:, width:].cpu()
+            recorder.finish(new)
+            steps = new.shape[1]
+            llm_tokens += len(chunk) * (width + steps - 1)
+            forwards += steps
+            for i, (prompt, (_, truncated)) in enumerate(zip(chunk, encoded)):
+                ids = recorder.answers[i]
+                results.append(
+                    Generation(
+                        prompt=prompt,
+                        text=self._decode(ids),
+                        token_ids=ids,
+                        finish_reason="eos" if ids and ids[-1] in replica.eos_token_ids else "length",
+                        num_decisions=0,
+                        accepted_ranks=recorder.ranks[i],
+                        set_sizes=recorder.sizes[i],
+                        ref_logprob=recorder.logq[i],
+                        kl=0.0,
+                        prompt_truncated=truncated,
+                    )
+                )
+        self.last_stats = GenerationStats(
+            llm_tokens=llm_tokens,
+            llm_forwards=forwards,
+            answer_tokens=sum(g.num_tokens for g in results),
+            wall_seconds=time.perf_counter() - start,
+        )
+        return results
+
+    # ----------------------------------------------------------------------------------- internals
+
+    def _check_prompts(self, prompts: Sequence[str]) -> list[str]:
+        if isinstance(prompts, str):
+            raise TypeError("prompts must be a list of strings; wrap a single prompt as [prompt] (or use stream()).")
+        prompts = list(prompts)
+        if not prompts:
+            raise ValueError("prompts is empty; give at least one prompt.")
+        for i, p in enumerate(prompts):
+            if not isinstance(p, str) or not p.strip():
+                raise ValueError(f"prompts[{i}] must be a non-empty string, got {p!r}.")
+        return prompts
+
+    def _decoder(self, rows: int, max_new_tokens: int) -> AcceptRejectDecoder:
+        config = DecoderConfig(candidates=self.candidates, max_new_tokens=max_new_tokens, chunk_size=self.chunk_size)
+        return AcceptRejectDecoder(self.replicas, rows, config)
+
+    def _prompt_limit(self, max_new_tokens: int) -> int | None:
+        if self.max_prompt_tokens is not None:
+            return self.max_prompt_tokens
+        return default_max_prompt_tokens(self.replicas[0].model, max_new_tokens, self.chunk_size)
+
+    def _prompt_ids(self, prompt: str, limit: int | None) -> tuple[list[int], bool]:
+        ids, truncated = self.prompt_format.token_ids(prompt, limit)
+        if truncated:
+            if self.prompt_overflow == "error":
+                raise ValueError(
+                    f"prompt exceeds max_prompt_tokens={limit}: {prompt[:80]!r}... Shorten it, lower "
+                    "max_new_tokens, or use prompt_overflow='truncate'."
+                )
+            if prompt not in self._warned:
+                self._warned.add(prompt)
+                warnings.warn(f"A prompt exceeds {limit} tokens; its start was cut off: {prompt[:60]!r}", stacklevel=4)
+        return ids, truncated
+
+    def _decode(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=True)
+
+    def _run(
+        self,
+        decoder: AcceptRejectDecoder,
+        prompts: list[str],
+        seed: int | None,
+        deterministic: bool,
+        results: list[Generation | None],
+        progress: bool,
+    ) -> None:
+        bar = tqdm(total=len(prompts), desc="aligned", unit="prompt", disable=not progress)
+        for _ in self._steps(decoder, prompts, seed, deterministic, results, bar):
+            pass
+        bar.close()
+
+    def _steps(
+        self,
+        decoder: AcceptRejectDecoder,
+        prompts: list[str],
+        seed: int | None,
+        deterministic: bool,
+        results: list[Generation | None],
+        bar: Any,
+    ) -> Iterator[None]:
+        """Decode all ``prompts`` over the decoder's rows, yielding after every batch of decisions."""
+        limit = self._prompt_limit(decoder.config.max_new_tokens)
+        queue = deque(range(len(prompts)))
+        owner: dict[int, int] = {}  # row -> prompt index
+        rngs: dict[int, np.random.Generator] = {}
+        kl: dict[int, float] = {}  # row -> running sum of log pi(a|s) - log p_ref(a|k)
+        truncated: dict[int, bool] = {}
+
+        def begin(rows: list[int]) -> None:
+            while rows:
+                rows = rows[: len(queue)]  # rows beyond the remaining prompts stay idle
+                if not rows:
+                    return
+                idx = [queue.popleft() for _ in rows]
+                encoded = [self._prompt_ids(prompts[i], limit) for i in idx]
+                decoder.start(rows, [prompts[i] for i in idx], [ids for ids, _ in encoded])
+                for row, i, (_, cut) in zip(rows, idx, encoded):
+                    owner[row] = i
+                    truncated[i] = cut
+                    kl[row] = 0.0
+                    rngs[row] = np.random.default_rng(None if seed is None else [seed, i])
+                # Answers forced all the way (every set a single token) end without a decision.
+                ended = [r for r in rows if decoder.rows[r].phase is Phase.DONE]
+                for r in ended:
+                    finish(r)
+                rows = ended
+
+        def finish(row: int) -> None:
+            st = decoder.rows[row]
+            i = owner.pop(row)
+            results[i] = Generation(
+                prompt=st.prompt,
+                text=self._decode(st.response),
+                token_ids=list(st.response),
+                finish_reason=st.finish_reason or "length",
+                num_decisions=st.num_decisions,
+                accepted_ranks=list(st.accepted_ranks),
+                set_sizes=list(st.set_sizes),
+                ref_logprob=st.ref_logprob,
+                kl=kl.pop(row),
+                prompt_truncated=truncated[i],
+            )
+            if bar is not None:
+                bar.update(1)
+
+        begin(list(range(decoder.num_rows)))
+        while owner:
+            ready = [r for r in owner if decoder.rows[r].phase is Phase.READY]
+            p_accept = self._accept_probs(decoder, ready)
+            if deterministic:
+                actions = (p_accept >= 0.5).astype(np.int64)
+            else:
+                u = np.array([rngs[r].random() for r in ready])
+                actions = (u < p_accept).astype(np.int64)
+            # log pi(a | s) of the decision taken; a deterministic decision has probability 1.
+            if deterministic:
+                logp_pi = np.zeros(len(ready))
+            else:
+                logp_pi = np.log(np.where(actions == 1, p_accept, 1.0 - p_accept))
+            logp_ref = decoder.decide(ready, actions)
+            for row, lp, lr in zip(ready, logp_pi, logp_ref):
+                kl[row] += float(lp - lr)
+            ended = [r for r in ready if decoder.rows[r].phase is Phase.DONE]
+            for r in ended:
+                finish(r)
+            begin(ended)
+            yield
+
+    def _accept_probs(self, decoder: AcceptRejectDecoder, rows: list[int]) -> np.ndarray:
+        if self._accept is None:
+            return np.array([np.exp(decoder.rows[r].cands.log_accept[decoder.rows[r].index]) for r in rows])
+        obs = decoder.observations(rows, np.dtype(np.float32))
+        p = np.asarray(self._accept(obs), dtype=np.float64).reshape(-1)
+        if p.shape != (len(rows),):
+            raise ValueError(f"the agent returned {p.shape} values for {len(rows)} observations.")
+        return p
+
+
+class _RawRecorder(LogitsProcessor):
+    """Records, while ``model.generate`` samples, each answer token's rank, set size and ``log q``.
+
+    ``generate`` runs custom processors before its temperature/top-k/top-p warpers, so this one sees
+    the raw logits of step ``t`` and forms the candidate sets itself; the token sampled at step ``t``
+    is read at step ``t + 1`` (or in :meth:`finish`). It leaves the scores unchanged.
+    """
+
+    def __init__(self, config: CandidateConfig, batch: int, eos: frozenset[int]) -> None:
+        self.config = config
+        self.eos = eos
+        self.sets: list | None = None
+        self.answers: list[list[int]] = [[] for _ in range(batch)]
+        self.ranks: list[list[int]] = [[] for _ in range(batch)]
+        self.sizes: list[list[int]] = [[] for _ in range(batch)]
+        self.logq = [0.0] * batch
+        self.done = [False] * batch
+
+    def _record(self, tokens: th.Tensor) -> None:
+        for i, cands in enumerate(self.sets):
+            if self.done[i]:
+                continue
+            token = int(tokens[i])
+            where = np.flatnonzero(cands.tokens == token)
+            if where.size == 0:  # cannot happen with matching settings; kept honest if it does
+                raise RuntimeError("model.generate sampled a token outside the candidate set.")
+            k = int(where[0])
+            self.answers[i].append(token)
+            self.ranks[i].append(k)
+            self.sizes[i].append(len(cands))
+            self.logq[i] += float(np.log(cands.probs[k]))
+            self.done[i] = token in self.eos
+
+    def __call__(self, input_ids: th.LongTensor, scores: th.FloatTensor) -> th.FloatTensor:
+        if self.sets is not None:
+            self._record(input_ids[:, -1])
+        self.sets = candidate_sets(scores.float(), self.config)
+        return scores
+
+    def finish(self, new_tokens: th.Tensor) -> None:
+        if self.sets is not None and new_tokens.shape[1] > 0:
+            self._record(new_tokens[:, -1])
