@@ -67,8 +67,9 @@ def test_generator_decides_exactly_like_the_environment(tiny_llm):
     """The same agent gives the same answer and decision count in MARA-v0 and in the generator."""
     gen = MARAGenerator(tiny_llm, sign_agent, batch_size=4, deterministic=True, **SETTINGS)
     out = gen.generate(TINY_PROMPTS[:5], max_new_tokens=12)
-    env = TokenAcceptRejectEnv(tiny_llm, prompts=TINY_PROMPTS, reward_model="length", cost_model=None,
-                               max_new_tokens=12, **SETTINGS)
+    env = TokenAcceptRejectEnv(
+        tiny_llm, prompts=TINY_PROMPTS, reward_model="length", cost_model=None, max_new_tokens=12, **SETTINGS
+    )
     rejected = 0
     for g in out:
         obs, info = env.reset(options={"prompt": g.prompt})
@@ -109,8 +110,9 @@ def test_stochastic_agent_kl_estimate(tiny_llm):
     gen = MARAGenerator(tiny_llm, half, batch_size=1, **SETTINGS)
     g = gen.generate(TINY_PROMPTS[:1], max_new_tokens=12, seed=0)[0]
     # pi = 1/2 for every decision, so KL_hat = -n ln 2 - sum log p_ref(a|k); the p_ref sum is the env's
-    env = TokenAcceptRejectEnv(tiny_llm, prompts=TINY_PROMPTS, reward_model="length", cost_model=None,
-                               max_new_tokens=12, **SETTINGS)
+    env = TokenAcceptRejectEnv(
+        tiny_llm, prompts=TINY_PROMPTS, reward_model="length", cost_model=None, max_new_tokens=12, **SETTINGS
+    )
     # replay the same decisions in the env: rank r at a position means r rejections then an accept
     env.reset(options={"prompt": g.prompt})
     ref_sum = 0.0
