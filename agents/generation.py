@@ -375,6 +375,7 @@ class MARAGenerator:
         seed: int | None = None,
         *,
         progress: bool = False,
+        record_stats: bool = True,
     ) -> list[Generation]:
         """The LLM's own answers: ``model.generate`` sampling with the same prompt format, temperature,
         top-k and top-p, on the first replica, ``batch_size`` prompts at a time (left-padded).
@@ -383,6 +384,8 @@ class MARAGenerator:
         ``kl`` is 0 because the answer is sampled from ``q`` itself.
 
         :param seed: seeds torch's generator before each batch (``seed + batch index``).
+        :param record_stats: record ranks, set sizes and ``log q`` (``False`` runs ``model.generate`` untouched,
+            leaving those fields empty / NaN: the plain-speed baseline of ``benchmarks/decode_speed.py``).
         """
         prompts = self._check_prompts(prompts)
         replica = self.replicas[0]
@@ -417,10 +420,14 @@ class MARAGenerator:
                 max_new_tokens=max_new_tokens,
                 pad_token_id=pad,
                 eos_token_id=sorted(replica.eos_token_ids),
-                logits_processor=LogitsProcessorList([recorder]),
+                logits_processor=LogitsProcessorList([recorder] if record_stats else []),
             )
             new = out[:, width:].cpu()
-            recorder.finish(new)
+            if record_stats:
+                recorder.finish(new)
+            else:
+                recorder.answers = [_until_eos(row.tolist(), replica.eos_token_ids) for row in new]
+                recorder.logq = [float("nan")] * len(chunk)
             steps = new.shape[1]
             llm_tokens += len(chunk) * (width + steps - 1)
             forwards += steps
@@ -585,6 +592,14 @@ class MARAGenerator:
         if p.shape != (len(rows),):
             raise ValueError(f"the agent returned {p.shape} values for {len(rows)} observations.")
         return p
+
+
+def _until_eos(ids: list[int], eos: frozenset[int]) -> list[int]:
+    """Answer tokens up to and including the first EOS (``generate`` pads after it)."""
+    for i, token in enumerate(ids):
+        if token in eos:
+            return ids[: i + 1]
+    return ids
 
 
 class _RawRecorder(LogitsProcessor):

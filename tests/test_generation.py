@@ -142,6 +142,8 @@ def test_generate_raw_samples_the_candidate_distribution(tiny_llm):
     raw = gen.generate_raw(TINY_PROMPTS, max_new_tokens=12, seed=0)
     again = gen.generate_raw(TINY_PROMPTS, max_new_tokens=12, seed=0)
     assert [g.token_ids for g in raw] == [g.token_ids for g in again]
+    plain = gen.generate_raw(TINY_PROMPTS, max_new_tokens=12, seed=0, record_stats=False)
+    assert [g.token_ids for g in plain] == [g.token_ids for g in raw]  # recording does not change sampling
     for g in raw:
         assert 1 <= g.num_tokens <= 12 and len(g.accepted_ranks) == len(g.set_sizes) == g.num_tokens
         assert all(0 <= r < n <= 8 for r, n in zip(g.accepted_ranks, g.set_sizes))

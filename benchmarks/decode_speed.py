@@ -1,0 +1,176 @@
+"""Decode speed of aligned generation against plain ``model.generate``, measured side by side.
+
+For each batch size, three systems answer the same prompts with the same sampling settings
+(prompt format, top-k, top-p, temperature, answer limit):
+
+- ``plain``: ``model.generate(do_sample=True, top_k, top_p, temperature)``, left-padded batches
+  (``MARAGenerator.generate_raw(record_stats=False)``): the physical limit;
+- ``always-accept``: :class:`agents.MARAGenerator` with an agent that accepts every first candidate,
+  i.e. the accept/reject machinery (candidate sets, tree forwards, KV commits) at its cheapest;
+- ``trained``: :class:`agents.MARAGenerator` with a trained agent (rejections cost extra forwards,
+  and the agent's MLP runs at every decision).
+
+Speed is answer tokens per second (EOS included; padding excluded). Systems run in interleaved
+rounds after a warm-up, so background load affects all alike. Bars (issue 4): always-accept at
+least 0.9x plain, trained at least 0.75x plain.
+
+Usage::
+
+    python benchmarks/decode_speed.py --agent runs/mara-default/model.zip
+    python benchmarks/decode_speed.py --agent none --quick   # no trained agent: plain vs always-accept
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from agents.generation import MARAGenerator
+from mara_env.llm import load_replicas
+from mara_env.prompts import PromptSet
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def always_accept(obs: np.ndarray) -> np.ndarray:
+    return np.ones(obs.shape[0])
+
+
+def run(
+    gens: dict[str, MARAGenerator], name: str, prompts: list[str], max_new: int, seed: int
+) -> tuple[int, float, int]:
+    """One pass of system ``name`` over ``prompts``: answer tokens, seconds, LLM tokens."""
+    g = gens[name]
+    if name == "plain":
+        out = g.generate_raw(prompts, max_new, seed=seed, record_stats=False)
+    else:
+        out = g.generate(prompts, max_new, seed=seed)
+    return sum(x.num_tokens for x in out), g.last_stats.wall_seconds, g.last_stats.llm_tokens
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--agent", default="runs/mara-default/model.zip", help="trained agent (.zip/.pt), or 'none'")
+    p.add_argument("--llm", default=None, help="LLM (default: the embedded SmolLM2-135M-Instruct)")
+    p.add_argument("--dtype", default="auto")
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 16])
+    p.add_argument("--prompts-per-batch", type=int, default=2, help="prompts per run = this x batch size")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--top-k", type=int, default=50)
+    p.add_argument("--top-p", type=float, default=0.95)
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--quick", action="store_true", help="smoke run: 1 round, 16 tokens")
+    p.add_argument("--out", default=str(RESULTS / "decode_speed.json"))
+    args = p.parse_args()
+    if args.quick:
+        args.rounds, args.max_new_tokens = 1, 16
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    replicas = load_replicas(args.llm, dtype=args.dtype)
+    sampling = dict(top_k=args.top_k, top_p=args.top_p, temperature=args.temperature)
+    agents: dict[str, object] = {"always-accept": always_accept}
+    if args.agent.lower() != "none":
+        if not Path(args.agent).is_file():
+            raise SystemExit(f"--agent {args.agent}: no such file. Train one with `mara train` or pass --agent none.")
+        agents["trained"] = args.agent
+    prompts_all = PromptSet.from_source("default", part="test")
+    rows = []
+    for batch in args.batch_sizes:
+        n = batch * args.prompts_per_batch
+        prompts = [prompts_all[i % len(prompts_all)] for i in range(n)]
+        gens = {"plain": MARAGenerator(replicas, None, batch_size=batch, **sampling)}
+        for name, agent in agents.items():
+            gens[name] = MARAGenerator(replicas, agent, batch_size=batch, **sampling)
+
+        for name in gens:  # warm-up (allocations, first-call overheads)
+            run(gens, name, prompts, args.max_new_tokens, seed=10_000)
+        totals = {name: [0, 0.0, 0] for name in gens}
+        for r in range(args.rounds):
+            for name in gens if r % 2 == 0 else reversed(list(gens)):
+                tokens, seconds, llm_tokens = run(gens, name, prompts, args.max_new_tokens, seed=r)
+                totals[name][0] += tokens
+                totals[name][1] += seconds
+                totals[name][2] += llm_tokens
+            print(f"B={batch} round {r + 1}/{args.rounds} done", flush=True)
+        plain_speed = totals["plain"][0] / totals["plain"][1]
+        for name, (tokens, seconds, llm_tokens) in totals.items():
+            speed = tokens / seconds
+            rows.append(
+                dict(
+                    system=name,
+                    batch_size=batch,
+                    answer_tokens=tokens,
+                    seconds=round(seconds, 2),
+                    tokens_per_s=round(speed, 2),
+                    x_plain=round(speed / plain_speed, 3),
+                    llm_tokens_per_answer_token=round(llm_tokens / tokens, 2),
+                )
+            )
+
+    print("\n| system | batch | tokens/s | x plain | LLM tokens per answer token |")
+    print("|---|---:|---:|---:|---:|")
+    for row in rows:
+        print(
+            f"| {row['system']} | {row['batch_size']} | {row['tokens_per_s']:.1f} | {row['x_plain']:.2f} | "
+            f"{row['llm_tokens_per_answer_token']:.2f} |"
+        )
+    bars = {"always-accept": 0.9, "trained": 0.75}
+    for row in rows:
+        if row["system"] in bars:
+            ok = row["x_plain"] >= bars[row["system"]]
+            print(f"bar {row['system']} B={row['batch_size']}: {row['x_plain']:.2f} >= {bars[row['system']]}: {ok}")
+
+    meta = dict(
+        date=time.strftime("%Y-%m-%d"),
+        machine=platform.processor() or platform.machine(),
+        torch=torch.__version__,
+        threads=torch.get_num_threads(),
+        device=str(replicas[0].device),
+        dtype=str(replicas[0].model.dtype),
+        llm=replicas[0].name,
+        agent=args.agent,
+        max_new_tokens=args.max_new_tokens,
+        rounds=args.rounds,
+        **sampling,
+    )
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(dict(meta=meta, rows=rows), indent=2))
+    plot(rows, out.with_suffix(".png"))
+    print(f"wrote {out} and {out.with_suffix('.png')}")
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    batches = sorted({r["batch_size"] for r in rows})
+    names = list(dict.fromkeys(r["system"] for r in rows))
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    width = 0.8 / len(names)
+    for i, name in enumerate(names):
+        by_batch = {r["batch_size"]: r["tokens_per_s"] for r in rows if r["system"] == name}
+        speeds = [by_batch.get(b, 0.0) for b in batches]
+        ax.bar(np.arange(len(batches)) + i * width, speeds, width, label=name)
+    ax.set_xticks(np.arange(len(batches)) + width * (len(names) - 1) / 2, [f"batch {b}" for b in batches])
+    ax.set_ylabel("answer tokens / s")
+    ax.set_title("Aligned decoding vs plain model.generate")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
