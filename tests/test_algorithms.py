@@ -1,0 +1,162 @@
+"""The algorithm registry: building, training, saving, detecting and loading every algorithm on MARA-v0."""
+
+from __future__ import annotations
+
+import base64
+import json
+import pickle
+import zipfile
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from stable_baselines3.common.vec_env import VecMonitor
+
+import mara_env  # noqa: F401  (registers MARA-v0)
+from agents import DiscreteSAC
+from agents.algorithms import (
+    ALGORITHMS,
+    accept_probabilities,
+    detect_algorithm,
+    load_algorithm,
+    make_algorithm,
+    read_saved_data,
+    resolve_kwargs,
+)
+from mara_env.sb3 import SB3VecEnv
+
+# Small enough that a few hundred decisions include updates of every algorithm.
+SMALL = {
+    "sac-discrete": dict(learning_starts=64, batch_size=32, buffer_size=2_000, gradient_steps=2),
+    "ppo": dict(n_steps=32, batch_size=64, n_epochs=2),
+    "a2c": dict(n_steps=8),
+    "dqn": dict(learning_starts=64, batch_size=32, buffer_size=2_000, target_update_interval=100),
+    "qrdqn": dict(learning_starts=64, batch_size=32, buffer_size=2_000, target_update_interval=100),
+}
+
+
+@pytest.fixture
+def venv(tiny_kwargs):
+    env = VecMonitor(SB3VecEnv(gym.make_vec("MARA-v0", num_envs=4, **tiny_kwargs)))
+    yield env
+    env.close()
+
+
+def test_accept_probabilities_of_discrete_sac_is_the_actor_softmax(venv):
+    model = make_algorithm("sac-discrete", venv, seed=0, **SMALL["sac-discrete"])
+    obs = venv.reset()
+    probs = accept_probabilities(model, obs)
+    assert probs.shape == (4,) and probs.dtype == np.float64
+    with torch.no_grad():
+        logits = model.actor.logits(torch.as_tensor(obs))
+    np.testing.assert_allclose(probs, torch.softmax(logits, dim=1)[:, 1].numpy(), rtol=1e-6)
+    # A single observation row gives one probability; the policy's training flag is restored
+    model.policy.set_training_mode(True)
+    assert accept_probabilities(model, obs[0]).shape == (1,)
+    assert model.policy.training
+    with pytest.raises(ValueError, match=r"observations must have shape \(n, 32\)"):
+        accept_probabilities(model, obs[:, :5])
+
+
+def test_accept_probabilities_of_dqn_is_greedy_and_its_behaviour_is_epsilon_greedy(venv):
+    model = make_algorithm("dqn", venv, seed=0, **SMALL["dqn"])
+    obs = venv.reset()
+    greedy = accept_probabilities(model, obs)
+    actions, _ = model.predict(obs, deterministic=True)
+    np.testing.assert_array_equal(greedy, actions.astype(np.float64))
+    model.exploration_rate = 0.3
+    np.testing.assert_allclose(accept_probabilities(model, obs, behaviour=True), 0.15 + 0.7 * greedy)
+
+
+@pytest.mark.parametrize("name", list(ALGORITHMS))
+def test_each_algorithm_trains_saves_and_loads_with_detection(name, venv, tmp_path):
+    model = make_algorithm(name, venv, seed=0, **SMALL[name])
+    model.learn(256)
+    assert model.num_timesteps >= 256
+    assert model._n_updates > 0, "the run was long enough for at least one update"
+    obs = venv.reset()
+    probs = accept_probabilities(model, obs)
+    assert probs.shape == (4,) and probs.dtype == np.float64
+    assert np.all((probs >= 0) & (probs <= 1))
+    behaviour = accept_probabilities(model, obs, behaviour=True)
+    assert np.all((behaviour > 0) & (behaviour < 1)), "training explores: every action has some probability"
+
+    model.save(tmp_path / "agent.zip")
+    assert detect_algorithm(read_saved_data(tmp_path / "agent.zip")) == name
+    loaded = load_algorithm(tmp_path / "agent", env=venv)  # ".zip" may be left off, as with SB3
+    assert type(loaded) is ALGORITHMS[name].cls
+    np.testing.assert_array_equal(accept_probabilities(loaded, obs), probs)
+    np.testing.assert_array_equal(loaded.predict(obs, deterministic=True)[0], model.predict(obs, deterministic=True)[0])
+
+
+def test_sac_entropy_coefficient_is_the_env_kl_coef_unless_overridden(venv):
+    assert make_algorithm("sac-discrete", venv, **SMALL["sac-discrete"]).ent_coef == 0.1  # the env's kl_coef
+    assert make_algorithm("sac-discrete", venv, kl_coef=0.3, **SMALL["sac-discrete"]).ent_coef == 0.3
+    learned = make_algorithm("sac-discrete", venv, ent_coef="auto_0.05", **SMALL["sac-discrete"])
+    assert learned.log_ent_coef is not None
+    assert float(learned.log_ent_coef.detach().exp()) == pytest.approx(0.05)
+    # policy_kwargs is merged key by key: the preset's input LayerNorm stays
+    kwargs = resolve_kwargs("sac-discrete", venv, policy_kwargs=dict(net_arch=[64]))
+    assert kwargs["policy_kwargs"] == dict(net_arch=[64], input_layer_norm=True)
+
+
+def test_unknown_hyperparameter_and_algorithm_are_named(venv):
+    with pytest.raises(
+        ValueError, match=r"'learning_rat' is not a hyperparameter of ppo.*Did you mean 'learning_rate'"
+    ):
+        make_algorithm("ppo", venv, learning_rat=1e-3)
+    with pytest.raises(ValueError, match=r"'buffer_size' is not a hyperparameter of a2c"):
+        make_algorithm("a2c", venv, buffer_size=10)
+    with pytest.raises(ValueError, match=r"Unknown algorithm 'sac'.*Did you mean 'sac-discrete'"):
+        make_algorithm("sac", venv)
+    with pytest.raises(ValueError, match=r"Hyperparameter 'batch_size' of dqn must be an integer, got 'many'"):
+        make_algorithm("dqn", venv, batch_size="many")
+    with pytest.raises(ValueError, match=r"Could not build sac-discrete.*target_entropy=5 nats cannot be reached"):
+        make_algorithm("sac-discrete", venv, target_entropy=5.0)
+
+
+def test_load_algorithm_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="No saved agent"):
+        load_algorithm(tmp_path / "missing.zip")
+    (tmp_path / "text.zip").write_text("hello")
+    with pytest.raises(ValueError, match="not an agent checkpoint: not a zip"):
+        load_algorithm(tmp_path / "text.zip")
+    with zipfile.ZipFile(tmp_path / "other.zip", "w") as archive:
+        archive.writestr("readme.txt", "not an agent")
+    with pytest.raises(ValueError, match="not an agent checkpoint: the zip has no 'data'"):
+        load_algorithm(tmp_path / "other.zip")
+    with zipfile.ZipFile(tmp_path / "alien.zip", "w") as archive:
+        archive.writestr("data", json.dumps({"policy_class": {"__module__": "some.other.library"}}))
+    with pytest.raises(ValueError, match="belongs to no registered algorithm"):
+        load_algorithm(tmp_path / "alien.zip")
+
+
+class _Payload:
+    """Unpickling this calls ``pathlib.Path.touch`` on a marker file: code execution."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        import pathlib
+
+        return (pathlib.Path.touch, (pathlib.Path(self.path),))
+
+
+def test_load_algorithm_refuses_pickled_code(venv, tmp_path):
+    model = make_algorithm("sac-discrete", venv, seed=0, **SMALL["sac-discrete"])
+    model.save(tmp_path / "agent.zip")
+    marker = tmp_path / "pwned"
+    with zipfile.ZipFile(tmp_path / "agent.zip") as archive:
+        entries = {name: archive.read(name) for name in archive.namelist()}
+    data = json.loads(entries["data"])
+    data["observation_space"][":serialized:"] = base64.b64encode(pickle.dumps(_Payload(str(marker)))).decode()
+    entries["data"] = json.dumps(data).encode()
+    with zipfile.ZipFile(tmp_path / "evil.zip", "w") as archive:
+        for name, content in entries.items():
+            archive.writestr(name, content)
+    with pytest.raises(ValueError, match=r"refusing to load attribute 'observation_space'.*pathlib"):
+        load_algorithm(tmp_path / "evil.zip")
+    assert not marker.exists()
+    assert isinstance(load_algorithm(tmp_path / "agent.zip"), DiscreteSAC)  # the untouched file loads
