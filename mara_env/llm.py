@@ -293,13 +293,21 @@ def load_replicas(
         - ``(model, tokenizer)``: an already loaded model; it is used as is on its own device and
           deep-copied to any other device in ``devices``;
         - a list of ``(model, tokenizer)`` pairs: one ready replica each (``devices`` must be ``None``);
-        - a list of device names: the embedded default, one replica per device.
+        - a list of device names: the embedded default, one replica per device;
+        - :class:`LLMReplica` objects from an earlier call (reused as they are, so several
+          environments or generators can share one loaded model).
     :param devices: where to put replicas (``None``: the live model's device, else CUDA if present, else CPU).
         The same device may be named twice (e.g. two CPU replicas).
     :param dtype: ``"auto"``/``None`` (float32 on CPU, bfloat16 on CUDA), ``"float32"``, ``"bfloat16"``, ``"float16"``.
     :param trust_remote_code: passed to ``from_pretrained``; off unless you trust the model's repository.
     :return: the replicas, in device order.
     """
+    if isinstance(llm, LLMReplica):
+        llm = [llm]
+    if isinstance(llm, list) and llm and all(isinstance(r, LLMReplica) for r in llm):
+        if devices is not None:
+            raise ValueError("llm holds loaded replicas; do not also pass devices=.")
+        return list(llm)
     if isinstance(llm, list) and llm and all(isinstance(d, (str, torch.device)) for d in llm):
         if any(isinstance(d, str) and not _looks_like_device(d) for d in llm):
             raise ValueError(f"llm: a list must hold device names or (model, tokenizer) pairs; got {llm!r}.")
