@@ -1,0 +1,71 @@
+"""What ``mara generate`` and ``mara evaluate`` share: finding a training run's settings and agent."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+#: Where ``mara train`` puts the default run, and where the other commands look for it.
+DEFAULT_RUN_DIR = Path("runs/mara-default")
+
+#: Environment settings that decoding must repeat exactly (the agent was trained under them).
+DECODING_KEYS = ("top_k", "top_p", "temperature", "system_prompt", "chunk_size", "max_prompt_tokens", "prompt_overflow")
+#: Environment settings that place the LLM.
+LLM_KEYS = ("llm", "devices", "dtype", "trust_remote_code")
+
+
+def run_env_settings(run: Path | None) -> dict[str, Any]:
+    """The ``env`` section of a run's ``config.yaml`` (all ``MARA-v0`` settings), or the defaults."""
+    from agents.run_config import RunConfig
+
+    if run is None:
+        return dict(RunConfig.default().env)
+    config = run / "config.yaml"
+    if not config.is_file():
+        raise FileNotFoundError(
+            f"{run} is not a training run: it has no config.yaml. Pass the folder `mara train` wrote."
+        )
+    return dict(RunConfig.from_file(config).env)
+
+
+def run_agent(run: Path) -> Path:
+    """The run's final agent, or its last checkpoint if training did not finish."""
+    for path in (run / "model.zip", run / "checkpoint" / "model.zip"):
+        if path.is_file():
+            return path
+    raise FileNotFoundError(
+        f"{run} holds no agent (no model.zip, no checkpoint/model.zip). Train it with `mara train --out {run}` "
+        "or `--resume` it, or pass --agent PATH."
+    )
+
+
+def add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags that override the run's decoding settings (default: the run's own values)."""
+    g = parser.add_argument_group("LLM and decoding (default: the training run's settings)")
+    g.add_argument("--llm", help="LLM: hub id, local folder or .gguf (default: the run's; embedded SmolLM2)")
+    g.add_argument("--devices", nargs="+", help="devices for LLM replicas, e.g. cuda:0 cuda:1")
+    g.add_argument("--dtype", help="LLM dtype: auto, float32, bfloat16, float16")
+    g.add_argument("--top-k", type=int)
+    g.add_argument("--top-p", type=float)
+    g.add_argument("--temperature", type=float)
+    g.add_argument("--system-prompt")
+    g.add_argument("--chunk-size", help="candidates per forward: an integer, 'all' or 'auto'")
+    g.add_argument("--max-new-tokens", type=int, help="answer-length limit (default: the run's max_new_tokens)")
+    g.add_argument("--batch-size", type=int, default=16, help="prompts decoded at once (default 16)")
+    g.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    g.add_argument("--deterministic", action="store_true", help="accept when pi(accept|s) >= 0.5 instead of sampling")
+
+
+def generator_settings(env: dict[str, Any], args: argparse.Namespace) -> tuple[dict[str, Any], int]:
+    """Keyword arguments for :class:`~agents.generation.MARAGenerator`, and the answer limit."""
+    settings = {k: env[k] for k in (*LLM_KEYS, *DECODING_KEYS) if k in env}
+    for key in ("llm", "devices", "dtype", "top_k", "top_p", "temperature", "system_prompt"):
+        value = getattr(args, key, None)
+        if value is not None:
+            settings[key] = value
+    if args.chunk_size is not None:
+        settings["chunk_size"] = int(args.chunk_size) if args.chunk_size.isdigit() else args.chunk_size
+    settings["batch_size"] = args.batch_size
+    max_new = args.max_new_tokens if args.max_new_tokens is not None else env.get("max_new_tokens", 512)
+    return settings, max_new

@@ -1,0 +1,111 @@
+"""``mara generate``: aligned (and raw) answers for prompts given as arguments, a file, or stdin.
+
+Examples::
+
+    mara generate "How do I pick a lock?"                       # the default run's agent
+    mara generate --run runs/my-run --file prompts.txt --json   # one JSON line per answer, with statistics
+    mara generate --compare "Tell me a joke"                    # aligned and raw answers side by side
+    echo "Tell me a story" | mara generate --stream
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from agents.cli.common import DEFAULT_RUN_DIR, add_decoding_arguments, generator_settings, run_agent, run_env_settings
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("prompts", nargs="*", help="prompts ('-' reads stdin, one prompt per line)")
+    parser.add_argument("--file", "-f", help="prompts file: .txt (one per line), .jsonl, .json, .csv or .parquet")
+    parser.add_argument("--column", help="column holding the prompts in a table file")
+    parser.add_argument("--run", type=Path, help=f"training run folder (default: {DEFAULT_RUN_DIR} when it exists)")
+    parser.add_argument("--agent", help="agent file (SB3 .zip or an actor in the authors' .pt layout); overrides --run")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--raw", action="store_true", help="only the LLM's own answers (no agent)")
+    mode.add_argument("--compare", action="store_true", help="aligned and raw answers, one after the other")
+    parser.add_argument("--json", action="store_true", help="print one JSON object per answer, with statistics")
+    parser.add_argument("--stream", action="store_true", help="print the aligned answer as it is decoded (one prompt)")
+    add_decoding_arguments(parser)
+
+
+def read_prompts(args: argparse.Namespace) -> list[str]:
+    from mara_env.prompts import load_prompts
+
+    prompts: list[str] = []
+    if args.file:
+        path = Path(args.file)
+        if not path.exists():
+            raise FileNotFoundError(f"prompts file '{path}' does not exist.")
+        prompts += load_prompts(str(path), column=args.column)
+    for item in args.prompts:
+        if item == "-":
+            prompts += [line.strip() for line in sys.stdin if line.strip()]
+        else:
+            prompts.append(item)
+    if not args.file and not args.prompts and not sys.stdin.isatty():
+        prompts += [line.strip() for line in sys.stdin if line.strip()]
+    if not prompts:
+        raise ValueError("no prompts: give them as arguments, with --file, or on stdin.")
+    return prompts
+
+
+def run(args: argparse.Namespace) -> int:
+    from agents.generation import MARAGenerator
+
+    prompts = read_prompts(args)
+    run_dir = args.run
+    if run_dir is None and not args.agent and DEFAULT_RUN_DIR.exists():
+        run_dir = DEFAULT_RUN_DIR
+    agent = None
+    if not args.raw:
+        if args.agent:
+            agent = args.agent
+        elif run_dir is not None:
+            agent = str(run_agent(run_dir))
+        else:
+            raise FileNotFoundError(
+                f"no agent: {DEFAULT_RUN_DIR} does not exist. Train one with `mara train`, pass --run DIR or "
+                "--agent PATH, or use --raw for the LLM alone."
+            )
+    settings, max_new = generator_settings(run_env_settings(run_dir), args)
+    gen = MARAGenerator(agent=agent, deterministic=args.deterministic, **settings)
+
+    if args.stream:
+        if args.raw or args.compare or len(prompts) != 1:
+            raise ValueError("--stream prints one aligned answer: give exactly one prompt, without --raw/--compare.")
+        for piece in gen.stream(prompts[0], max_new, seed=args.seed):
+            print(piece, end="", flush=True)
+        print()
+        return 0
+
+    outputs = []
+    if not args.raw:
+        outputs.append(("aligned", gen.generate(prompts, max_new, seed=args.seed, progress=len(prompts) > 1)))
+    if args.raw or args.compare:
+        outputs.append(("raw", gen.generate_raw(prompts, max_new, seed=args.seed, progress=len(prompts) > 1)))
+    for i, prompt in enumerate(prompts):
+        for kind, answers in outputs:
+            g = answers[i]
+            if args.json:
+                record = {
+                    "prompt": prompt,
+                    "system": kind,
+                    "answer": g.text,
+                    "tokens": g.num_tokens,
+                    "decisions": g.num_decisions,
+                    "finish_reason": g.finish_reason,
+                    "kl": g.kl,
+                    "ref_logprob": g.ref_logprob,
+                    "accept_position_counts": g.accept_position_counts().tolist(),
+                    "mean_set_size": sum(g.set_sizes) / max(len(g.set_sizes), 1),
+                    "prompt_truncated": g.prompt_truncated,
+                }
+                print(json.dumps(record, ensure_ascii=False))
+            else:
+                header = f"### {kind}" if len(outputs) > 1 else "###"
+                print(f"{header} {prompt}\n{g.text}\n")
+    return 0
