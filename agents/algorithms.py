@@ -46,6 +46,9 @@ from agents.presets import mara_preset
 from agents.sac_discrete import DiscreteSAC
 from agents.sac_discrete.policies import DiscreteSACPolicy
 
+#: ``ent_coef`` value meaning "the environment's KL coefficient" (resolved by :func:`make_algorithm`)
+KL_COEF = "kl_coef"
+
 #: Constructor parameters that are not hyperparameters: the caller or the run supplies them.
 NON_HYPERPARAMETERS = frozenset(
     {"self", "policy", "env", "verbose", "tensorboard_log", "_init_setup_model", "seed", "device"}
@@ -105,8 +108,7 @@ ALGORITHMS: dict[str, AlgorithmSpec] = {
             name="sac-discrete",
             cls=DiscreteSAC,
             # The authors' agent (agents.presets): network [H, 1024, 256] with input LayerNorm,
-            # lr 3e-4, tau 0.005, gamma 0.99, target entropy 0.6 ln 2, grad clip 0.5. The entropy
-            # coefficient becomes the env's kl_coef in make_algorithm (the exact KL objective).
+            # lr 3e-4, tau 0.005, gamma 0.99, target entropy 0.6 ln 2, grad clip 0.5.
             # Adapted to a vector env on a CPU:
             defaults=MappingProxyType(
                 mara_preset(
@@ -123,6 +125,9 @@ ALGORITHMS: dict[str, AlgorithmSpec] = {
                     # The authors' 10 updates per episode at ~50 decisions per 48-token episode is
                     # 0.2 updates per decision: 12 per 64 decisions.
                     gradient_steps=12,
+                    # Fixed to the env's kl_coef (mara_preset(kl_coef=...)): with the env's per-decision
+                    # reward kl_coef * log p_ref, SAC then optimises E[R] - kl_coef * KL(pi || ref) exactly.
+                    ent_coef=KL_COEF,
                 )
             ),
             on_policy=False,
@@ -256,26 +261,16 @@ def env_kl_coef(env: Any) -> float | None:
     return None
 
 
-def resolve_kwargs(name: str, env: Any = None, *, kl_coef: float | None = None, **overrides: Any) -> dict[str, Any]:
-    """The keyword arguments :func:`make_algorithm` passes to the class: defaults < ``overrides``.
-
-    ``policy_kwargs`` is merged key by key. For ``sac-discrete`` a positive KL coefficient (given,
-    or read from ``env``) fixes the entropy coefficient to it, which makes SAC's objective exactly
-    ``E[R] - kl_coef * KL(pi || reference)``; without one (or with 0) the coefficient is learned.
+def resolve_kwargs(name: str, **overrides: Any) -> dict[str, Any]:
+    """The algorithm's defaults with ``overrides`` applied (``policy_kwargs`` merged key by key).
 
     :param name: registry name.
-    :param env: the environment, used to read ``kl_coef`` when it is not given.
-    :param kl_coef: the environment's KL coefficient.
-    :param overrides: hyperparameters replacing the defaults.
+    :param overrides: hyperparameters replacing the defaults (checked by :func:`check_overrides`).
+    :return: constructor keyword arguments; ``ent_coef`` may still be :data:`KL_COEF`.
     """
     check_overrides(name, overrides)
-    spec = get_spec(name)
-    kwargs = copy.deepcopy(dict(spec.defaults))
-    if name == "sac-discrete":
-        kl = env_kl_coef(env) if kl_coef is None else kl_coef
-        if kl is not None and kl > 0:
-            kwargs["ent_coef"] = float(kl)
-    overrides = dict(overrides)
+    kwargs = copy.deepcopy(dict(get_spec(name).defaults))
+    overrides = copy.deepcopy(overrides)
     policy_kwargs = {**kwargs.pop("policy_kwargs", {}), **(overrides.pop("policy_kwargs", None) or {})}
     if isinstance(overrides.get("train_freq"), list):  # YAML/CLI give lists; SB3 reads only tuples
         overrides["train_freq"] = tuple(overrides["train_freq"])
@@ -302,13 +297,18 @@ def make_algorithm(
     :param seed: seed of the algorithm (and of the environment's resets).
     :param tensorboard_log: TensorBoard folder (``None``: none, or set a logger with ``set_logger``).
     :param verbose: 0 silent, 1 info, 2 debug.
-    :param kl_coef: the environment's KL coefficient (read from ``env`` when ``None``); see :func:`resolve_kwargs`.
+    :param kl_coef: the environment's KL coefficient (read from ``env`` when ``None``). An
+        ``ent_coef`` of :data:`KL_COEF` (sac-discrete's default) becomes this value, or, without a
+        positive one, a learned coefficient starting at the authors' 0.01.
     :param overrides: hyperparameters replacing the defaults (checked against the class's constructor;
         ``device`` is accepted too).
     :return: the untrained model.
     """
     device = overrides.pop("device", "auto")
-    kwargs = resolve_kwargs(name, env, kl_coef=kl_coef, **overrides)
+    kwargs = resolve_kwargs(name, **overrides)
+    if kwargs.get("ent_coef") == KL_COEF:
+        kl = env_kl_coef(env) if kl_coef is None else kl_coef
+        kwargs["ent_coef"] = float(kl) if kl is not None and kl > 0 else "auto_0.01"
     spec = get_spec(name)
     try:
         return spec.cls(

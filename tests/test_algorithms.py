@@ -97,7 +97,7 @@ def test_sac_entropy_coefficient_is_the_env_kl_coef_unless_overridden(venv):
     assert learned.log_ent_coef is not None
     assert float(learned.log_ent_coef.detach().exp()) == pytest.approx(0.05)
     # policy_kwargs is merged key by key: the preset's input LayerNorm stays
-    kwargs = resolve_kwargs("sac-discrete", venv, policy_kwargs=dict(net_arch=[64]))
+    kwargs = resolve_kwargs("sac-discrete", policy_kwargs=dict(net_arch=[64]))
     assert kwargs["policy_kwargs"] == dict(net_arch=[64], input_layer_norm=True)
 
 

@@ -1,0 +1,411 @@
+"""``mara train``: train an agent on MARA-v0, with checkpoints, TensorBoard logs and resumption.
+
+Settings come from :data:`agents.run_config.DEFAULT_RUN`, then ``--config FILE``, then flags:
+every :class:`mara_env.MARAConfig` field (``--top-k``, ``--kl-coef``, ``--llm``, ...), every
+hyperparameter of the registered algorithms (``--learning-rate``, ``--buffer-size``, ...) and the
+train settings (``--total-decisions``, ``--num-envs``, ...).
+
+A run folder (``--out``, default ``runs/mara-default``)::
+
+    config.yaml        the fully resolved settings: `mara train --config config.yaml` repeats the run
+    progress.csv       one row per log_every decisions: mara/* means, time/*, rollout/*, train/*
+    tb/                TensorBoard event files (the same values)
+    checkpoint/        the latest checkpoint (model.zip, replay_buffer.npz, state.json), written atomically
+    model.zip          the final model (any registered algorithm; agents.algorithms.load_algorithm reads it)
+    summary.json       decisions, episodes, wall seconds, decisions/s, the final means
+
+Examples::
+
+    mara train                                         # the default run
+    mara train --algo ppo --out runs/ppo --total-decisions 50000
+    mara train --out runs/ppo --resume                 # after Ctrl-C or a kill
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import re
+import shutil
+import sys
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+from stable_baselines3.common.logger import CSVOutputFormat, HumanOutputFormat, Logger, make_output_format
+
+from agents.algorithms import ALGORITHMS, NON_HYPERPARAMETERS, get_spec, load_algorithm, make_algorithm
+from agents.callbacks import (
+    MODEL_FILE,
+    REPLAY_BUFFER_FILE,
+    MARALoggingCallback,
+    RunCheckpointCallback,
+    load_replay_buffer,
+    read_checkpoint_state,
+    recover_checkpoint,
+)
+from agents.run_config import DEFAULT_RUN, RunConfig, TrainSettings, parse_value
+from mara_env.config import MARAConfig
+
+DEFAULT_OUT = "runs/mara-default"
+CONFIG_FILE = "config.yaml"
+PROGRESS_FILE = "progress.csv"
+SUMMARY_FILE = "summary.json"
+TENSORBOARD_DIR = "tb"
+
+# Settings that --resume may change: the run's length and how progress is shown.
+_RESUMABLE_CHANGES = {"train.total_decisions", "train.progress_bar"}
+_ENV, _AGENT, _TRAIN = "env__", "agent__", "train__"
+
+
+# ------------------------------------------------------------------------------------------ arguments
+
+
+def _param_docs(cls: type) -> dict[str, str]:
+    """``:param name: text`` entries of a class docstring, each joined into one line."""
+    docs: dict[str, str] = {}
+    for match in re.finditer(r":param (\w+):(.*?)(?=:param |\n\s*\n|\Z)", cls.__doc__ or "", re.S):
+        text = " ".join(match.group(2).split())
+        # reST markup reads badly in --help: ``x`` -> x, :func:`x` -> x
+        text = re.sub(r":\w+:`~?([^`]+)`", r"\1", text).replace("``", "")
+        docs[match.group(1)] = text.replace("%", "%%")
+    return docs
+
+
+def _typed(annotation: str, flag: str) -> Any:
+    """An argparse ``type=`` for a dataclass field annotation: clear errors, ``none`` for optional fields."""
+    allowed = {part.strip() for part in annotation.split("|")}
+
+    def convert(text: str) -> Any:
+        if "None" in allowed and text.strip().lower() in ("none", "null"):
+            return None
+        if "Any" in allowed:
+            return parse_value(text)
+        for name, parse in (("int", int), ("float", float)):
+            if name in allowed:
+                try:
+                    return parse(text)
+                except ValueError:
+                    pass
+        if "str" in allowed:
+            return text
+        expected = " or ".join(sorted(allowed - {"None"})) + (" or none" if "None" in allowed else "")
+        raise argparse.ArgumentTypeError(f"{flag} expects {expected}, got {text!r}")
+
+    return convert
+
+
+def agent_hyperparameters() -> dict[str, list[str]]:
+    """Every hyperparameter offered as a flag -> the algorithms that have it."""
+    owners: dict[str, list[str]] = {}
+    for name, spec in ALGORITHMS.items():
+        for parameter in spec.hyperparameters:
+            # Classes cannot be named on a command line
+            if not parameter.endswith("_class"):
+                owners.setdefault(parameter, []).append(name)
+    return owners
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of ``mara train``."""
+    parser.description = (__doc__ or "").split("\n\n")[0]
+    run = parser.add_argument_group("run")
+    run.add_argument("--config", metavar="FILE", help="settings file (.toml, .yaml, .yml) with [env] [agent] [train]")
+    run.add_argument("--out", metavar="DIR", default=DEFAULT_OUT, help=f"run folder (default: {DEFAULT_OUT})")
+    run.add_argument("--overwrite", action="store_true", help="clear an existing run folder first")
+    run.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    run.add_argument(
+        "--algo", choices=list(ALGORITHMS), default=argparse.SUPPRESS, help="algorithm (default: sac-discrete)"
+    )
+    run.add_argument("-v", "--verbose", action="count", default=0, help="print SB3's log table (-vv: debug)")
+
+    train = parser.add_argument_group("training")
+    train_docs = _param_docs(TrainSettings)
+    for field in fields(TrainSettings):
+        if field.name == "progress_bar":
+            continue
+        flag = "--" + field.name.replace("_", "-")
+        train.add_argument(
+            flag,
+            dest=_TRAIN + field.name,
+            type=_typed(str(field.type), flag),
+            metavar="N" if str(field.type).startswith("int") else "VALUE",
+            default=argparse.SUPPRESS,
+            help=f"{train_docs.get(field.name)} (default: {DEFAULT_RUN['train'][field.name]})",
+        )
+    train.add_argument(
+        "--no-progress", dest=_TRAIN + "progress_bar", action="store_false", default=argparse.SUPPRESS,
+        help="no progress bar",
+    )  # fmt: skip
+
+    env = parser.add_argument_group("environment (MARA-v0 settings, see mara_env/config.py)")
+    env_docs = _param_docs(MARAConfig)
+    for field in fields(MARAConfig):
+        flag = "--" + field.name.replace("_", "-")
+        default = DEFAULT_RUN["env"].get(field.name, field.default)
+        help_text = f"{env_docs.get(field.name)} (default: {default})"
+        kwargs: dict[str, Any] = dict(dest=_ENV + field.name, default=argparse.SUPPRESS, help=help_text)
+        if str(field.type) == "bool":
+            env.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
+        else:
+            env.add_argument(flag, type=_typed(str(field.type), flag), metavar="VALUE", **kwargs)
+
+    agent = parser.add_argument_group(
+        "agent hyperparameters (values read as YAML: 1e-3, none, [64, 64], {net_arch: [256]}; "
+        "defaults in agents/algorithms.py)"
+    )
+    env_names = {field.name for field in fields(MARAConfig)}
+    for name, owners in sorted(agent_hyperparameters().items()):
+        assert name not in env_names and name not in NON_HYPERPARAMETERS, name  # one flag, one meaning
+        applies = "all algorithms" if len(owners) == len(ALGORITHMS) else ", ".join(owners)
+        agent.add_argument(
+            "--" + name.replace("_", "-"),
+            dest=_AGENT + name,
+            type=parse_value,
+            metavar="VALUE",
+            default=argparse.SUPPRESS,
+            help=f"({applies})",
+        )
+
+
+def _flag_sections(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """The settings given as flags, by section (flags not given are absent)."""
+    sections: dict[str, dict[str, Any]] = {"env": {}, "agent": {}, "train": {}}
+    for key, value in vars(args).items():
+        for prefix, section in ((_ENV, "env"), (_AGENT, "agent"), (_TRAIN, "train")):
+            if key.startswith(prefix):
+                sections[section][key[len(prefix) :]] = value
+    if "algo" in args:
+        sections["agent"]["algo"] = args.algo
+    return sections
+
+
+def _check_agent_flags(flags: dict[str, Any], algo: str) -> None:
+    """A hyperparameter flag of another algorithm is an error that names who has it."""
+    owners = agent_hyperparameters()
+    valid = get_spec(algo).hyperparameters
+    for name in flags:
+        if name != "algo" and name not in valid:
+            raise ValueError(
+                f"--{name.replace('_', '-')} does not apply to --algo {algo}: it is a hyperparameter of "
+                f"{', '.join(owners.get(name, ['no registered algorithm']))}."
+            )
+
+
+# ------------------------------------------------------------------------------------------ command
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``mara train`` with parsed arguments; returns the exit code."""
+    out = Path(args.out)
+    flags = _flag_sections(args)
+    if args.resume:
+        if args.overwrite:
+            raise ValueError("--resume continues the run in --out and --overwrite deletes it: pass only one.")
+        if args.config:
+            raise ValueError(f"--resume reads the run's own {out / CONFIG_FILE}; do not pass --config.")
+        return _resume(out, flags, verbose=args.verbose)
+
+    config = RunConfig.from_file(args.config) if args.config else RunConfig.default()
+    _check_agent_flags(flags["agent"], flags["agent"].get("algo", config.agent.algo))
+    config = RunConfig.from_sections(flags, source="command line", base=config)
+    _prepare_out(out, overwrite=args.overwrite)
+    config.dump(out / CONFIG_FILE)
+    return train_run(config, out, verbose=args.verbose)
+
+
+def _prepare_out(out: Path, *, overwrite: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"--out {out} is a file, not a folder.")
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise FileExistsError(
+                f"{out} already exists and is not empty: pass --overwrite to replace it, --resume to continue "
+                "the run in it, or choose another --out."
+            )
+        if not (out / CONFIG_FILE).is_file():
+            # --overwrite deletes a folder; only ever one that a run made
+            raise FileExistsError(
+                f"--overwrite only replaces run folders (with {CONFIG_FILE}); {out} is not one. Choose another --out."
+            )
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def _resume(out: Path, flags: dict[str, dict[str, Any]], *, verbose: int) -> int:
+    config_path = out / CONFIG_FILE
+    if not config_path.is_file():
+        raise FileNotFoundError(f"--resume: {out} has no {CONFIG_FILE}, so it is not a run folder to continue.")
+    saved = RunConfig.from_file(config_path)
+    _check_agent_flags(flags["agent"], flags["agent"].get("algo", saved.agent.algo))
+    wanted = RunConfig.from_sections(flags, source="command line", base=saved)
+    changed = [name for name in wanted.changes_from(saved) if name not in _RESUMABLE_CHANGES]
+    if changed:
+        raise ValueError(
+            f"--resume continues the run as configured in {config_path}, but the flags change "
+            f"{', '.join(changed)}. Only --total-decisions (and --no-progress) may be given with --resume; "
+            "start a new run in another --out folder to change settings."
+        )
+    checkpoint = recover_checkpoint(out)
+    if checkpoint is None:
+        raise FileNotFoundError(
+            f"--resume: {out} has no complete checkpoint (the run stopped before its first one, at "
+            f"{saved.train.checkpoint_every} decisions). Start it again with --overwrite."
+        )
+    state = read_checkpoint_state(checkpoint)
+    done = int(state["num_timesteps"])
+    if wanted.train.total_decisions < saved.train.total_decisions:
+        raise ValueError(
+            f"--total-decisions {wanted.train.total_decisions} is below the run's {saved.train.total_decisions}; "
+            "with --resume it may only be raised."
+        )
+    if done >= wanted.train.total_decisions:
+        print(
+            f"{out}: the run is already finished ({done} of {wanted.train.total_decisions} decisions; the model "
+            f"is {out / MODEL_FILE}). Pass a larger --total-decisions to train further."
+        )
+        return 0
+    if wanted.train != saved.train:
+        wanted.dump(config_path)
+    return train_run(wanted, out, verbose=verbose, checkpoint=checkpoint, state=state)
+
+
+def train_run(
+    config: RunConfig,
+    out: str | Path,
+    *,
+    verbose: int = 0,
+    checkpoint: Path | None = None,
+    state: dict[str, Any] | None = None,
+) -> int:
+    """Train as ``config`` says, writing the run folder ``out``; resume from ``checkpoint`` if given.
+
+    :param config: the run's settings (already written to ``out/config.yaml`` by the caller).
+    :param out: the run folder.
+    :param verbose: 0 quiet, 1 SB3's log table on stdout, 2 debug.
+    :param checkpoint: a checkpoint folder to continue from (see :func:`agents.callbacks.write_checkpoint`).
+    :param state: that checkpoint's ``state.json``.
+    :return: 0, or 130 after Ctrl-C.
+    """
+    import gymnasium as gym
+    from stable_baselines3.common.vec_env import VecMonitor
+
+    import mara_env  # noqa: F401  (registers MARA-v0)
+    from mara_env.sb3 import SB3VecEnv
+
+    out = Path(out)
+    train = config.train
+    venv = VecMonitor(SB3VecEnv(gym.make_vec("MARA-v0", num_envs=train.num_envs, **config.env)))
+    try:
+        logging_callback = MARALoggingCallback(train.log_every)
+        if checkpoint is None:
+            model = make_algorithm(
+                config.agent.algo,
+                venv,
+                seed=train.seed,
+                verbose=verbose,
+                kl_coef=config.env["kl_coef"],
+                device=train.device,
+                **config.agent.hyperparameters,
+            )
+        else:
+            model = _load_checkpoint(config, checkpoint, venv, verbose)
+            logging_callback.load_state_dict((state or {}).get("logging", {}))
+        model.set_logger(make_logger(out, verbose, keep_until=model.num_timesteps if checkpoint else None))
+        checkpoint_callback = RunCheckpointCallback(out, train.checkpoint_every, logging_callback)
+        try:
+            model.learn(
+                train.total_decisions - model.num_timesteps,
+                callback=[logging_callback, checkpoint_callback],
+                log_interval=None,  # rows come from MARALoggingCallback, every log_every decisions
+                reset_num_timesteps=checkpoint is None,
+                progress_bar=train.progress_bar,
+            )
+        except KeyboardInterrupt:
+            saved = recover_checkpoint(out)
+            where = (
+                f"the last checkpoint ({read_checkpoint_state(saved)['num_timesteps']} decisions) is in {saved}"
+                if saved
+                else "no checkpoint was written yet"
+            )
+            print(
+                f"\nmara train: interrupted at {model.num_timesteps} decisions; {where}. "
+                f"Continue with: mara train --out {out} --resume",
+                file=sys.stderr,
+            )
+            return 130
+        checkpoint_callback.save()  # so that a larger --total-decisions can continue from the end
+        model.save(out / MODEL_FILE)
+        summary = {
+            "algo": config.agent.algo,
+            "decisions": int(model.num_timesteps),
+            "episodes": logging_callback.episodes,
+            "wall_seconds": round(logging_callback.wall_seconds, 2),
+            "decisions_per_second": round(model.num_timesteps / max(logging_callback.wall_seconds, 1e-9), 3),
+            "final": logging_callback.last_means,
+            "resumed": checkpoint is not None,
+            "model": MODEL_FILE,
+        }
+        (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2), encoding="utf-8")
+        print(
+            f"Trained {config.agent.algo} for {summary['decisions']} decisions ({summary['episodes']} episodes) in "
+            f"{summary['wall_seconds']:.0f} s; model: {out / MODEL_FILE}"
+        )
+        return 0
+    finally:
+        venv.close()
+
+
+def _load_checkpoint(config: RunConfig, checkpoint: Path, venv: Any, verbose: int) -> Any:
+    """The checkpoint's model on ``venv``, with its replay buffer, reseeded for the next episodes."""
+    model = load_algorithm(checkpoint / MODEL_FILE, env=venv, algo=config.agent.algo, device=config.train.device)
+    model.verbose = verbose
+    if not get_spec(config.agent.algo).on_policy:
+        buffer_file = checkpoint / REPLAY_BUFFER_FILE
+        if not buffer_file.is_file():
+            raise FileNotFoundError(f"{checkpoint} is incomplete: {REPLAY_BUFFER_FILE} is missing.")
+        load_replay_buffer(model.replay_buffer, buffer_file)
+    if config.train.seed is not None:
+        # New episodes and exploration, reproducibly, rather than a replay of the run's start
+        model.set_random_seed(config.train.seed + model.num_timesteps)
+    return model
+
+
+# ------------------------------------------------------------------------------------------ logging
+
+
+def make_logger(out: Path, verbose: int, *, keep_until: int | None = None) -> Logger:
+    """SB3 logger writing ``out/progress.csv`` and ``out/tb/`` (and stdout when ``verbose``).
+
+    :param keep_until: when resuming, keep the rows of ``progress.csv`` up to this many decisions
+        (the checkpoint's) and append after them; rows logged after the checkpoint are redone.
+    """
+    formats = [
+        _ResumableCSVOutputFormat(out / PROGRESS_FILE, keep_until),
+        make_output_format("tensorboard", str(out / TENSORBOARD_DIR)),
+    ]
+    if verbose:
+        formats.append(HumanOutputFormat(sys.stdout))
+    return Logger(folder=str(out), output_formats=formats)
+
+
+class _ResumableCSVOutputFormat(CSVOutputFormat):
+    """SB3's CSV writer (which truncates its file), starting from the kept rows of an earlier segment."""
+
+    def __init__(self, filename: Path, keep_until: int | None) -> None:
+        header: list[str] = []
+        rows: list[list[str]] = []
+        if keep_until is not None and filename.is_file():
+            with open(filename, newline="", encoding="utf-8") as file:
+                table = list(csv.reader(file))
+            if table and "time/total_timesteps" in table[0]:
+                header, column = table[0], table[0].index("time/total_timesteps")
+                rows = [row for row in table[1:] if row and row[column] and float(row[column]) <= keep_until]
+        super().__init__(str(filename))
+        if header:
+            writer = csv.writer(self.file, lineterminator="\n")
+            writer.writerow(header)
+            writer.writerows(rows)
+            self.file.flush()
+            self.keys = header

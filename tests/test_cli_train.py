@@ -1,0 +1,276 @@
+"""``mara train``: the run folder, config files and flags, refusing to clobber, kill and resume."""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import TINY_PROMPTS, build_tiny_llm
+
+import agents.cli.train as train_cli
+from agents import DiscreteSAC
+from agents.algorithms import load_algorithm
+from agents.callbacks import EPISODE_METRICS, KL_COLUMN, read_checkpoint_state, recover_checkpoint
+from agents.cli import main
+from agents.run_config import DEFAULT_RUN, RunConfig
+
+REPO = Path(__file__).resolve().parents[1]
+MARA_COLUMNS = [*EPISODE_METRICS.values(), KL_COLUMN, "mara/decisions_per_second"]
+# Small replay settings so that a few hundred decisions include updates
+SMALL_SAC = ["--learning-starts", "64", "--batch-size", "32", "--buffer-size", "4000"]
+
+
+@pytest.fixture(scope="module")
+def tiny_files(tmp_path_factory) -> tuple[Path, Path]:
+    """The tiny model saved as a local folder, and a prompt file."""
+    folder = tmp_path_factory.mktemp("tiny")
+    model, tokenizer = build_tiny_llm()
+    model.save_pretrained(folder / "llm")
+    tokenizer.save_pretrained(folder / "llm")
+    prompts = folder / "prompts.txt"
+    prompts.write_text("\n".join(TINY_PROMPTS) + "\n")
+    return folder / "llm", prompts
+
+
+def env_flags(tiny_files: tuple[Path, Path]) -> list[str]:
+    llm, prompts = tiny_files
+    return [
+        *("--llm", str(llm), "--prompts", str(prompts), "--prompt-split", "all"),
+        *("--reward-model", "length", "--cost-model", "none", "--max-new-tokens", "12", "--top-k", "8"),
+        *("--devices", "cpu", "--num-envs", "4", "--no-progress"),
+    ]
+
+
+def read_progress(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as file:
+        return list(csv.DictReader(file))
+
+
+def test_train_end_to_end_writes_the_run_folder(tiny_files, tmp_path, capsys):
+    out = tmp_path / "run"
+    # Precedence: defaults < config file < flags
+    config_file = tmp_path / "run.toml"
+    config_file.write_text("[env]\ntop_k = 5\nkl_coef = 0.2\n\n[train]\ntotal_decisions = 320\nlog_every = 80\n")
+    flags = [*env_flags(tiny_files), "--config", str(config_file), "--checkpoint-every", "160", *SMALL_SAC]
+    assert main(["train", "--out", str(out), *flags]) == 0  # --top-k 8 among the flags beats the file's 5
+
+    config = RunConfig.from_file(out / "config.yaml")
+    assert config.env["top_k"] == 8 and config.env["kl_coef"] == 0.2  # flag over file; file over default
+    assert config.train.total_decisions == 320 and config.train.log_every == 80
+    assert config.train.num_envs == 4 and config.train.seed == DEFAULT_RUN["train"]["seed"]
+    assert config.agent.algo == "sac-discrete" and config.agent.resolved()["learning_starts"] == 64
+
+    rows = read_progress(out / "progress.csv")
+    assert set(MARA_COLUMNS) <= set(rows[0]), "the evaluation report reads these columns"
+    steps = [int(float(row["time/total_timesteps"])) for row in rows]
+    assert steps == sorted(steps) and steps[0] == 80 and steps[-1] >= 320 and len(steps) >= 4
+    kls = [float(row[KL_COLUMN]) for row in rows if row[KL_COLUMN]]
+    assert kls and all(np.isfinite(kls))
+    assert float(rows[-1]["mara/reward_score"]) > 0  # the length reward of a non-empty response
+    assert any((out / "tb").iterdir()), "TensorBoard events"
+
+    model = load_algorithm(out / "model.zip")
+    assert isinstance(model, DiscreteSAC) and model.num_timesteps >= 320
+    assert model.ent_coef == 0.2, "the entropy coefficient is the env's kl_coef"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["decisions"] == model.num_timesteps and summary["episodes"] > 0
+    assert summary["final"]["mara/reward_score"] == pytest.approx(float(rows[-1]["mara/reward_score"]))
+    assert read_checkpoint_state(out / "checkpoint")["num_timesteps"] == model.num_timesteps
+    assert "Trained sac-discrete" in capsys.readouterr().out
+
+
+def test_ppo_through_the_cli_and_overwrite(tiny_files, tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.yaml").write_text("{}\n")  # a run folder from before
+    (out / "stale.txt").write_text("old")
+    flags = [*env_flags(tiny_files), "--algo", "ppo", "--n-steps", "16", "--batch-size", "32", "--n-epochs", "2"]
+    assert main(["train", "--out", str(out), *flags, "--total-decisions", "128", "--overwrite"]) == 0
+    assert not (out / "stale.txt").exists()
+    model = load_algorithm(out / "model.zip")
+    assert type(model).__name__ == "PPO" and model.n_steps == 16 and model.num_timesteps >= 128
+    assert set(MARA_COLUMNS) <= set(read_progress(out / "progress.csv")[0])
+    assert not (out / "checkpoint" / "replay_buffer.npz").exists(), "on-policy: no replay buffer"
+
+    # A flag of another algorithm is named as such
+    assert main(["train", "--out", str(tmp_path / "x"), *flags, "--buffer-size", "10"]) == 2
+    err = capsys.readouterr().err
+    assert "mara train: error: --buffer-size does not apply to --algo ppo" in err and "Traceback" not in err
+
+
+def test_existing_folder_is_refused(tiny_files, tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    assert main(["train", "--out", str(out), *env_flags(tiny_files)]) == 2
+    err = capsys.readouterr().err
+    assert "already exists and is not empty" in err and "--overwrite" in err and "--resume" in err
+    # --overwrite deletes only folders a run made
+    assert main(["train", "--out", str(out), *env_flags(tiny_files), "--overwrite"]) == 2
+    assert "only replaces run folders" in capsys.readouterr().err
+    assert (out / "notes.txt").read_text() == "mine"
+    # --resume without a run there
+    assert main(["train", "--out", str(tmp_path / "none"), "--resume"]) == 2
+    assert "has no config.yaml" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "message"),
+    [
+        ("c.toml", "[env]\ntop_kk = 3\n", r"unknown key 'top_kk' in section \[env\]. Did you mean 'top_k'\?"),
+        ("c.toml", '[env]\ntop_k = "many"\n', r"env.top_k must be an integer, got 'many'"),
+        ("c.yaml", "train:\n  total_decisions: 1.5\n", r"train.total_decisions must be an integer, got 1.5"),
+        ("c.yaml", "trian:\n  seed: 1\n", r"unknown section 'trian'. Did you mean 'train'\?"),
+        ("c.yml", "agent:\n  algo: ppo\n  learning_rat: 1e-3\n", r"'learning_rat' is not a hyperparameter of ppo"),
+        ("c.yaml", "agent:\n  algo: sac\n", r"agent.algo 'sac' is not a known algorithm. Did you mean 'sac-discrete'"),
+        ("c.json", "{}", r"must end in .toml, .yaml or .yml"),
+        ("c.toml", "[env\n", r"not valid TOML"),
+    ],
+)
+def test_config_file_errors(name, text, message, tmp_path, capsys):
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(ValueError, match=message):
+        RunConfig.from_file(path)
+    assert main(["train", "--config", str(path), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mara train: error: ") and "Traceback" not in err
+    assert not (tmp_path / "run").exists(), "nothing is written before the settings are valid"
+
+
+def test_debug_shows_the_traceback(tmp_path, capsys):
+    path = tmp_path / "c.toml"
+    path.write_text("[env]\ntop_kk = 3\n")
+    assert main(["--debug", "train", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "mara train: error: " in err
+
+
+def test_yaml_reads_exponents_and_dump_round_trips(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("agent:\n  algo: dqn\n  learning_rate: 1e-3\n  train_freq: [2, step]\nenv:\n  devices: [cpu]\n")
+    config = RunConfig.from_file(path)
+    assert config.agent.hyperparameters["learning_rate"] == 0.001
+    assert config.agent.resolved()["train_freq"] == (2, "step")
+    config.dump(tmp_path / "out.yaml")
+    again = RunConfig.from_file(tmp_path / "out.yaml")
+    assert again.changes_from(config) == [] and again.env["devices"] == ["cpu"]
+
+
+def _start(args: list[str], log: Path) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    with open(log, "w") as file:
+        return subprocess.Popen(
+            [sys.executable, "-m", "agents.cli", "train", *args], cwd=REPO, env=env, stdout=file, stderr=file
+        )
+
+
+def _wait_for_checkpoint(proc: subprocess.Popen, out: Path, log: Path) -> None:
+    deadline = time.monotonic() + 90
+    while not (out / "checkpoint" / "state.json").exists():
+        assert proc.poll() is None, f"mara train exited early:\n{log.read_text()}"
+        assert time.monotonic() < deadline, f"no checkpoint after 90 s:\n{log.read_text()}"
+        time.sleep(0.05)
+
+
+def test_kill_and_resume_continues_from_the_checkpoint(tiny_files, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    total = 640
+    # A learned entropy coefficient, so that its restoration is checked
+    args = ["--out", str(out), *env_flags(tiny_files), "--total-decisions", str(total), "--checkpoint-every", "160"]
+    args += [*SMALL_SAC, "--ent-coef", "auto_0.1", "--log-every", "80"]
+    proc = _start(args, tmp_path / "train.log")
+    _wait_for_checkpoint(proc, out, tmp_path / "train.log")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+    checkpoint = recover_checkpoint(out)  # the kill may have come during a later checkpoint's write
+    assert checkpoint is not None
+    state = read_checkpoint_state(checkpoint)
+    done = state["num_timesteps"]
+    assert 0 < done < total, "killed mid-run"
+    reference = tmp_path / "reference"
+    shutil.copytree(checkpoint, reference)
+    saved = load_algorithm(reference / "model.zip")  # the checkpoint loads on its own
+    assert isinstance(saved, DiscreteSAC) and saved.num_timesteps == done
+    saved_buffer = np.load(reference / "replay_buffer.npz")
+
+    seen = {}
+    real_load = train_cli.load_algorithm
+
+    def spying_load(*a, **k):
+        model = real_load(*a, **k)
+        real_learn = model.learn
+
+        def learn(total_timesteps, **kwargs):
+            seen.update(
+                num_timesteps=model.num_timesteps,
+                total_timesteps=total_timesteps,
+                reset=kwargs["reset_num_timesteps"],
+                transitions=model.replay_buffer.size() * model.replay_buffer.n_envs,
+                observations=model.replay_buffer.observations[: model.replay_buffer.pos].copy(),
+                log_ent_coef=model.log_ent_coef.detach().clone(),
+                optimizers={
+                    name: copy.deepcopy(getattr(model, name.split(".")[0]).optimizer.state_dict())
+                    if "." in name
+                    else copy.deepcopy(model.ent_coef_optimizer.state_dict())
+                    for name in ("actor.optimizer", "critic.optimizer", "ent_coef_optimizer")
+                },
+            )
+            del model.learn  # the spy must not be saved with the model
+            return real_learn(total_timesteps, **kwargs)
+
+        model.learn = learn
+        return model
+
+    monkeypatch.setattr(train_cli, "load_algorithm", spying_load)
+    assert main(["train", *args, "--resume"]) == 0
+
+    # Continued from the checkpoint, not from 0, with everything SB3 does not rebuild restored
+    assert seen["num_timesteps"] == done and seen["reset"] is False and seen["total_timesteps"] == total - done
+    assert seen["transitions"] == state["replay_buffer_transitions"] == done
+    np.testing.assert_array_equal(seen["observations"], saved_buffer["array_observations"])
+    assert torch.equal(seen["log_ent_coef"], saved.log_ent_coef.detach())
+    assert float(saved.log_ent_coef.detach().exp()) != pytest.approx(0.1), "the coefficient had moved from its start"
+    for name, resumed in seen["optimizers"].items():
+        owner = getattr(saved, name.split(".")[0]) if "." in name else None
+        expected = owner.optimizer.state_dict() if owner is not None else saved.ent_coef_optimizer.state_dict()
+        assert resumed["state"].keys() == expected["state"].keys() and resumed["state"], name
+        for key, values in expected["state"].items():
+            for field, value in values.items():
+                assert torch.equal(resumed["state"][key][field], value), (name, key, field)
+
+    final = load_algorithm(out / "model.zip")
+    assert final.num_timesteps == total
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["decisions"] == total and summary["resumed"] is True
+    assert summary["episodes"] > state["episodes"] > 0, "episode counter continued"
+    steps = [int(float(row["time/total_timesteps"])) for row in read_progress(out / "progress.csv")]
+    assert steps == sorted(set(steps)) and steps[-1] == total, "rows after the checkpoint were redone once"
+
+    # A finished run says so
+    assert main(["train", *args, "--resume"]) == 0
+
+
+def test_ctrl_c_keeps_the_checkpoint_and_says_how_to_resume(tiny_files, tmp_path):
+    out = tmp_path / "run"
+    args = ["--out", str(out), *env_flags(tiny_files), "--total-decisions", "20000", "--checkpoint-every", "96"]
+    proc = _start([*args, *SMALL_SAC], tmp_path / "train.log")
+    _wait_for_checkpoint(proc, out, tmp_path / "train.log")
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=60) == 130
+    log = (tmp_path / "train.log").read_text()
+    assert f"Continue with: mara train --out {out} --resume" in log and "Traceback" not in log
+    assert recover_checkpoint(out) is not None
+    assert isinstance(load_algorithm(out / "checkpoint" / "model.zip"), DiscreteSAC)
