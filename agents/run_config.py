@@ -192,7 +192,8 @@ class RunConfig:
     ) -> RunConfig:
         """A config from ``{"env": {...}, "agent": {...}, "train": {...}}`` laid over ``base``.
 
-        :param sections: any subset of the sections, each with any subset of its keys.
+        :param sections: any subset of the sections, each with any subset of its keys. An
+            ``agent.algo`` other than ``base``'s drops ``base``'s hyperparameters (they were another algorithm's).
         :param source: where the values come from, for error messages (a file name, ``"command line"``).
         :param base: the config the values replace (default: :meth:`default`).
         :raises ValueError: unknown section or key, wrong type, or a value the environment or algorithm refuses.
@@ -234,7 +235,9 @@ class RunConfig:
             raise ValueError(
                 f"{source}: agent.algo {algo!r} is not a known algorithm.{hint} Known: {', '.join(ALGORITHMS)}."
             )
-        hyperparameters = {**(base.agent.hyperparameters if base else {}), **agent_section}
+        # Hyperparameters belong to one algorithm: a layer that switches algorithms starts afresh
+        kept = base.agent.hyperparameters if base and base.agent.algo == algo else {}
+        hyperparameters = {**kept, **agent_section}
         try:
             check_overrides(algo, hyperparameters)
         except ValueError as exc:

@@ -85,6 +85,9 @@ def test_each_algorithm_trains_saves_and_loads_with_detection(name, venv, tmp_pa
     model.save(tmp_path / "agent.zip")
     assert detect_algorithm(read_saved_data(tmp_path / "agent.zip")) == name
     loaded = load_algorithm(tmp_path / "agent", env=venv)  # ".zip" may be left off, as with SB3
+    other = "ppo" if name != "ppo" else "a2c"
+    with pytest.raises(ValueError, match=f"holds a {name} agent, not {other}"):
+        load_algorithm(tmp_path / "agent.zip", algo=other)
     assert type(loaded) is ALGORITHMS[name].cls
     np.testing.assert_array_equal(accept_probabilities(loaded, obs), probs)
     np.testing.assert_array_equal(loaded.predict(obs, deterministic=True)[0], model.predict(obs, deterministic=True)[0])

@@ -168,6 +168,44 @@ def test_yaml_reads_exponents_and_dump_round_trips(tmp_path):
     assert again.changes_from(config) == [] and again.env["devices"] == ["cpu"]
 
 
+def test_switching_algorithm_drops_the_other_algorithms_hyperparameters(tmp_path):
+    sac = RunConfig.from_sections({"agent": {"algo": "sac-discrete", "buffer_size": 500}})
+    sac.dump(tmp_path / "sac.yaml")
+    ppo = RunConfig.from_sections({"agent": {"algo": "ppo"}}, base=RunConfig.from_file(tmp_path / "sac.yaml"))
+    assert ppo.agent.hyperparameters == {} and ppo.env == sac.env
+    same = RunConfig.from_sections({"agent": {"gamma": 0.9}}, base=sac)
+    assert same.agent.hyperparameters == {"buffer_size": 500, "gamma": 0.9}
+
+
+def _fake_checkpoint(folder: Path, timesteps: int, complete: bool = True) -> None:
+    folder.mkdir()
+    (folder / "model.zip").write_bytes(b"zip")
+    if complete:
+        (folder / "state.json").write_text(json.dumps({"num_timesteps": timesteps}))
+
+
+def test_recover_checkpoint_after_a_kill_at_each_point_of_the_swap(tmp_path):
+    def state(run: Path) -> int | None:
+        found = recover_checkpoint(run)
+        leftovers = sorted(p.name for p in run.iterdir() if p.name != "checkpoint")
+        assert leftovers == [], leftovers
+        return None if found is None else read_checkpoint_state(found)["num_timesteps"]
+
+    cases = {
+        "writing the first": ([("checkpoint.tmp", 1, False)], None),
+        "writing a later one": ([("checkpoint", 1, True), ("checkpoint.tmp", 2, False)], 1),
+        "between the renames": ([("checkpoint.old", 1, True), ("checkpoint.tmp", 2, True)], 2),
+        "before deleting the old": ([("checkpoint", 2, True), ("checkpoint.old", 1, True)], 2),
+        "old only, tmp unfinished": ([("checkpoint.old", 1, True), ("checkpoint.tmp", 2, False)], 1),
+    }
+    for name, (folders, expected) in cases.items():
+        run = tmp_path / name.replace(" ", "_").replace(",", "")
+        run.mkdir()
+        for folder, timesteps, complete in folders:
+            _fake_checkpoint(run / folder, timesteps, complete)
+        assert state(run) == expected, name
+
+
 def _start(args: list[str], log: Path) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     with open(log, "w") as file:
