@@ -82,13 +82,14 @@ class MARALoggingCallback(BaseCallback):
         self._start_time = 0.0
 
     def state_dict(self) -> dict[str, Any]:
-        """Counters to keep across a resume (episodes finished, wall seconds so far)."""
-        return {"episodes": self.episodes, "wall_seconds": self.wall_seconds}
+        """Counters to keep across a resume (episodes finished, wall seconds so far, the last means)."""
+        return {"episodes": self.episodes, "wall_seconds": self.wall_seconds, "last_means": dict(self.last_means)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict` (before ``learn``)."""
         self.episodes = int(state.get("episodes", 0))
         self._wall_before = float(state.get("wall_seconds", 0.0))
+        self.last_means = dict(state.get("last_means", {}))
 
     @property
     def wall_seconds(self) -> float:

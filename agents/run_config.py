@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import os
 import re
 import sys
 from collections.abc import Mapping
@@ -302,7 +303,11 @@ class RunConfig:
                         f"{name}.{key} = {value!r} cannot be written to a config file, so this run could not be "
                         "repeated from it: give it as a name, path or number instead."
                     ) from exc
-        Path(path).write_text(yaml.safe_dump(sections, sort_keys=True), encoding="utf-8")
+        # Written beside and renamed over, so a kill never leaves half a config
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(yaml.safe_dump(sections, sort_keys=True), encoding="utf-8")
+        os.replace(tmp, path)
 
     def changes_from(self, other: RunConfig) -> list[str]:
         """``section.key`` of every resolved setting that differs between ``self`` and ``other``."""

@@ -13,17 +13,27 @@ import sys
 import time
 from pathlib import Path
 
+import gymnasium as gym
 import numpy as np
 import pytest
 import torch
 from conftest import TINY_PROMPTS, build_tiny_llm
+from stable_baselines3.common.logger import KVWriter, Logger
+from stable_baselines3.common.vec_env import VecMonitor
 
 import agents.cli.train as train_cli
 from agents import DiscreteSAC
-from agents.algorithms import load_algorithm
-from agents.callbacks import EPISODE_METRICS, KL_COLUMN, read_checkpoint_state, recover_checkpoint
+from agents.algorithms import load_algorithm, make_algorithm
+from agents.callbacks import (
+    EPISODE_METRICS,
+    KL_COLUMN,
+    MARALoggingCallback,
+    read_checkpoint_state,
+    recover_checkpoint,
+)
 from agents.cli import main
 from agents.run_config import DEFAULT_RUN, RunConfig
+from mara_env.sb3 import SB3VecEnv
 
 REPO = Path(__file__).resolve().parents[1]
 MARA_COLUMNS = [*EPISODE_METRICS.values(), KL_COLUMN, "mara/decisions_per_second"]
@@ -168,6 +178,55 @@ def test_yaml_reads_exponents_and_dump_round_trips(tmp_path):
     assert again.changes_from(config) == [] and again.env["devices"] == ["cpu"]
 
 
+class _Rows(KVWriter):
+    """Keeps every dumped row in memory."""
+
+    def __init__(self) -> None:
+        self.rows: list[dict] = []
+
+    def write(self, key_values, key_excluded, step=0) -> None:
+        self.rows.append({**key_values, "step": step})
+
+
+def test_logging_callback_estimates_kl_from_the_behaviour_policy_and_reference(tiny_kwargs):
+    venv = VecMonitor(SB3VecEnv(gym.make_vec("MARA-v0", num_envs=2, **tiny_kwargs)))
+    model = make_algorithm("dqn", venv, seed=0, learning_starts=0, buffer_size=100)
+    writer = _Rows()
+    model.set_logger(Logger(None, [writer]))
+    model.exploration_rate = 0.5  # behaviour: P(accept) = 0.25 + 0.5 * greedy
+    callback = MARALoggingCallback(log_every=10**9)  # dumped by hand below
+    callback.init_callback(model)
+    model._last_obs = venv.reset()
+    callback.on_training_start({}, {})
+    rng = np.random.default_rng(0)
+    running, kls, scores, lengths, steps = np.zeros(2), [], [], [], np.zeros(2, dtype=int)
+    while len(kls) < 4:
+        actions = rng.integers(0, 2, size=2)
+        greedy = model.predict(model._last_obs, deterministic=True)[0]
+        p_accept = 0.25 + 0.5 * greedy
+        new_obs, _, dones, infos = venv.step(actions)
+        running += np.log(np.where(actions == 1, p_accept, 1 - p_accept)) - [info["ref_logp"] for info in infos]
+        steps += 1
+        model.num_timesteps += 2
+        callback.update_locals({"infos": infos, "dones": dones, "actions": actions})
+        callback.on_step()
+        model._last_obs = new_obs
+        for i in np.flatnonzero(dones):
+            kls.append(running[i])
+            scores.append(infos[i]["reward_score"])
+            lengths.append(steps[i])
+            assert infos[i]["num_decisions"] == steps[i], "one decision per step of that env"
+            running[i], steps[i] = 0.0, 0
+    callback.dump()
+    row = writer.rows[-1]
+    assert row["mara/kl"] == pytest.approx(np.mean(kls))
+    assert row["mara/reward_score"] == pytest.approx(np.mean(scores))
+    assert row["mara/decisions_per_episode"] == pytest.approx(np.mean(lengths))
+    assert row["time/total_timesteps"] == row["step"] == model.num_timesteps
+    assert row["time/episodes"] == len(kls) == callback.episodes
+    venv.close()
+
+
 def test_switching_algorithm_drops_the_other_algorithms_hyperparameters(tmp_path):
     sac = RunConfig.from_sections({"agent": {"algo": "sac-discrete", "buffer_size": 500}})
     sac.dump(tmp_path / "sac.yaml")
@@ -222,7 +281,7 @@ def _wait_for_checkpoint(proc: subprocess.Popen, out: Path, log: Path) -> None:
         time.sleep(0.05)
 
 
-def test_kill_and_resume_continues_from_the_checkpoint(tiny_files, tmp_path, monkeypatch):
+def test_kill_and_resume_continues_from_the_checkpoint(tiny_files, tmp_path, monkeypatch, capsys):
     out = tmp_path / "run"
     total = 640
     # A learned entropy coefficient, so that its restoration is checked
@@ -297,8 +356,13 @@ def test_kill_and_resume_continues_from_the_checkpoint(tiny_files, tmp_path, mon
     steps = [int(float(row["time/total_timesteps"])) for row in read_progress(out / "progress.csv")]
     assert steps == sorted(set(steps)) and steps[-1] == total, "rows after the checkpoint were redone once"
 
-    # A finished run says so
+    # A finished run says so; killed after its last checkpoint, it gets its model and summary back
+    (out / "model.zip").unlink()
+    (out / "summary.json").unlink()
     assert main(["train", *args, "--resume"]) == 0
+    assert "already finished" in capsys.readouterr().out
+    assert load_algorithm(out / "model.zip").num_timesteps == total
+    assert json.loads((out / "summary.json").read_text())["decisions"] == total
 
 
 def test_ctrl_c_keeps_the_checkpoint_and_says_how_to_resume(tiny_files, tmp_path):

@@ -72,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run ``mara`` with ``argv`` (default: ``sys.argv[1:]``); returns the exit code.
 
     Errors in the user's input (``ValueError``, ``FileNotFoundError``, ``FileExistsError``) print
-    ``mara <command>: error: <message>`` and return 2; ``--debug`` shows the traceback instead.
+    ``mara <command>: error: <message>`` and return 2; ``--debug`` also prints the traceback.
     Ctrl-C returns 130.
     """
     argv = list(sys.argv[1:] if argv is None else argv)

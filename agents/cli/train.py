@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import re
 import shutil
 import sys
@@ -261,6 +262,8 @@ def _resume(out: Path, flags: dict[str, dict[str, Any]], *, verbose: int) -> int
             "with --resume it may only be raised."
         )
     if done >= wanted.train.total_decisions:
+        if not ((out / MODEL_FILE).is_file() and (out / SUMMARY_FILE).is_file()):
+            _publish(out, saved, checkpoint, resumed=True)  # killed after the last checkpoint
         print(
             f"{out}: the run is already finished ({done} of {wanted.train.total_decisions} decisions; the model "
             f"is {out / MODEL_FILE}). Pass a larger --total-decisions to train further."
@@ -335,19 +338,9 @@ def train_run(
                 file=sys.stderr,
             )
             return 130
-        checkpoint_callback.save()  # so that a larger --total-decisions can continue from the end
-        model.save(out / MODEL_FILE)
-        summary = {
-            "algo": config.agent.algo,
-            "decisions": int(model.num_timesteps),
-            "episodes": logging_callback.episodes,
-            "wall_seconds": round(logging_callback.wall_seconds, 2),
-            "decisions_per_second": round(model.num_timesteps / max(logging_callback.wall_seconds, 1e-9), 3),
-            "final": logging_callback.last_means,
-            "resumed": checkpoint is not None,
-            "model": MODEL_FILE,
-        }
-        (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2), encoding="utf-8")
+        # The final checkpoint lets a larger --total-decisions continue from the end
+        final = checkpoint_callback.save()
+        summary = _publish(out, config, final, resumed=checkpoint is not None)
         print(
             f"Trained {config.agent.algo} for {summary['decisions']} decisions ({summary['episodes']} episodes) in "
             f"{summary['wall_seconds']:.0f} s; model: {out / MODEL_FILE}"
@@ -355,6 +348,29 @@ def train_run(
         return 0
     finally:
         venv.close()
+
+
+def _publish(out: Path, config: RunConfig, checkpoint: Path, *, resumed: bool) -> dict[str, Any]:
+    """Put the checkpoint's model at ``out/model.zip`` and write ``summary.json``, each atomically."""
+    state = read_checkpoint_state(checkpoint)
+    tmp = out / "model.tmp.zip"
+    shutil.copyfile(checkpoint / MODEL_FILE, tmp)
+    os.replace(tmp, out / MODEL_FILE)
+    wall = float(state.get("wall_seconds") or 0.0)
+    summary = {
+        "algo": config.agent.algo,
+        "decisions": int(state["num_timesteps"]),
+        "episodes": state.get("episodes"),
+        "wall_seconds": round(wall, 2),
+        "decisions_per_second": round(state["num_timesteps"] / wall, 3) if wall > 0 else None,
+        "final": state.get("logging", {}).get("last_means", {}),
+        "resumed": resumed,
+        "model": MODEL_FILE,
+    }
+    tmp = out / "summary.tmp.json"
+    tmp.write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    os.replace(tmp, out / SUMMARY_FILE)
+    return summary
 
 
 def _load_checkpoint(config: RunConfig, checkpoint: Path, venv: Any, verbose: int) -> Any:
