@@ -17,10 +17,12 @@ from mara_env.candidates import CandidateConfig, CandidateSet, candidate_sets
 from mara_env.config import MARAConfig
 from mara_env.env import TokenAcceptRejectEnv
 from mara_env.llm import EMBEDDED_LLM, LLMReplica, PromptFormat, load_replicas
+from mara_env.variants import VARIANTS, variant_settings
 from mara_env.vector_env import TokenAcceptRejectVectorEnv
 
 __all__ = [
     "EMBEDDED_LLM",
+    "VARIANTS",
     "CandidateConfig",
     "CandidateSet",
     "LLMReplica",
@@ -30,6 +32,7 @@ __all__ = [
     "TokenAcceptRejectVectorEnv",
     "candidate_sets",
     "load_replicas",
+    "variant_settings",
 ]
 
 __version__ = "0.1.0"

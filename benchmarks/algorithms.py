@@ -1,0 +1,974 @@
+"""Every registered RL algorithm on one MARA-v0 task variant: learning curves, preference rate, speed.
+
+Each algorithm of :data:`agents.algorithms.ALGORITHMS` (or those named with ``--algos``) trains on
+the same task (``--variant``, see :mod:`mara_env.variants`) for the same number of environment
+decisions, once per seed. One (algorithm, seed) pair:
+
+1. builds ``VecMonitor(SB3VecEnv(gym.make_vec("MARA-v0", num_envs=N, **variant)))`` on the LLM
+   replicas loaded once for the whole benchmark, and the algorithm with its MARA defaults
+   (:func:`agents.algorithms.make_algorithm`); only schedules that would not fit the budget are
+   shortened (see :func:`fit_to_budget`, recorded in ``results.json``);
+2. trains, logging ``mara/*`` episode means to ``progress.csv`` (``agents.callbacks.MARALoggingCallback``)
+   and, every ``eval_every`` decisions (and at 0 and at the end), decoding a fixed subset of the
+   held-out prompts with :class:`agents.MARAGenerator` under the model being trained and scoring the
+   answers with :class:`mara_env.scoring.TerminalReward`: the evaluation learning curves;
+3. compares the trained agent with the base LLM on the held-out prompts
+   (:func:`agents.comparison.run_comparison`, no best-of-N): preference rate with a bootstrap 95%
+   interval, mean reward and cost scores, mean KL to the reference, accepted-position distribution.
+
+Training speed (decisions/s) counts training only: evaluation time is measured and taken out. A
+pair's ``result.json`` is written (atomically) as soon as it finishes, and the summary files are
+rewritten after every pair, so a crash loses at most the pair in progress; ``--resume`` skips the
+pairs already done (after checking they were run with the same settings).
+
+Budgets (``--budget``; every value can be overridden by its flag):
+
+=======================  =====  ============  ============
+setting                  quick  standard      full
+=======================  =====  ============  ============
+``--decisions``          96     6,000         200,000
+``--seeds``              0      0 1           0 1 2 3 4
+``--num-envs``           8      16            64
+``--eval-every``         96     2,000         10,000
+``--eval-prompts``       4      16            64
+``--compare-prompts``    4      32            all held-out
+``--max-new-tokens``     8      variant (48)  256
+``--log-every``          32     500           2,000
+=======================  =====  ============  ============
+
+Evaluations run at 0 decisions, every ``--eval-every`` decisions below ``--decisions``, and at the end.
+
+- ``quick``: a smoke test of the whole pipeline (CI-sized), not a measurement: 96 decisions are
+  far too few to learn anything. Time on the 2-core development CPU: see ``benchmarks/README.md``.
+- ``standard``: about an hour for all five algorithms on the 2-core CPU with 2 torch threads and
+  nothing else running (an estimate, not measured: the environment makes ~40 decisions/s at 16
+  envs, ~30/s with the off-policy updates; aligned decoding runs at about the environment's
+  speed). Per pair: training 6,000 decisions ~200 s; 4 evaluations of 16 prompts x 48 tokens
+  (~1,100 decisions each) ~120 s; comparison on 32 prompts (agent ~2,200 decisions plus the
+  base LLM's ``generate``) ~75 s; ~6.5 min per pair, 2 seeds x 5 algorithms ~65 min. With one
+  thread or a busy machine expect up to 2-3x that: a trial run of 300 decisions per pair measured
+  7-11 training decisions/s at 8 envs and 16 tokens with ``OMP_NUM_THREADS=1`` next to other jobs.
+- ``full``: for a GPU (5 seeds x 200,000 decisions, every held-out prompt, 256-token answers).
+
+Outputs, under ``--out`` (default ``benchmarks/results/algorithms/<budget>/``):
+
+- ``results.json``: settings, budget, machine, date; per algorithm and seed every number and the
+  evaluation curve; per algorithm the mean, standard deviation and values across seeds;
+- ``results.md``: the summary table;
+- ``learning_curves.png``: evaluation reward, cost and KL against decisions, one line per
+  algorithm (mean over seeds, band of +- one standard deviation), the base LLM as a dashed line;
+- ``runs/<algo>/seed<k>/``: ``result.json``, ``progress.csv`` and the comparison report
+  (``comparison/report.md``, ``accept_positions.png``, ``scores.png``, ``training_curves.png``).
+
+Usage::
+
+    OMP_NUM_THREADS=1 python benchmarks/algorithms.py --budget quick
+    python benchmarks/algorithms.py --budget standard --resume            # continue after an interruption
+    python benchmarks/algorithms.py --variant kl1 --algos sac-discrete ppo --seeds 0 1 2 --decisions 20000
+    python benchmarks/algorithms.py --budget full --devices cuda:0 --llm HuggingFaceTB/SmolLM2-1.7B-Instruct
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import shutil
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, fields, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch as th
+
+# Runnable as a script from anywhere in the repository
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.logger import configure
+from stable_baselines3.common.vec_env import VecMonitor
+from tqdm.auto import tqdm
+
+import mara_env  # noqa: F401  (registers MARA-v0)
+from agents.algorithms import ALGORITHMS, get_spec, resolve_kwargs
+from agents.algorithms import make_algorithm as build_algorithm
+from agents.comparison import held_out_prompts, run_comparison
+from agents.evaluation import accept_position_counts
+from agents.generation import Generation, MARAGenerator
+from mara_env.config import MARAConfig
+from mara_env.llm import LLMReplica, load_replicas
+from mara_env.sb3 import SB3VecEnv
+from mara_env.scoring import TerminalReward
+from mara_env.variants import VARIANTS, variant_settings
+
+try:  # the logging callback is optional: without it progress.csv has no mara/* columns
+    from agents.callbacks import MARALoggingCallback
+except ImportError:  # pragma: no cover - only while agents.callbacks is missing
+    MARALoggingCallback = None
+
+RESULTS = Path(__file__).resolve().parent / "results" / "algorithms"
+
+#: Environment settings that place the LLM: used to load the replicas once, not passed to each env.
+LLM_KEYS = ("llm", "devices", "dtype", "trust_remote_code")
+#: Environment settings the generator must repeat so that evaluation decodes as training did.
+DECODING_KEYS = ("top_k", "top_p", "temperature", "system_prompt", "chunk_size", "max_prompt_tokens", "prompt_overflow")
+#: Accepted-position bins: positions 1 .. 9 and "10 or later" (as the comparison report's figure).
+ACCEPT_BINS = 10
+RESULT_FILE = "result.json"
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How much every (algorithm, seed) pair gets.
+
+    :param decisions: environment decisions of training per pair (SB3 timesteps over all sub-environments).
+    :param seeds: seeds; each algorithm trains once per seed.
+    :param num_envs: sub-environments batched through the LLM (also the evaluation batch size).
+    :param eval_every: decisions between evaluations of the learning curve (plus one at 0 and one at the end).
+    :param eval_prompts: held-out prompts decoded at each evaluation (the first ones, the same every time).
+    :param compare_prompts: held-out prompts of the final comparison with the base LLM (``None``: all).
+    :param max_new_tokens: response limit for training and evaluation (``None``: the variant's).
+    :param log_every: decisions between rows of each pair's ``progress.csv``.
+    """
+
+    decisions: int
+    seeds: tuple[int, ...]
+    num_envs: int
+    eval_every: int
+    eval_prompts: int
+    compare_prompts: int | None
+    max_new_tokens: int | None
+    log_every: int
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
+        for name in ("decisions", "num_envs", "eval_every", "eval_prompts", "log_every"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"budget {name} must be an integer >= 1, got {value!r}.")
+        for name in ("compare_prompts", "max_new_tokens"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"budget {name} must be None or an integer >= 1, got {value!r}.")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"budget seeds must be distinct and at least one, got {self.seeds!r}.")
+
+
+#: The ``--budget`` presets (see the module docstring for the time each takes).
+BUDGETS: dict[str, Budget] = {
+    "quick": Budget(
+        decisions=96,
+        seeds=(0,),
+        num_envs=8,
+        eval_every=96,
+        eval_prompts=4,
+        compare_prompts=4,
+        max_new_tokens=8,
+        log_every=32,
+    ),
+    "standard": Budget(
+        decisions=6_000,
+        seeds=(0, 1),
+        num_envs=16,
+        eval_every=2_000,
+        eval_prompts=16,
+        compare_prompts=32,
+        max_new_tokens=None,
+        log_every=500,
+    ),
+    "full": Budget(
+        decisions=200_000,
+        seeds=(0, 1, 2, 3, 4),
+        num_envs=64,
+        eval_every=10_000,
+        eval_prompts=64,
+        compare_prompts=None,
+        max_new_tokens=256,
+        log_every=2_000,
+    ),
+}
+
+
+# --------------------------------------------------------------------------------------------- algorithms
+
+
+def fit_to_budget(algo: str, decisions: int, num_envs: int) -> dict[str, Any]:
+    """Hyperparameter overrides that let an algorithm's MARA defaults work within ``decisions``.
+
+    Only schedules longer than a quarter of the budget are shortened, so every algorithm spends at
+    most a quarter of its decisions before its first update: an on-policy rollout
+    (``n_steps * num_envs``; ``n_steps`` becomes the largest power of two that fits, and the
+    mini-batch at most the rollout), an off-policy warm-up (``learning_starts``) and a DQN target
+    period (``target_update_interval``). The replay buffer is cut to the budget (it would never
+    wrap, so this saves memory only). With the ``standard`` budget this shortens PPO's rollout
+    (2,048 -> 1,024 decisions), the warm-ups (2,000 -> 1,500) and nothing else.
+
+    :param algo: registry name.
+    :param decisions: training decisions per run.
+    :param num_envs: sub-environments.
+    :return: overrides for :func:`agents.algorithms.make_algorithm` (empty when the defaults fit).
+    """
+    spec = get_spec(algo)
+    defaults = resolve_kwargs(algo)
+    quarter = max(decisions // 4, 1)
+    out: dict[str, Any] = {}
+    if spec.on_policy:
+        n_steps = int(defaults["n_steps"])
+        if n_steps * num_envs > quarter:
+            n_steps = 2 ** int(math.log2(max(quarter // num_envs, 1)))
+            out["n_steps"] = n_steps
+        rollout = n_steps * num_envs
+        if "batch_size" in defaults and defaults["batch_size"] > rollout:
+            out["batch_size"] = max(rollout, 2)  # PPO needs mini-batches of at least 2
+    else:
+        for key in ("learning_starts", "target_update_interval"):
+            if key in defaults and defaults[key] > quarter:
+                out[key] = quarter
+        if "buffer_size" in defaults and defaults["buffer_size"] > decisions + num_envs:
+            out["buffer_size"] = decisions + num_envs
+    return out
+
+
+# --------------------------------------------------------------------------------------------- evaluation
+
+
+def _mean(values: Sequence[float] | np.ndarray) -> float:
+    array = np.asarray(values, dtype=np.float64)
+    return float(array.mean()) if array.size else float("nan")
+
+
+def summarize_generations(answers: Sequence[Generation], terminal: TerminalReward) -> dict[str, Any]:
+    """Score answers and summarise them: one point of a learning curve.
+
+    :param answers: answers of one evaluation, in prompt order.
+    :param terminal: the task's reward and cost models.
+    :return: ``reward``, ``cost``, ``terminal`` (``alpha_r R - alpha_c C``), ``kl`` (nats), ``tokens``
+        (means over answers), ``accept_first`` (share of answer tokens that were the first candidate)
+        and ``accept_positions`` (shares of positions 1 .. 9 and 10+).
+    """
+    scores = terminal([a.prompt for a in answers], [a.text for a in answers])
+    counts = accept_position_counts([a.accepted_ranks for a in answers], max_rank=ACCEPT_BINS)
+    total = int(counts.sum())
+    shares = (counts / total).tolist() if total else [float("nan")] * ACCEPT_BINS
+    return {
+        "reward": _mean(scores.reward_score),
+        "cost": _mean(scores.cost_score),
+        "terminal": _mean(scores.reward),
+        "kl": _mean([a.kl for a in answers]),
+        "tokens": _mean([a.num_tokens for a in answers]),
+        "accept_first": shares[0],
+        "accept_positions": shares,
+    }
+
+
+class EvaluationCallback(BaseCallback):
+    """Evaluate the model being trained at the start, every ``every`` decisions before ``total``, and at the end.
+
+    Periodic evaluations stop short of ``total`` because training runs a little past it (to the end
+    of a rollout or a ``train_freq`` period), where the final evaluation comes anyway. Also drives a
+    progress bar over decisions. The time spent evaluating is kept in :attr:`seconds` so that
+    training speed can leave it out.
+
+    :param evaluate: model -> summary dict (:func:`summarize_generations` of its answers).
+    :param every: decisions between evaluations.
+    :param total: the training budget in decisions.
+    :param bar: a tqdm bar over decisions, or ``None``.
+    """
+
+    def __init__(
+        self, evaluate: Callable[[BaseAlgorithm], dict[str, Any]], every: int, total: int, bar: Any = None
+    ) -> None:
+        super().__init__()
+        self.evaluate = evaluate
+        self.every = int(every)
+        self.total = int(total)
+        self.bar = bar
+        self.points: list[dict[str, Any]] = []
+        self.seconds = 0.0
+        self._next = 0
+
+    def _run(self) -> None:
+        start = time.perf_counter()
+        point = {"decisions": int(self.num_timesteps), **self.evaluate(self.model)}
+        point["seconds"] = time.perf_counter() - start
+        self.seconds += point["seconds"]
+        self.points.append(point)
+        if self.bar is not None:
+            self.bar.set_postfix(reward=f"{point['reward']:.3f}", cost=f"{point['cost']:.3f}", refresh=False)
+
+    def _on_training_start(self) -> None:
+        self._run()  # the untrained policy: where every curve starts
+        self._next = (self.num_timesteps // self.every + 1) * self.every
+
+    def _on_step(self) -> bool:
+        if self.bar is not None:
+            self.bar.update(self.num_timesteps - self.bar.n)
+        if self._next <= self.num_timesteps and self._next < self.total:
+            self._run()
+            self._next = (self.num_timesteps // self.every + 1) * self.every
+        return True
+
+    def _on_training_end(self) -> None:
+        if self.points[-1]["decisions"] < self.num_timesteps:
+            self._run()
+
+
+# --------------------------------------------------------------------------------------------- the benchmark
+
+
+def _jsonable(value: Any) -> Any:
+    """Plain JSON data: numbers (non-finite -> None), strings, lists, dicts; anything else by name."""
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (bool, str)) or value is None:
+        return value
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, LLMReplica):
+        return value.name
+    if isinstance(value, (th.device, th.dtype, os.PathLike)):
+        return str(value)
+    return getattr(value, "__name__", None) or type(value).__name__
+
+
+def _write_json(path: Path, data: Any) -> None:
+    """Write JSON through a temporary file and a rename, so a kill never leaves half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(_jsonable(data), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def machine_info(replicas: Sequence[LLMReplica]) -> dict[str, Any]:
+    """The hardware and software a result was measured on."""
+    devices = sorted({str(r.device) for r in replicas})
+    gpus = [th.cuda.get_device_name(i) for i in range(th.cuda.device_count())] if th.cuda.is_available() else []
+    return {
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "gpus": gpus,
+        "llm_devices": devices,
+        "llm_dtype": str(replicas[0].model.dtype),
+        "torch_threads": th.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": th.__version__,
+        "platform": platform.platform(),
+    }
+
+
+def _held_out_part(prompt_split: str) -> str:
+    # Evaluate on the part of the split that training never draws (both parts if it draws all).
+    return {"train": "test", "test": "train"}.get(prompt_split, "all")
+
+
+@dataclass
+class _Context:
+    """What every pair of one benchmark shares."""
+
+    settings: dict[str, Any]
+    config: MARAConfig
+    budget: Budget
+    replicas: list[LLMReplica]
+    terminal: TerminalReward
+    eval_prompts: list[str]
+    compare_prompts: list[str]
+    decoding: dict[str, Any]
+    max_new_tokens: int
+    hyperparameters: dict[str, dict[str, Any]]
+    device: str
+    progress: bool
+
+    def env_kwargs(self) -> dict[str, Any]:
+        kwargs = {k: v for k, v in self.settings.items() if k not in LLM_KEYS}
+        return {**kwargs, "llm": self.replicas, "max_new_tokens": self.max_new_tokens}
+
+    def resolved_settings(self) -> dict[str, Any]:
+        """Every ``MARA-v0`` setting as used (defaults filled in), the LLM by name."""
+        values = {f.name: getattr(self.config, f.name) for f in fields(MARAConfig)}
+        return {**values, "llm": self.replicas[0].name, "max_new_tokens": self.max_new_tokens}
+
+    def evaluate(self, agent: Any, seed: int, prompts: list[str] | None = None) -> dict[str, Any]:
+        """Decode ``prompts`` (default: the curve's) under ``agent`` (``None``: the LLM alone) and summarise."""
+        gen = MARAGenerator(self.replicas, agent, batch_size=self.budget.num_envs, **self.decoding)
+        answers = gen.generate(self.eval_prompts if prompts is None else prompts, self.max_new_tokens, seed=seed)
+        return summarize_generations(answers, self.terminal)
+
+    def fingerprint(self, algo: str) -> dict[str, Any]:
+        """Everything that must match for a saved pair to be reused by ``--resume``."""
+        budget = {k: v for k, v in asdict(self.budget).items() if k != "seeds"}
+        return _jsonable(
+            {
+                "settings": self.resolved_settings(),
+                "budget": budget,
+                "hyperparameters": self.hyperparameters.get(algo, {}),
+                "eval_prompts": self.eval_prompts,
+                "compare_prompts": self.compare_prompts,
+            }
+        )
+
+
+def run_pair(algo: str, seed: int, ctx: _Context, folder: Path) -> dict[str, Any]:
+    """Train, evaluate and compare one (algorithm, seed); write ``folder/result.json`` and return it."""
+    if folder.exists():
+        shutil.rmtree(folder)  # a pair that crashed half-way starts over
+    folder.mkdir(parents=True)
+    started = time.perf_counter()
+    budget = ctx.budget
+    fitted = fit_to_budget(algo, budget.decisions, budget.num_envs)
+    overrides = {**fitted, **ctx.hyperparameters.get(algo, {})}
+    vec = gym.make_vec("MARA-v0", num_envs=budget.num_envs, **ctx.env_kwargs())
+    venv = VecMonitor(SB3VecEnv(vec))
+    try:
+        model = build_algorithm(algo, venv, seed=seed, device=ctx.device, **overrides)
+        model.set_logger(configure(str(folder), ["csv"]))
+        bar = tqdm(
+            total=budget.decisions, desc=f"{algo} seed {seed}", unit="dec", leave=False, disable=not ctx.progress
+        )
+        evaluation = EvaluationCallback(lambda m: ctx.evaluate(m, seed), budget.eval_every, budget.decisions, bar)
+        callbacks: list[BaseCallback] = [evaluation]
+        log_callback = MARALoggingCallback(budget.log_every) if MARALoggingCallback is not None else None
+        if log_callback is not None:
+            callbacks.insert(0, log_callback)
+        learn_start = time.perf_counter()
+        # log_interval=None: progress.csv rows come from the logging callback only, every log_every decisions
+        model.learn(budget.decisions, callback=callbacks, log_interval=None, progress_bar=False)
+        learn_seconds = time.perf_counter() - learn_start
+        bar.close()
+    finally:
+        venv.close()
+    train_seconds = max(learn_seconds - evaluation.seconds, 1e-9)
+    decisions = int(model.num_timesteps)
+
+    compare_start = time.perf_counter()
+    progress_csv = folder / "progress.csv"
+    report = run_comparison(
+        {algo: model},
+        folder / "comparison",
+        llm=ctx.replicas,
+        prompts=ctx.compare_prompts,
+        max_new_tokens=ctx.max_new_tokens,
+        seed=seed,
+        best_of=0,
+        reward_model=ctx.config.reward_model,
+        cost_model=ctx.config.cost_model,
+        alpha_r=ctx.config.alpha_r,
+        alpha_c=ctx.config.alpha_c,
+        scorer_device=ctx.config.scorer_device,
+        training_log=progress_csv if log_callback is not None and _has_rows(progress_csv) else None,
+        meta={"algorithm": algo, "seed": seed, "decisions": decisions},
+        progress=False,
+        batch_size=budget.num_envs,
+        **ctx.decoding,
+    )
+    compare_seconds = time.perf_counter() - compare_start
+    pref, agent, base = report["comparisons"][algo], report["systems"][algo], report["systems"]["base"]
+    # Without a cost model the comparison ranks on reward alone by showing cost -R; there is no cost to report.
+    has_cost = ctx.config.cost_model is not None
+    result = {
+        "algo": algo,
+        "seed": seed,
+        "decisions": decisions,
+        "preference_rate": pref["rate"],
+        "preference_ci_low": pref["ci_low"],
+        "preference_ci_high": pref["ci_high"],
+        "wins": pref["wins"],
+        "ties": pref["ties"],
+        "losses": pref["losses"],
+        "compare_prompts": pref["n"],
+        "reward": agent["reward_mean"],
+        "cost": agent["cost_mean"] if has_cost else None,
+        "kl": agent["kl_mean"],
+        "accept_first": agent["accepted_first_fraction"],
+        "tokens": agent["tokens_mean"],
+        "base_reward": base["reward_mean"],
+        "base_cost": base["cost_mean"] if has_cost else None,
+        "base_accept_first": base["accepted_first_fraction"],
+        # from the last evaluation of the curve (the comparison report draws it for its prompts)
+        "accept_positions": evaluation.points[-1]["accept_positions"],
+        "decisions_per_s": decisions / train_seconds,
+        "train_seconds": train_seconds,
+        "eval_seconds": evaluation.seconds,
+        "compare_seconds": compare_seconds,
+        "wall_seconds": time.perf_counter() - started,
+        "curve": evaluation.points,
+        "hyperparameters": resolve_kwargs(algo, **overrides),
+        "budget_overrides": fitted,
+        "training_log_last": dict(log_callback.last_means) if log_callback is not None else {},
+        "fingerprint": ctx.fingerprint(algo),
+        "finished": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+    _write_json(folder / RESULT_FILE, result)
+    return _jsonable(result)
+
+
+def _has_rows(csv: Path) -> bool:
+    """Whether an SB3 ``progress.csv`` exists and holds a header and at least one row."""
+    if not csv.is_file():
+        return False
+    with csv.open(encoding="utf-8") as file:
+        return sum(1 for _ in zip(range(2), file)) == 2
+
+
+def _differences(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """Dotted names of the entries that differ between two nested dicts."""
+    out = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            out += _differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}")
+    return out
+
+
+def _load_finished(folder: Path, fingerprint: dict[str, Any]) -> dict[str, Any] | None:
+    """The saved result of a pair, if it finished; a result saved with other settings is an error."""
+    path = folder / RESULT_FILE
+    if not path.is_file():
+        return None
+    saved = json.loads(path.read_text(encoding="utf-8"))
+    if saved.get("fingerprint") != fingerprint:
+        differ = _differences(saved.get("fingerprint") or {}, fingerprint)
+        raise ValueError(
+            f"--resume: {path} was run with other settings ({', '.join(differ)} differ). "
+            "Use the same settings, another --out, or --overwrite to start over."
+        )
+    return saved
+
+
+#: Per-run numbers aggregated across seeds (mean, std, values).
+SUMMARY_METRICS = (
+    "preference_rate",
+    "reward",
+    "cost",
+    "kl",
+    "accept_first",
+    "base_reward",
+    "base_cost",
+    "decisions",
+    "decisions_per_s",
+    "train_seconds",
+    "eval_seconds",
+    "wall_seconds",
+)
+
+
+def aggregate(runs: Mapping[str, Mapping[int, Mapping[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """Mean, sample standard deviation (0 for one seed), count and values of each metric, per algorithm."""
+    summary: dict[str, dict[str, Any]] = {}
+    for algo, by_seed in runs.items():
+        summary[algo] = {}
+        for metric in SUMMARY_METRICS:
+            values = [r[metric] for r in by_seed.values() if r.get(metric) is not None]
+            array = np.asarray(values, dtype=np.float64)
+            summary[algo][metric] = {
+                "mean": float(array.mean()) if array.size else None,
+                "std": float(array.std(ddof=1)) if array.size > 1 else (0.0 if array.size else None),
+                "n": int(array.size),
+                "values": values,
+            }
+    return summary
+
+
+def run_benchmark(
+    settings: Mapping[str, Any],
+    algos: Sequence[str],
+    budget: Budget,
+    out: str | Path,
+    *,
+    llm: Any = None,
+    variant: str = "custom",
+    hyperparameters: Mapping[str, Mapping[str, Any]] | None = None,
+    device: str = "auto",
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train and evaluate every algorithm on one task for every seed of the budget; write the results.
+
+    :param settings: ``MARA-v0`` keyword arguments of the task, e.g. :func:`mara_env.variant_settings`
+        (``prompt_split="train"`` keeps the held-out part for evaluation).
+    :param algos: registry names, in the order of the table.
+    :param budget: decisions, seeds, evaluation sizes (:data:`BUDGETS` or your own).
+    :param out: output folder.
+    :param llm: the LLM in any form ``MARA-v0`` accepts; replaces ``settings["llm"]``. It is loaded
+        once and shared by every environment, evaluation and comparison.
+    :param variant: the variant's id, for the report.
+    :param hyperparameters: algorithm -> hyperparameter overrides (after :func:`fit_to_budget`).
+    :param device: torch device of the agents.
+    :param resume: reuse pairs that already finished in ``out`` (their settings must match).
+    :param overwrite: delete finished pairs of ``out`` and run them again.
+    :param progress: show progress bars.
+    :return: the contents of ``results.json``.
+    :raises FileExistsError: ``out`` holds finished pairs and neither ``resume`` nor ``overwrite`` is set.
+    """
+    algos = list(dict.fromkeys(algos))
+    for algo in algos:
+        get_spec(algo)  # unknown names fail before anything is loaded
+    hyperparameters = {k: dict(v) for k, v in (hyperparameters or {}).items()}
+    for algo, overrides in hyperparameters.items():
+        if algo not in algos:
+            raise ValueError(f"hyperparameters given for {algo!r}, which is not benchmarked ({', '.join(algos)}).")
+        resolve_kwargs(algo, **overrides)  # checks the names and types
+    settings = dict(settings)
+    if llm is not None:
+        settings["llm"] = llm
+    config = MARAConfig.from_kwargs(settings)  # every name and value checked before the LLM loads
+    out = Path(out)
+    runs_dir = out / "runs"
+    finished = [p for p in runs_dir.glob(f"*/seed*/{RESULT_FILE}")] if runs_dir.is_dir() else []
+    if finished and not (resume or overwrite):
+        raise FileExistsError(
+            f"{out} already holds {len(finished)} finished run(s); pass --resume to keep them and run the rest, "
+            "--overwrite to run everything again, or --out for another folder."
+        )
+    if resume and overwrite:
+        raise ValueError("resume and overwrite exclude each other.")
+    if overwrite and runs_dir.is_dir():
+        shutil.rmtree(runs_dir)
+
+    replicas = load_replicas(
+        config.llm, devices=config.devices, dtype=config.dtype, trust_remote_code=config.trust_remote_code
+    )
+    part = _held_out_part(config.prompt_split)
+    split = dict(
+        part=part,
+        test_fraction=config.test_fraction,
+        split_seed=config.split_seed,
+        prompt_column=config.prompt_column,
+        dataset_split=config.dataset_split,
+    )
+    ctx = _Context(
+        settings=settings,
+        config=config,
+        budget=budget,
+        replicas=replicas,
+        terminal=TerminalReward(
+            config.reward_model,
+            config.cost_model,
+            alpha_r=config.alpha_r,
+            alpha_c=config.alpha_c,
+            device=config.scorer_device if config.scorer_device is not None else replicas[0].device,
+        ),
+        eval_prompts=held_out_prompts(config.prompts, num_prompts=budget.eval_prompts, **split),
+        compare_prompts=held_out_prompts(config.prompts, num_prompts=budget.compare_prompts, **split),
+        decoding={k: getattr(config, k) for k in DECODING_KEYS},
+        max_new_tokens=budget.max_new_tokens or config.max_new_tokens,
+        hyperparameters=hyperparameters,
+        device=device,
+        progress=progress,
+    )
+    pairs = [(algo, seed) for algo in algos for seed in budget.seeds]
+    # Settings of finished pairs are checked before anything slow runs.
+    reused = {}
+    if resume:
+        reused = {(a, s): _load_finished(runs_dir / a / f"seed{s}", ctx.fingerprint(a)) for a, s in pairs}
+    # The LLM alone on the curve's prompts: the level every learning curve is drawn against.
+    base_eval = ctx.evaluate(None, budget.seeds[0])
+    changes = {k: replicas[0].name if k == "llm" else v for k, v in _changes(variant, settings).items()}
+    if variant in VARIANTS and ctx.max_new_tokens != VARIANTS[variant]["max_new_tokens"]:
+        changes["max_new_tokens"] = ctx.max_new_tokens  # a budget's response limit
+
+    meta = {
+        "benchmark": "algorithms",
+        "task": f"MARA-v0 / {variant}",
+        "variant": variant,
+        "variant_changes": changes,
+        "settings": ctx.resolved_settings(),
+        "budget": asdict(budget),
+        "algos": algos,
+        "held_out_part": part,
+        "eval_prompts": len(ctx.eval_prompts),
+        "compare_prompts": len(ctx.compare_prompts),
+        "hyperparameter_overrides": hyperparameters,
+        "logging_callback": MARALoggingCallback is not None,
+        "machine": machine_info(replicas),
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+    runs: dict[str, dict[int, dict[str, Any]]] = {algo: {} for algo in algos}
+    resumed: list[str] = []
+    with tqdm(pairs, desc="algorithms x seeds", unit="run", disable=not progress) as bar:
+        for algo, seed in bar:
+            folder = runs_dir / algo / f"seed{seed}"
+            saved = reused.get((algo, seed))
+            if saved is not None:
+                runs[algo][seed] = saved
+                resumed.append(f"{algo}/seed{seed}")
+                continue
+            bar.set_postfix_str(f"{algo} seed {seed}")
+            result = run_pair(algo, seed, ctx, folder)
+            runs[algo][seed] = result
+            tqdm.write(
+                f"{algo} seed {seed}: preference {result['preference_rate']:+.3f} "
+                f"[{result['preference_ci_low']:+.3f}, {result['preference_ci_high']:+.3f}], "
+                f"reward {_pm({'mean': result['reward'], 'n': 1})}, cost {_pm({'mean': result['cost'], 'n': 1})}, "
+                f"{result['decisions_per_s']:.1f} decisions/s, {result['wall_seconds']:.0f} s"
+            )
+            _write_summary(out, meta, base_eval, runs, resumed)
+    return _write_summary(out, meta, base_eval, runs, resumed)
+
+
+def _changes(variant: str, settings: Mapping[str, Any]) -> dict[str, Any]:
+    """Task settings that differ from the named variant's (empty for an unmodified variant)."""
+    if variant not in VARIANTS:
+        return {}
+    reference = VARIANTS[variant]
+    return {k: v for k, v in settings.items() if k in reference and reference[k] != v}
+
+
+def _write_summary(
+    out: Path,
+    meta: dict[str, Any],
+    base_eval: dict[str, Any],
+    runs: dict[str, dict[int, dict[str, Any]]],
+    resumed: list[str],
+) -> dict[str, Any]:
+    """(Re)write ``results.json``, ``results.md`` and ``learning_curves.png`` from the finished pairs."""
+    out.mkdir(parents=True, exist_ok=True)
+    done = {algo: dict(sorted(by_seed.items())) for algo, by_seed in runs.items() if by_seed}
+    results = _jsonable(
+        {
+            "meta": {**meta, "resumed_runs": resumed},
+            "base_eval": base_eval,
+            "summary": aggregate(done),
+            "runs": {algo: {str(seed): r for seed, r in by_seed.items()} for algo, by_seed in done.items()},
+            "files": ["results.json", "results.md", "learning_curves.png"],
+        }
+    )
+    plot_learning_curves(done, base_eval, out / "learning_curves.png", title=meta["task"])
+    (out / "results.md").write_text(markdown(results), encoding="utf-8")
+    _write_json(out / "results.json", results)
+    return results
+
+
+# --------------------------------------------------------------------------------------------- reporting
+
+
+def _pm(stats: Mapping[str, Any], spec: str = ".3f", scale: float = 1.0, unit: str = "") -> str:
+    if stats.get("mean") is None:
+        return "n/a"
+    text = f"{stats['mean'] * scale:{spec}}{unit}"
+    return text + (f" ± {stats['std'] * scale:{spec.lstrip('+')}}" if stats["n"] > 1 else "")
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "n/a"
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+
+
+def markdown(results: Mapping[str, Any]) -> str:
+    """The summary table of ``results.json`` as markdown."""
+    meta, summary, runs = results["meta"], results["summary"], results["runs"]
+    budget = meta["budget"]
+    settings = meta["settings"]
+    changes = meta.get("variant_changes") or {}
+    lines = [
+        f"# {meta['task']}: RL algorithms",
+        "",
+        f"- **task**: {meta['task']}"
+        + (f" with {', '.join(f'{k}={v}' for k, v in changes.items())}" if changes else "")
+        + f"; LLM {settings.get('llm')}, prompts {settings.get('prompts')!s:.60}, "
+        f"reward {settings.get('reward_model')}, cost {settings.get('cost_model')}, "
+        f"top_k {settings.get('top_k')}, top_p {settings.get('top_p')}, "
+        f"kl_coef {settings.get('kl_coef')}, max_new_tokens {settings.get('max_new_tokens')}",
+        f"- **budget**: {budget['decisions']:,} decisions per run, seeds {budget['seeds']}, "
+        f"{budget['num_envs']} envs; evaluation every {budget['eval_every']:,} decisions on {meta['eval_prompts']} "
+        f"held-out prompts; comparison on {meta['compare_prompts']} held-out prompts",
+        f"- **machine**: {meta['machine']['cpu']} ({meta['machine']['cpu_count']} cores), "
+        f"GPUs {meta['machine']['gpus'] or 'none'}, LLM on {', '.join(meta['machine']['llm_devices'])} "
+        f"({meta['machine']['llm_dtype']}), torch {meta['machine']['torch']} with "
+        f"{meta['machine']['torch_threads']} threads",
+        f"- **date**: {meta['date']}",
+        "",
+        "Preference rate: (wins - losses) / prompts against the base LLM on the same held-out prompts (win: higher "
+        "reward *and* lower cost). Mean ± standard deviation across seeds; per seed its 95% bootstrap interval. "
+        "Reward, cost, KL (nats, to the reference) and accept@1 (share of answer tokens that were the first "
+        "candidate) are the agent's means on those prompts. Decisions/s: training only (evaluation excluded); "
+        "wall time: training, evaluations and comparison of one run.",
+        "",
+        "| algorithm | preference rate vs base | reward | cost | KL | accept@1 share | decisions/s | wall time |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    base_reward = {"mean": None, "n": 0}
+    base_cost = {"mean": None, "n": 0}
+    base_accept: list[float] = []
+    for algo, stats in summary.items():
+        per_seed = "; ".join(
+            f"s{seed} {r['preference_rate'] * 100:+.1f}% [{r['preference_ci_low'] * 100:+.1f}, "
+            f"{r['preference_ci_high'] * 100:+.1f}]"
+            for seed, r in runs[algo].items()
+        )
+        lines.append(
+            f"| {algo} | {_pm(stats['preference_rate'], '+.1f', 100, '%')} ({per_seed}) | {_pm(stats['reward'])} "
+            f"| {_pm(stats['cost'])} | {_pm(stats['kl'])} | {_pm(stats['accept_first'])} "
+            f"| {_pm(stats['decisions_per_s'], '.1f')} | {_duration(stats['wall_seconds']['mean'])} |"
+        )
+        base_reward, base_cost = stats["base_reward"], stats["base_cost"]
+        base_accept += [r["base_accept_first"] for r in runs[algo].values() if r.get("base_accept_first") is not None]
+    if summary:
+        accept = {"mean": float(np.mean(base_accept)) if base_accept else None, "n": 1}
+        lines.append(
+            f"| base LLM (no agent) | 0 (reference) | {_pm(base_reward)} | {_pm(base_cost)} | 0 | {_pm(accept)} | | |"
+        )
+    if meta.get("resumed_runs"):
+        lines += ["", f"Runs reused from an earlier invocation (--resume): {', '.join(meta['resumed_runs'])}."]
+    lines += [
+        "",
+        "![learning curves](learning_curves.png)",
+        "",
+        "Per-run reports (answers, accepted positions, reward vs cost): "
+        "`runs/<algorithm>/seed<k>/comparison/report.md`.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def plot_learning_curves(
+    runs: Mapping[str, Mapping[int, Mapping[str, Any]]], base_eval: Mapping[str, Any], path: Path, title: str = ""
+) -> None:
+    """Evaluation reward, cost and KL against training decisions: one line per algorithm (mean over
+    seeds, +- one standard deviation band), the base LLM's level dashed."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    panels = (("reward", "evaluation reward score R"), ("cost", "evaluation cost score C"), ("kl", "KL to reference"))
+    figure = Figure(figsize=(15, 4.2), layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(1, len(panels))
+    order = list(ALGORITHMS)
+    for algo, by_seed in runs.items():
+        curves = [r["curve"] for r in by_seed.values() if r.get("curve")]
+        if not curves:
+            continue
+        length = min(len(c) for c in curves)  # seeds evaluate at the same decisions; align by index
+        color = f"C{order.index(algo) if algo in order else len(order)}"
+        x = np.mean([[p["decisions"] for p in c[:length]] for c in curves], axis=0)
+        for ax, (key, _) in zip(axes, panels):
+            y = np.array([[np.nan if p[key] is None else p[key] for p in c[:length]] for c in curves], dtype=float)
+            mean = np.nanmean(y, axis=0)
+            ax.plot(x, mean, color=color, marker="o", ms=3, label=f"{algo} ({len(curves)} seed(s))")
+            if len(curves) > 1:
+                std = np.nanstd(y, axis=0, ddof=1)
+                ax.fill_between(x, mean - std, mean + std, color=color, alpha=0.2, linewidth=0)
+    for ax, (key, label) in zip(axes, panels):
+        level = base_eval.get(key)
+        if level is not None and math.isfinite(level):
+            ax.axhline(level, color="gray", ls="--", lw=1, label="base LLM")
+        ax.set_title(label)
+        ax.set_xlabel("training decisions")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize="small")
+    if title:
+        figure.suptitle(f"{title}: evaluation on held-out prompts during training")
+    figure.savefig(path, dpi=120)
+
+
+# --------------------------------------------------------------------------------------------- command line
+
+
+def _key_values(items: Sequence[str], flag: str) -> dict[str, Any]:
+    from agents.run_config import parse_value
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"{flag} {item!r}: expected KEY=VALUE.")
+        out[key.strip()] = parse_value(value)
+    return out
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--budget", choices=list(BUDGETS), default="quick", help="preset (default: quick)")
+    p.add_argument("--variant", default="default", help=f"task variant: {', '.join(VARIANTS)} (default: default)")
+    p.add_argument("--algos", nargs="+", default=list(ALGORITHMS), choices=list(ALGORITHMS), metavar="ALGO")
+    g = p.add_argument_group("budget (default: the preset's value)")
+    g.add_argument("--seeds", nargs="+", type=int)
+    g.add_argument("--decisions", type=int, help="training decisions per (algorithm, seed)")
+    g.add_argument("--num-envs", type=int)
+    g.add_argument("--eval-every", type=int, help="decisions between evaluations")
+    g.add_argument("--eval-prompts", type=int, help="held-out prompts per evaluation")
+    g.add_argument("--compare-prompts", help="held-out prompts of the final comparison: a number or 'all'")
+    g.add_argument("--max-new-tokens", help="response limit: a number or 'variant'")
+    g.add_argument("--log-every", type=int, help="decisions between progress.csv rows")
+    e = p.add_argument_group("LLM, environment and agents")
+    e.add_argument("--llm", help="hub id, folder or .gguf (default: the variant's, the embedded SmolLM2)")
+    e.add_argument("--devices", nargs="+", help="LLM replicas' devices, e.g. cuda:0 cuda:1")
+    e.add_argument("--dtype", help="LLM dtype: auto, float32, bfloat16, float16")
+    e.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="other MARA-v0 setting")
+    e.add_argument("--hp", action="append", default=[], metavar="ALGO.KEY=VALUE", help="hyperparameter override")
+    e.add_argument("--device", default="auto", help="torch device of the agents (default auto)")
+    e.add_argument("--threads", type=int, help="torch threads (default: torch's choice; OMP_NUM_THREADS)")
+    o = p.add_argument_group("output")
+    o.add_argument("--out", type=Path, help="output folder (default benchmarks/results/algorithms/<budget>)")
+    o.add_argument("--resume", action="store_true", help="keep finished (algorithm, seed) runs, run the rest")
+    o.add_argument("--overwrite", action="store_true", help="delete finished runs in --out and start over")
+    o.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return p.parse_args(argv)
+
+
+def budget_from_args(args: argparse.Namespace) -> Budget:
+    """The preset of ``--budget`` with every budget flag that was given applied."""
+    changes: dict[str, Any] = {}
+    for f in fields(Budget):
+        value = getattr(args, f.name, None)
+        if value is None:
+            continue
+        if f.name == "seeds":
+            value = tuple(value)
+        elif f.name == "compare_prompts":
+            value = None if str(value).lower() == "all" else int(value)
+        elif f.name == "max_new_tokens":
+            value = None if str(value).lower() == "variant" else int(value)
+        changes[f.name] = value
+    return replace(BUDGETS[args.budget], **changes)
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    if args.threads:
+        th.set_num_threads(args.threads)
+    settings = variant_settings(args.variant)
+    settings.update(_key_values(args.env, "--env"))
+    for key in ("llm", "devices", "dtype"):
+        if getattr(args, key) is not None:
+            settings[key] = getattr(args, key)
+    hyperparameters: dict[str, dict[str, Any]] = {}
+    for key, value in _key_values(args.hp, "--hp").items():
+        algo, sep, name = key.partition(".")
+        if not sep:
+            raise SystemExit(f"--hp {key}=...: expected ALGO.KEY=VALUE, e.g. ppo.n_steps=64.")
+        hyperparameters.setdefault(algo, {})[name] = value
+    out = args.out or RESULTS / args.budget
+    results = run_benchmark(
+        settings,
+        args.algos,
+        budget_from_args(args),
+        out,
+        variant=args.variant,
+        hyperparameters=hyperparameters,
+        device=args.device,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
+    )
+    print()
+    print(markdown(results))
+    print(f"written to {out}/results.json, results.md and learning_curves.png")
+    return results
+
+
+if __name__ == "__main__":
+    main()
