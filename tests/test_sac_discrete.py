@@ -396,3 +396,16 @@ def test_episodic_train_freq_with_several_envs_is_a_clear_error():
     ):
         DiscreteSAC("MlpPolicy", venv, train_freq=(1, "episode"))
     DiscreteSAC("MlpPolicy", make_vec_env("CartPole-v1", n_envs=1), train_freq=(1, "episode"))  # one env: fine
+
+
+def test_action_prior_sets_initial_policy_and_survives_save(tmp_path):
+    env = gym.make("CartPole-v1")
+    model = DiscreteSAC("MlpPolicy", env, seed=0, policy_kwargs=dict(action_prior=[0.2, 0.8]))
+    obs = th.as_tensor(np.random.default_rng(0).normal(scale=3.0, size=(64, 4)), dtype=th.float32)
+    probs, _ = model.actor.action_probs(obs)
+    np.testing.assert_allclose(probs.detach().numpy()[:, 1], 0.8, atol=0.01)
+    model.save(tmp_path / "m")
+    loaded = DiscreteSAC.load(tmp_path / "m")
+    np.testing.assert_allclose(loaded.actor.action_probs(obs)[0].detach().numpy(), probs.detach().numpy(), atol=1e-6)
+    with pytest.raises(ValueError, match="action_prior must be 2 positive probabilities"):
+        DiscreteSAC("MlpPolicy", env, policy_kwargs=dict(action_prior=[0.5, 0.6]))

@@ -1,5 +1,6 @@
 """Actor, twin critics and policy classes for discrete Soft Actor-Critic."""
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch as th
@@ -57,6 +58,16 @@ def _make_head(
     return head + create_mlp(features_dim, output_dim, net_arch, activation_fn)
 
 
+def _check_prior(prior: Sequence[float], n_actions: int) -> list[float]:
+    """Validate an initial action distribution: ``n_actions`` positive numbers summing to 1."""
+    values = [float(p) for p in prior]
+    if len(values) != n_actions or min(values) <= 0 or abs(sum(values) - 1) > 1e-6:
+        raise ValueError(
+            f"action_prior must be {n_actions} positive probabilities summing to 1 (one per action), got {list(prior)}."
+        )
+    return values
+
+
 class DiscreteActor(BasePolicy):
     """
     Actor of discrete SAC: logits of a categorical distribution over the ``n`` actions.
@@ -70,6 +81,7 @@ class DiscreteActor(BasePolicy):
     :param activation_fn: Activation after each hidden layer
     :param input_layer_norm: Put a learnable ``LayerNorm`` on the features before the first layer
     :param normalize_images: Divide image observations by 255
+    :param action_prior: Initial action probabilities, whatever the observation (``None``: random init)
     """
 
     action_space: spaces.Discrete
@@ -84,6 +96,7 @@ class DiscreteActor(BasePolicy):
         activation_fn: type[nn.Module] = nn.ReLU,
         input_layer_norm: bool = False,
         normalize_images: bool = True,
+        action_prior: Sequence[float] | None = None,
     ):
         n_actions = _check_discrete(action_space, type(self).__name__)
         super().__init__(
@@ -103,6 +116,12 @@ class DiscreteActor(BasePolicy):
         last_layer_dim = net_arch[-1] if len(net_arch) > 0 else features_dim
         self.action_dist = CategoricalDistribution(n_actions)
         self.action_logits = self.action_dist.proba_distribution_net(last_layer_dim)
+        self.action_prior = None if action_prior is None else _check_prior(action_prior, n_actions)
+        if self.action_prior is not None:
+            # Start at the prior whatever the observation: tiny output weights, bias = log prior.
+            with th.no_grad():
+                self.action_logits.weight.mul_(0.01)
+                self.action_logits.bias.copy_(th.log(th.tensor(self.action_prior)))
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
         data = super()._get_constructor_parameters()
@@ -114,6 +133,7 @@ class DiscreteActor(BasePolicy):
                 activation_fn=self.activation_fn,
                 input_layer_norm=self.input_layer_norm,
                 features_extractor=self.features_extractor,
+                action_prior=self.action_prior,
             )
         )
         return data
@@ -234,6 +254,9 @@ class DiscreteSACPolicy(BasePolicy):
     :param n_critics: How many critics (two for clipped double Q-learning)
     :param share_features_extractor: Let the critics use the actor's features extractor
         (less computation; only the actor loss trains it)
+    :param action_prior: Initial action probabilities of the actor (e.g. ``[0.25, 0.75]``), whatever the
+        observation: its output layer starts with near-zero weights and the prior's log as bias.
+        ``None``: the usual random initialisation (roughly uniform)
     """
 
     actor: DiscreteActor
@@ -255,6 +278,7 @@ class DiscreteSACPolicy(BasePolicy):
         optimizer_kwargs: dict[str, Any] | None = None,
         n_critics: int = 2,
         share_features_extractor: bool = False,
+        action_prior: Sequence[float] | None = None,
     ):
         _check_discrete(action_space, type(self).__name__)
         super().__init__(
@@ -282,7 +306,8 @@ class DiscreteSACPolicy(BasePolicy):
             "input_layer_norm": input_layer_norm,
             "normalize_images": normalize_images,
         }
-        self.actor_kwargs = {**self.net_args, "net_arch": actor_arch}
+        self.action_prior = action_prior
+        self.actor_kwargs = {**self.net_args, "net_arch": actor_arch, "action_prior": action_prior}
         self.critic_kwargs = {
             **self.net_args,
             "net_arch": critic_arch,
@@ -344,6 +369,7 @@ class DiscreteSACPolicy(BasePolicy):
                 input_layer_norm=self.input_layer_norm,
                 n_critics=self.critic_kwargs["n_critics"],
                 share_features_extractor=self.share_features_extractor,
+                action_prior=self.action_prior,
                 lr_schedule=self._dummy_schedule,  # the algorithm restores the real schedule
                 optimizer_class=self.optimizer_class,
                 optimizer_kwargs=self.optimizer_kwargs,
