@@ -669,7 +669,8 @@ def run_benchmark(
         device=device,
         progress=progress,
     )
-    pairs = [(algo, seed) for algo in algos for seed in budget.seeds]
+    # seed-major: an interrupted run still has every algorithm on the first seeds
+    pairs = [(algo, seed) for seed in budget.seeds for algo in algos]
     # Settings of finished pairs are checked before anything slow runs.
     reused = {}
     if resume:
