@@ -56,7 +56,8 @@ DEFAULT_RUN: dict[str, dict[str, Any]] = {
     "agent": dict(algo="sac-discrete"),
     "train": dict(
         total_decisions=30_000,
-        num_envs=16,
+        # 32 sequences per LLM forward: ~60 decisions/s on 2 idle cores against ~40 with 16
+        num_envs=32,
         seed=0,
         checkpoint_every=5_000,
         log_every=1_000,
