@@ -7,8 +7,9 @@ Agents for MARA and what is built from them.
   ``mara`` command, which use ``mara_env`` (the dependency points one way: ``mara_env`` never imports ``agents``).
 """
 
+from typing import Any
+
 from agents.authors_format import export_authors_actor, import_authors_actor
-from agents.generation import Generation, MARAGenerator
 from agents.presets import mara_preset
 from agents.sac_discrete import DiscreteSAC, NonFiniteLossError
 
@@ -21,3 +22,13 @@ __all__ = [
     "import_authors_actor",
     "mara_preset",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # Loaded on first use so that ``import agents`` (and DiscreteSAC on any environment) never pulls in
+    # ``mara_env``, transformers and the LLM machinery.
+    if name in ("Generation", "MARAGenerator"):
+        from agents import generation
+
+        return getattr(generation, name)
+    raise AttributeError(f"module 'agents' has no attribute {name!r}")
