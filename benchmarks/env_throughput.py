@@ -36,6 +36,7 @@ from transformers import DynamicCache
 
 from mara_env import TokenAcceptRejectVectorEnv
 from mara_env.candidates import CandidateConfig, candidate_sets
+from mara_env.engine import cache_argument
 from mara_env.llm import LLMReplica, PromptFormat, load_replicas
 from mara_env.prompts import PromptSet
 
@@ -53,6 +54,7 @@ class Batch1Baseline:
         self.cfg = CandidateConfig()
         self.rng = np.random.default_rng(seed)
         self.eos = replica.eos_token_ids
+        self.cache_arg = cache_argument(self.model.base_model)
         self.decisions = self.tokens = 0
         self._new_episode()
 
@@ -62,7 +64,7 @@ class Batch1Baseline:
         copy = DynamicCache()
         for i, layer in enumerate(cache.layers):
             copy.update(layer.keys.clone(), layer.values.clone(), i)
-        out = self.model.base_model(input_ids=torch.tensor([[token]]), past_key_values=copy, use_cache=True)
+        out = self.model.base_model(input_ids=torch.tensor([[token]]), use_cache=True, **{self.cache_arg: copy})
         return copy, out.last_hidden_state[0, -1]
 
     @torch.no_grad()
@@ -70,7 +72,7 @@ class Batch1Baseline:
         prompt = self.prompts[int(self.rng.integers(len(self.prompts)))]
         ids = self.fmt.token_ids(prompt)[0]
         self.cache = DynamicCache()
-        out = self.model.base_model(input_ids=torch.tensor([ids]), past_key_values=self.cache, use_cache=True)
+        out = self.model.base_model(input_ids=torch.tensor([ids]), use_cache=True, **{self.cache_arg: self.cache})
         self.hidden = out.last_hidden_state[0, -1]
         self.length = 0
 

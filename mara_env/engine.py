@@ -21,6 +21,7 @@ its meaning: only the position ids passed to the forward matter.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 
 import torch
@@ -40,6 +41,7 @@ class ReplicaEngine:
     def __init__(self, replica: LLMReplica, num_rows: int) -> None:
         self.replica = replica
         self.model = replica.model
+        self._cache_arg = cache_argument(self.model.base_model)
         self.device = replica.device
         self.num_rows = num_rows
         self.length = [0] * num_rows  # committed tokens per row
@@ -116,7 +118,7 @@ class ReplicaEngine:
             input_ids=ids,
             attention_mask=mask,
             position_ids=positions,
-            past_key_values=cache,
+            **{self._cache_arg: cache},
             use_cache=True,
             cache_position=torch.arange(past_len, past_len + width, device=dev),
         )
@@ -189,7 +191,7 @@ class ReplicaEngine:
         # Layer shapes come from a one-token probe forward, so models with unusual head layouts work.
         probe = DynamicCache()
         ids = torch.zeros(1, 1, dtype=torch.long, device=self.device)
-        self.model.base_model(input_ids=ids, past_key_values=probe, use_cache=True)
+        self.model.base_model(input_ids=ids, use_cache=True, **{self._cache_arg: probe})
         for layer in probe.layers:
             k, v = layer.keys, layer.values
             self._keys.append(k.new_zeros(self.num_rows, k.shape[1], capacity, k.shape[3]))
@@ -233,6 +235,13 @@ class ReplicaEngine:
             # the right-hand side is gathered before the write, so overlapping slots are safe
             k_store[dest_rows, :, dest_cols] = k_buf[local_rows, :, src_cols]
             v_store[dest_rows, :, dest_cols] = v_buf[local_rows, :, src_cols]
+
+
+def cache_argument(model: torch.nn.Module) -> str:
+    """Name of the KV-cache argument of ``model.forward``: ``cache`` (transformers >= 5.24) or the
+    older ``past_key_values`` (now deprecated, with a warning on every call)."""
+    params = inspect.signature(model.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
 
 
 class _BufferLayer(DynamicLayer):
