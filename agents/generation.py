@@ -470,7 +470,7 @@ class MARAGenerator:
 
     def _decoder(self, rows: int, max_new_tokens: int) -> AcceptRejectDecoder:
         config = DecoderConfig(candidates=self.candidates, max_new_tokens=max_new_tokens, chunk_size=self.chunk_size)
-        return AcceptRejectDecoder(self.replicas, rows, config)
+        return AcceptRejectDecoder(self.replicas, rows, config, lockstep=False)
 
     def _prompt_limit(self, max_new_tokens: int) -> int | None:
         if self.max_prompt_tokens is not None:
@@ -564,6 +564,9 @@ class MARAGenerator:
         begin(list(range(decoder.num_rows)))
         while owner:
             ready = [r for r in owner if decoder.rows[r].phase is Phase.READY]
+            if not ready:  # only rows waiting for a forward (the decoder is not in lockstep)
+                decoder.decide([], [])
+                continue
             p_accept = self._accept_probs(decoder, ready)
             if deterministic:
                 actions = (p_accept >= 0.5).astype(np.int64)
@@ -578,7 +581,8 @@ class MARAGenerator:
             logp_ref = decoder.decide(ready, actions)
             for row, lp, lr in zip(ready, logp_pi, logp_ref):
                 kl[row] += float(lp - lr)
-            ended = [r for r in ready if decoder.rows[r].phase is Phase.DONE]
+            # waiting rows advanced in the same call may have ended too (a forced EOS)
+            ended = [r for r in owner if decoder.rows[r].phase is Phase.DONE]
             for r in ended:
                 finish(r)
             begin(ended)

@@ -16,6 +16,12 @@ Each row (one sequence) moves through these phases::
   that forward, so acceptance costs no further forward.
 - A row is ``DONE`` when it commits an EOS token or reaches ``max_new_tokens``.
 
+By default every call leaves *all* its rows READY or DONE, which an environment needs (each
+sub-environment returns an observation every step). With ``lockstep=False`` (aligned generation)
+a call returns after the first forward that leaves some row READY; rows still waiting for a forward
+(a forced token, a rejection past the chunk) join the next call's forward instead of costing
+forwards of their own while the others wait. A row's decisions and tokens are the same either way.
+
 With several replicas, rows are split into contiguous blocks, one per replica, and the replicas'
 forwards run in parallel threads (torch releases the GIL inside its kernels).
 """
@@ -99,12 +105,17 @@ class AcceptRejectDecoder:
     :param replicas: the LLM replicas (same model); rows are split evenly across them.
     :param num_rows: number of sequences.
     :param config: decoding rules.
+    :param lockstep: ``True``: every call advances all its rows to READY or DONE; ``False``: a call may
+        leave rows waiting for a forward (see the module docstring), which saves forwards in batches.
     """
 
-    def __init__(self, replicas: Sequence[LLMReplica], num_rows: int, config: DecoderConfig) -> None:
+    def __init__(
+        self, replicas: Sequence[LLMReplica], num_rows: int, config: DecoderConfig, lockstep: bool = True
+    ) -> None:
         if num_rows < 1:
             raise ValueError(f"num_rows must be >= 1, got {num_rows}")
         self.config = config
+        self.lockstep = lockstep
         self.replicas = list(replicas)
         self.num_rows = num_rows
         self.rows = [RowState() for _ in range(num_rows)]
@@ -163,8 +174,20 @@ class AcceptRejectDecoder:
         def work(engine: ReplicaEngine, items: list[tuple[int, int]]) -> None:
             self._advance(engine, items)
 
-        self._run_per_replica(rows, work)
+        # sorted: when every row of a replica takes part, its forward runs on the cache storage in place
+        self._run_per_replica(sorted([*rows, *self._waiting(exclude=rows)]), work)
         return logp
+
+    def _waiting(self, exclude: Sequence[int] = ()) -> list[int]:
+        """Rows left waiting for a forward by an earlier call (only without lockstep)."""
+        if self.lockstep:
+            return []
+        skip = set(exclude)
+        return [
+            r
+            for r, st in enumerate(self.rows)
+            if r not in skip and st.phase in (Phase.NEED_LOGITS, Phase.NEED_FORWARD)
+        ]
 
     def observations(self, rows: Sequence[int], dtype: np.dtype) -> np.ndarray:
         """Hidden states of the candidates under decision, shape ``(len(rows), hidden)``."""
@@ -230,6 +253,7 @@ class AcceptRejectDecoder:
     def _advance(self, engine: ReplicaEngine, items: list[tuple[int, int]]) -> None:
         """Move rows forward until each is READY or DONE, batching every forward across them."""
         chunk = self.config.chunk_size
+        forwards = 0
         while True:
             need_logits = [(r, loc) for r, loc in items if self.rows[r].phase is Phase.NEED_LOGITS]
             if need_logits:
@@ -246,6 +270,9 @@ class AcceptRejectDecoder:
             need_forward = [(r, loc) for r, loc in items if self.rows[r].phase is Phase.NEED_FORWARD]
             if not need_forward:
                 return
+            if not self.lockstep and forwards and any(self.rows[r].phase is Phase.READY for r, _ in items):
+                return  # the waiting rows join the next call's forward
+            forwards += 1
             tokens = []
             for row, _ in need_forward:
                 st = self.rows[row]

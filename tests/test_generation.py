@@ -9,10 +9,12 @@ from conftest import TINY_PROMPTS, build_tiny_llm
 from gymnasium import spaces
 from stable_baselines3.common.torch_layers import FlattenExtractor
 
+from agents import generation
 from agents.authors_format import export_authors_actor
 from agents.generation import MARAGenerator, as_accept_function, load_authors_actor
 from agents.sac_discrete.policies import DiscreteActor
 from mara_env import TokenAcceptRejectEnv
+from mara_env.decoder import AcceptRejectDecoder
 from mara_env.llm import PromptFormat
 
 SETTINGS = dict(top_k=8, top_p=0.95, devices=["cpu"])
@@ -82,6 +84,26 @@ def test_generator_decides_exactly_like_the_environment(tiny_llm):
         assert info["num_decisions"] == g.num_decisions
         assert info["ref_logprob"] == pytest.approx(g.ref_logprob, rel=1e-6)  # batched float32 forwards
     assert rejected > 0  # the agent did reject, so the rules beyond "accept" were compared
+
+
+def test_waiting_rows_share_forwards_without_changing_answers(tiny_llm, monkeypatch):
+    """Without lockstep, rows waiting for a forward (forced tokens) join the others' next forward:
+    fewer forwards, the same answers."""
+    # top_k=2: every rejection forces the last candidate, which then needs a forward of its own
+    # and rejections at independent times in each row (per-prompt seeds) put rows out of step.
+    gen = MARAGenerator(tiny_llm, lambda obs: np.full(len(obs), 0.85), batch_size=8, **{**SETTINGS, "top_k": 2})
+    fast = gen.generate(TINY_PROMPTS, max_new_tokens=12, seed=0)
+    fast_forwards = gen.last_stats.llm_forwards
+
+    def lockstep(*args, **kwargs):
+        return AcceptRejectDecoder(*args, **{**kwargs, "lockstep": True})
+
+    monkeypatch.setattr(generation, "AcceptRejectDecoder", lockstep)
+    slow = gen.generate(TINY_PROMPTS, max_new_tokens=12, seed=0)
+    assert [g.token_ids for g in fast] == [g.token_ids for g in slow]
+    assert [g.num_decisions for g in fast] == [g.num_decisions for g in slow]
+    assert sum(1 for g in fast for r, s in zip(g.accepted_ranks, g.set_sizes) if r == s - 1) > 0  # forced
+    assert fast_forwards < gen.last_stats.llm_forwards
 
 
 def test_reference_policy_has_zero_kl_and_seeds_are_per_prompt(tiny_llm):
