@@ -48,6 +48,9 @@ Evaluations run at 0 decisions, every ``--eval-every`` decisions below ``--decis
   base LLM's ``generate``) ~75 s; ~6.5 min per pair, 2 seeds x 5 algorithms ~65 min. With one
   thread or a busy machine expect up to 2-3x that: a trial run of 300 decisions per pair measured
   7-11 training decisions/s at 8 envs and 16 tokens with ``OMP_NUM_THREADS=1`` next to other jobs.
+  Measured (2026-11-23, one thread beside another job): the first seed of all five took 2 hours,
+  mostly evaluations of A2C/DQN/QR-DQN agents that reject most candidates (each rejection is an LLM
+  forward); agents that stay near the reference match the estimate.
 - ``full``: for a GPU (5 seeds x 200,000 decisions, every held-out prompt, 256-token answers).
 
 Outputs, under ``--out`` (default ``benchmarks/results/algorithms/<budget>/``):
