@@ -184,9 +184,7 @@ class AcceptRejectDecoder:
             return []
         skip = set(exclude)
         return [
-            r
-            for r, st in enumerate(self.rows)
-            if r not in skip and st.phase in (Phase.NEED_LOGITS, Phase.NEED_FORWARD)
+            r for r, st in enumerate(self.rows) if r not in skip and st.phase in (Phase.NEED_LOGITS, Phase.NEED_FORWARD)
         ]
 
     def observations(self, rows: Sequence[int], dtype: np.dtype) -> np.ndarray:
