@@ -147,6 +147,11 @@ def run_comparison(
     def score(gens: Sequence[Generation]) -> Any:
         return terminal(prompts, [g.text for g in gens])
 
+    # Every agent is loaded (and checked against the LLM) before any decoding, so a bad file fails at once.
+    agent_gens = {
+        name: MARAGenerator(replicas, agent, deterministic=deterministic, **generator_kwargs)
+        for name, agent in agents.items()
+    }
     systems: list[SystemResult] = []
     base_gen = MARAGenerator(replicas, None, **generator_kwargs)
     base = base_gen.generate_raw(prompts, max_new_tokens, seed=seed, progress=progress)
@@ -166,8 +171,7 @@ def run_comparison(
         )
     )
     agent_tokens: int | None = None
-    for name, agent in agents.items():
-        gen = MARAGenerator(replicas, agent, deterministic=deterministic, **generator_kwargs)
+    for name, gen in agent_gens.items():
         answers = gen.generate(prompts, max_new_tokens, seed=seed, progress=progress)
         stats = gen.last_stats
         scores = score(answers)

@@ -40,6 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cost-model", help="C (default: the run's; 'none' for no cost)")
     parser.add_argument("--alpha-r", type=float)
     parser.add_argument("--alpha-c", type=float)
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_decoding_arguments(parser)
 
 
@@ -95,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
     if isinstance(cost, str) and cost.lower() == "none":
         cost = None
     settings, max_new = generator_settings(env, args)
-    progress = args.run / "progress.csv"
+    training_log = args.run / "progress.csv"
     report = run_comparison(
         agents,
         out,
@@ -109,7 +110,8 @@ def run(args: argparse.Namespace) -> int:
         alpha_c=env.get("alpha_c", 1.0) if args.alpha_c is None else args.alpha_c,
         scorer_device=env.get("scorer_device"),
         deterministic=args.deterministic,
-        training_log=progress if progress.is_file() else None,
+        training_log=training_log if training_log.is_file() else None,
+        progress=not args.no_progress,
         meta={"run": str(args.run), "prompts": str(args.prompts or env["prompts"])},
         **settings,
     )

@@ -1,0 +1,105 @@
+"""``mara evaluate`` and ``mara generate`` on a tiny trained run: reports, answers, and refused input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import TINY_PROMPTS, build_tiny_llm
+
+from agents.cli import main
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> tuple[Path, Path]:
+    """A short ``mara train`` run on the tiny model (held-out split kept), and its prompts file."""
+    folder = tmp_path_factory.mktemp("tiny-run")
+    model, tokenizer = build_tiny_llm()
+    model.save_pretrained(folder / "llm")
+    tokenizer.save_pretrained(folder / "llm")
+    prompts = folder / "prompts.txt"
+    prompts.write_text("\n".join(TINY_PROMPTS) + "\n")
+    run = folder / "run"
+    flags = [
+        *("--llm", str(folder / "llm"), "--prompts", str(prompts), "--test-fraction", "0.25"),
+        *("--reward-model", "length", "--cost-model", "none", "--max-new-tokens", "8", "--top-k", "8"),
+        *("--devices", "cpu", "--num-envs", "4", "--no-progress", "--total-decisions", "96"),
+        *("--learning-starts", "32", "--batch-size", "16", "--checkpoint-every", "96", "--log-every", "32"),
+    ]
+    assert main(["train", "--out", str(run), *flags]) == 0
+    return run, prompts
+
+
+def test_evaluate_writes_the_report_and_refuses_to_overwrite_it(tiny_run, capsys):
+    run, _ = tiny_run
+    args = ["evaluate", "--run", str(run), "--best-of", "2", "--no-progress", "--out", str(run / "eval-a")]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "held-out prompts" in out and "preference rate" in out
+    report = json.loads((run / "eval-a" / "report.json").read_text())
+    assert set(report["comparisons"]) == {"mara", "best-of-2"}
+    for pref in report["comparisons"].values():
+        assert pref["wins"] + pref["ties"] + pref["losses"] == 2  # the two held-out prompts of eight
+        assert pref["ci_low"] <= pref["rate"] <= pref["ci_high"]
+    assert (run / "eval-a" / "report.md").stat().st_size > 0
+    assert (run / "eval-a" / "accept_positions.png").is_file()
+
+    assert main(args) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert (run / "eval-a" / "report.json").is_file(), "a refused run leaves the old report alone"
+    assert main([*args, "--overwrite"]) == 0
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--num-prompts", "0"], "--num-prompts must be >= 1"),
+        (["--best-of", "two"], "--best-of must be an integer"),
+        (["--agent", "missing.zip"], "'missing.zip' does not exist"),
+    ],
+)
+def test_evaluate_errors_name_the_problem(tiny_run, extra, message, tmp_path, capsys):
+    run, _ = tiny_run
+    assert main(["evaluate", "--run", str(run), "--out", str(tmp_path / "eval"), "--no-progress", *extra]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_evaluate_refuses_a_file_that_is_not_an_agent(tiny_run, tmp_path, capsys):
+    run, _ = tiny_run
+    fake = tmp_path / "agent.zip"
+    fake.write_text("not a model")
+    assert main(["evaluate", "--run", str(run), "--agent", str(fake), "--out", str(tmp_path / "e")]) == 2
+    err = capsys.readouterr().err
+    assert str(fake) in err and "Traceback" not in err
+    assert not (tmp_path / "e" / "report.md").exists()
+
+
+def test_generate_aligned_and_raw_answers_as_json(tiny_run, capsys):
+    run, _ = tiny_run
+    assert main(["generate", "--run", str(run), "--compare", "--json", "tell me a story", "why is the sky"]) == 0
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.strip()]
+    assert [(r["prompt"], r["system"]) for r in records] == [
+        ("tell me a story", "aligned"),
+        ("tell me a story", "raw"),
+        ("why is the sky", "aligned"),
+        ("why is the sky", "raw"),
+    ]
+    for r in records:
+        assert 1 <= r["tokens"] <= 8 and sum(r["accept_position_counts"]) <= r["tokens"]
+    aligned = [r for r in records if r["system"] == "aligned"]
+    assert all(r["decisions"] >= 0 for r in aligned)
+
+
+def test_generate_reads_a_prompts_file_and_refuses_missing_or_empty_ones(tiny_run, tmp_path, capsys):
+    run, prompts = tiny_run
+    assert main(["generate", "--run", str(run), "--file", str(prompts)]) == 0
+    assert capsys.readouterr().out.count("### ") == len(TINY_PROMPTS)
+
+    assert main(["generate", "--run", str(run), "--file", str(tmp_path / "nope.txt")]) == 2
+    assert "nope.txt' does not exist" in capsys.readouterr().err
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n")
+    assert main(["generate", "--run", str(run), "--file", str(empty)]) == 2
+    err = capsys.readouterr().err
+    assert "empty.txt" in err or "no prompts" in err
