@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -105,6 +106,16 @@ TINY_PROMPTS = [
     "help me plan a day in the city",
     "why is the river cold at night",
 ]
+
+
+def save_tiny_files(folder: Path) -> tuple[Path, Path]:
+    """Save the tiny model as a local folder and :data:`TINY_PROMPTS` as a prompts file, for the CLI."""
+    model, tokenizer = build_tiny_llm()
+    model.save_pretrained(folder / "llm")
+    tokenizer.save_pretrained(folder / "llm")
+    prompts = folder / "prompts.txt"
+    prompts.write_text("\n".join(TINY_PROMPTS) + "\n")
+    return folder / "llm", prompts
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import TINY_PROMPTS, build_tiny_llm
+from conftest import TINY_PROMPTS, save_tiny_files
 
 from agents.cli import main
 
@@ -15,14 +15,10 @@ from agents.cli import main
 def tiny_run(tmp_path_factory) -> tuple[Path, Path]:
     """A short ``mara train`` run on the tiny model (held-out split kept), and its prompts file."""
     folder = tmp_path_factory.mktemp("tiny-run")
-    model, tokenizer = build_tiny_llm()
-    model.save_pretrained(folder / "llm")
-    tokenizer.save_pretrained(folder / "llm")
-    prompts = folder / "prompts.txt"
-    prompts.write_text("\n".join(TINY_PROMPTS) + "\n")
+    llm, prompts = save_tiny_files(folder)
     run = folder / "run"
     flags = [
-        *("--llm", str(folder / "llm"), "--prompts", str(prompts), "--test-fraction", "0.25"),
+        *("--llm", str(llm), "--prompts", str(prompts), "--test-fraction", "0.25"),
         *("--reward-model", "length", "--cost-model", "none", "--max-new-tokens", "8", "--top-k", "8"),
         *("--devices", "cpu", "--num-envs", "4", "--no-progress", "--total-decisions", "96"),
         *("--learning-starts", "32", "--batch-size", "16", "--checkpoint-every", "96", "--log-every", "32"),
@@ -87,8 +83,8 @@ def test_generate_aligned_and_raw_answers_as_json(tiny_run, capsys):
     ]
     for r in records:
         assert 1 <= r["tokens"] <= 8 and sum(r["accept_position_counts"]) <= r["tokens"]
-    aligned = [r for r in records if r["system"] == "aligned"]
-    assert all(r["decisions"] >= 0 for r in aligned)
+    assert all(r["decisions"] == 0 for r in records if r["system"] == "raw")
+    assert all(r["decisions"] >= 1 for r in records if r["system"] == "aligned")
 
 
 def test_generate_reads_a_prompts_file_and_refuses_missing_or_empty_ones(tiny_run, tmp_path, capsys):

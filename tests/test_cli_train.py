@@ -17,7 +17,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_PROMPTS, build_tiny_llm
+from conftest import save_tiny_files
 from stable_baselines3.common.logger import KVWriter, Logger
 from stable_baselines3.common.vec_env import VecMonitor
 
@@ -44,13 +44,7 @@ SMALL_SAC = ["--learning-starts", "64", "--batch-size", "32", "--buffer-size", "
 @pytest.fixture(scope="module")
 def tiny_files(tmp_path_factory) -> tuple[Path, Path]:
     """The tiny model saved as a local folder, and a prompt file."""
-    folder = tmp_path_factory.mktemp("tiny")
-    model, tokenizer = build_tiny_llm()
-    model.save_pretrained(folder / "llm")
-    tokenizer.save_pretrained(folder / "llm")
-    prompts = folder / "prompts.txt"
-    prompts.write_text("\n".join(TINY_PROMPTS) + "\n")
-    return folder / "llm", prompts
+    return save_tiny_files(tmp_path_factory.mktemp("tiny"))
 
 
 def env_flags(tiny_files: tuple[Path, Path]) -> list[str]:
