@@ -42,6 +42,12 @@ def _authors_modules(actor: DiscreteActor) -> dict[str, nn.Module]:
     :param actor: The actor to map
     :return: ``{"ln": LayerNorm, "linear1": Linear, "linear2": Linear, "output_linear": Linear}``
     """
+    if getattr(actor, "reference", None) is not None:
+        raise ValueError(
+            "The authors' layout has no reference anchor: this actor's logits add log p_ref(a|k) read from "
+            "MARA-v1's observation (observation='hidden+ref'), which the authors' actors never see. Train the "
+            "model on MARA-v0 (observation='hidden', policy_kwargs reference_logits=None) to use this layout."
+        )
     layers = [module for module in actor.latent_pi if not isinstance(module, nn.ReLU)]
     activations = [module for module in actor.latent_pi if not isinstance(module, nn.LayerNorm | nn.Linear)]
     shape_ok = (
@@ -133,7 +139,15 @@ def import_authors_actor(
     if problems:
         hidden = expected["ln.weight"].shape[0]
         file_ln = state_dict.get("ln.weight")
-        if isinstance(file_ln, th.Tensor) and file_ln.ndim == 1 and file_ln.shape[0] != hidden:
+        if isinstance(file_ln, th.Tensor) and file_ln.ndim == 1 and hidden > file_ln.shape[0]:
+            problems.insert(
+                0,
+                f"the checkpoint observes {file_ln.shape[0]} values but this model {hidden}; if it is a model on "
+                "MARA-v1's observation (observation='hidden+ref': the hidden state followed by the reference's "
+                "features), it cannot take an authors' actor, which reads hidden states only: build it on MARA-v0 "
+                "(observation='hidden')",
+            )
+        elif isinstance(file_ln, th.Tensor) and file_ln.ndim == 1 and file_ln.shape[0] != hidden:
             problems.insert(
                 0,
                 f"the checkpoint is for hidden size H={file_ln.shape[0]} but the model observes H={hidden} "

@@ -52,10 +52,11 @@ class MARALoggingCallback(BaseCallback):
     Each dump records, over the episodes finished since the previous dump, the mean of every
     :data:`EPISODE_METRICS` column and ``mara/kl``, the per-episode estimate of
     ``KL(pi || reference) = sum_t log pi_b(a_t|s_t) - log p_ref(a_t|k_t)`` where ``pi_b`` is the
-    behaviour policy that chose the actions (uniform during an off-policy warm-up, epsilon-greedy
-    for DQN), evaluated on the observation each action was taken on, and ``log p_ref`` is the
-    step info's ``ref_logp``. Also ``mara/decisions_per_second``, ``time/total_timesteps``,
-    ``time/episodes``, ``time/time_elapsed`` and ``rollout/ep_rew_mean`` / ``rollout/ep_len_mean``,
+    behaviour policy that chose the actions (uniform during an off-policy warm-up unless the
+    algorithm warms up on its policy, epsilon-greedy for DQN), evaluated on the observation each
+    action was taken on, and ``log p_ref`` is the step info's ``ref_logp``. Also
+    ``mara/decisions_per_second``, ``time/total_timesteps``, ``time/episodes``, ``time/time_elapsed``
+    and ``rollout/ep_rew_mean`` / ``rollout/ep_len_mean``,
     then ``logger.dump(num_timesteps)``: one row of ``progress.csv``, one TensorBoard point.
 
     Pass ``log_interval=None`` to ``learn`` so that rows come from this callback only.
@@ -106,7 +107,8 @@ class MARALoggingCallback(BaseCallback):
     def _warming_up(self) -> bool:
         """Whether this step's actions were uniformly random (an off-policy algorithm's warm-up)."""
         model = self.model
-        if not isinstance(model, OffPolicyAlgorithm):
+        # DiscreteSAC with an anchored actor warms up on its policy (`uniform_warmup` False)
+        if not isinstance(model, OffPolicyAlgorithm) or not getattr(model, "uniform_warmup", True):
             return False
         # num_timesteps was already advanced past the step whose actions were chosen
         before = self.num_timesteps - self.training_env.num_envs

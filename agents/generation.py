@@ -53,6 +53,7 @@ from mara_env.candidates import CandidateConfig, candidate_sets
 from mara_env.config import AUTO_CHUNK_SIZE
 from mara_env.decoder import AcceptRejectDecoder, DecoderConfig, Phase
 from mara_env.llm import LLMReplica, PromptFormat, default_max_prompt_tokens, load_replicas
+from mara_env.observation import ObservationLayout, observe
 
 #: A function from observations ``(n, hidden)`` to accept probabilities (or 0/1 decisions) ``(n,)``.
 AcceptFunction = Callable[[np.ndarray], np.ndarray]
@@ -129,14 +130,29 @@ class GenerationStats:
 # --------------------------------------------------------------------------------------------- agents
 
 
-def _check_hidden(agent_hidden: int, llm_hidden: int, what: str) -> None:
-    if agent_hidden != llm_hidden:
+def _layout_for(size: int, hidden_size: int, observation: str, what: str) -> ObservationLayout:
+    """The observation layout an agent that reads vectors of ``size`` needs on an LLM of ``hidden_size``."""
+    try:
+        found = ObservationLayout.for_size(size, hidden_size)
+    except ValueError:
         raise ValueError(
-            f"{what} observes hidden states of size {agent_hidden}, but this LLM's hidden size is {llm_hidden}. "
-            "An agent transfers only between LLMs with the same hidden size (the paper's Table 3); "
-            "train one on this LLM or pick an LLM of hidden size "
-            f"{agent_hidden}."
+            f"{what} observes vectors of size {size}, which fits no observation of this LLM (hidden size "
+            f"{hidden_size}: {hidden_size} for 'hidden', {ObservationLayout('hidden+ref', hidden_size).size} for "
+            "'hidden+ref'). An agent transfers only between LLMs with the same hidden size (the paper's Table 3); "
+            "train one on this LLM or pick an LLM of the agent's hidden size."
+        ) from None
+    if observation not in ("auto", found.mode):
+        raise ValueError(
+            f"{what} was trained on observation={found.mode!r} (vectors of size {size}), but observation="
+            f"{observation!r} was asked for. "
+            + (
+                "Actors in the authors' layout, and agents trained on MARA-v0, read hidden states only: "
+                if found.mode == "hidden"
+                else "This agent needs the reference's features (MARA-v1): "
+            )
+            + f"pass observation={found.mode!r} or 'auto'."
         )
+    return found
 
 
 def _actor_accept(actor: DiscreteActor) -> AcceptFunction:
@@ -177,15 +193,20 @@ def load_authors_actor(path: str | os.PathLike) -> DiscreteActor:
     return actor
 
 
-def as_accept_function(agent: Any, hidden_size: int, device: str | th.device = "auto") -> AcceptFunction:
+def as_accept_function(
+    agent: Any, hidden_size: int, device: str | th.device = "auto", observation: str = "auto"
+) -> tuple[AcceptFunction, ObservationLayout]:
     """Turn any supported agent into a function from observations to accept probabilities.
 
     :param agent: a trained SB3 model (``DiscreteSAC``, PPO, A2C, DQN, QR-DQN); the path of a saved SB3
         ``.zip`` of one of those; the path of an actor in the authors' layout (``.pt``/``.pth``/``.bin``);
-        a :class:`~agents.sac_discrete.policies.DiscreteActor`; or a callable mapping an ``(n, hidden)``
+        a :class:`~agents.sac_discrete.policies.DiscreteActor`; or a callable mapping an ``(n, size)``
         float32 array to ``n`` accept probabilities (0/1 decisions are probabilities too).
     :param hidden_size: the LLM's hidden size; an agent for another size is refused.
     :param device: device for models loaded from files.
+    :param observation: the observation the agent reads (:mod:`mara_env.observation`): ``"hidden"``,
+        ``"hidden+ref"``, or ``"auto"``, which reads it off the agent's input size (a callable: ``"hidden"``).
+    :return: the function and the observation layout to feed it.
     """
     # agents.algorithms imports every SB3 algorithm class; only needed for SB3 models and their files.
     if isinstance(agent, (str, os.PathLike)):
@@ -203,16 +224,16 @@ def as_accept_function(agent: Any, hidden_size: int, device: str | th.device = "
         if not isinstance(agent.action_space, spaces.Discrete) or agent.action_space.n != 2 or len(shape) != 1:
             raise ValueError(
                 f"{type(agent).__name__} was trained on observations {shape} and actions {agent.action_space}; "
-                "a MARA agent observes one hidden-state vector and has two actions (reject, accept)."
+                "a MARA agent observes one vector and has two actions (reject, accept)."
             )
-        _check_hidden(shape[0], hidden_size, f"The {type(agent).__name__} agent")
+        layout = _layout_for(shape[0], hidden_size, observation, f"The {type(agent).__name__} agent")
         from agents.algorithms import accept_probabilities
 
         model = agent
-        return lambda obs: accept_probabilities(model, obs)
+        return (lambda obs: accept_probabilities(model, obs)), layout
     if isinstance(agent, DiscreteActor):
-        _check_hidden(agent.observation_space.shape[0], hidden_size, "The actor")
-        return _actor_accept(agent)
+        layout = _layout_for(agent.observation_space.shape[0], hidden_size, observation, "The actor")
+        return _actor_accept(agent), layout
     if callable(agent):
         fn = agent
 
@@ -226,7 +247,7 @@ def as_accept_function(agent: Any, hidden_size: int, device: str | th.device = "
                 )
             return out
 
-        return checked
+        return checked, ObservationLayout("hidden" if observation == "auto" else observation, hidden_size)
     raise TypeError(
         f"agent: cannot use a {type(agent).__name__}. Pass a trained SB3 model, the path of its .zip, an actor in "
         "the authors' layout (.pt), or a callable observations -> accept probabilities."
@@ -256,6 +277,8 @@ class MARAGenerator:
     :param prompt_overflow: ``"truncate"`` (cut the user text from the left, with a warning) or ``"error"``.
     :param batch_size: prompts decoded at once.
     :param deterministic: accept when ``pi(accept | s) >= 0.5`` instead of sampling.
+    :param observation: what the agent observes, as in the environment (``"hidden"``: MARA-v0,
+        ``"hidden+ref"``: MARA-v1), or ``"auto"``: read off the agent's input size.
     """
 
     def __init__(
@@ -275,6 +298,7 @@ class MARAGenerator:
         prompt_overflow: str = "truncate",
         batch_size: int = 16,
         deterministic: bool = False,
+        observation: str = "auto",
     ) -> None:
         if prompt_overflow not in ("truncate", "error"):
             raise ValueError(f"prompt_overflow must be 'truncate' or 'error', got {prompt_overflow!r}.")
@@ -301,9 +325,12 @@ class MARAGenerator:
         self.batch_size = batch_size
         self.deterministic = deterministic
         self.agent = agent
-        self._accept: AcceptFunction | None = (
-            None if agent is None else as_accept_function(agent, self.hidden_size, device=first.device)
-        )
+        self._accept: AcceptFunction | None = None
+        self.layout = ObservationLayout("hidden" if observation == "auto" else observation, self.hidden_size)
+        if agent is not None:
+            self._accept, self.layout = as_accept_function(
+                agent, self.hidden_size, device=first.device, observation=observation
+            )
         self.last_stats = GenerationStats()
         self._warned: set[str] = set()
 
@@ -367,7 +394,6 @@ class MARAGenerator:
 
     # ----------------------------------------------------------------------------------- raw
 
-    @th.no_grad()
     def generate_raw(
         self,
         prompts: Sequence[str],
@@ -378,7 +404,8 @@ class MARAGenerator:
         record_stats: bool = True,
     ) -> list[Generation]:
         """The LLM's own answers: ``model.generate`` sampling with the same prompt format, temperature,
-        top-k and top-p, on the first replica, ``batch_size`` prompts at a time (left-padded).
+        top-k and top-p, on the first replica, ``batch_size`` prompts at a time (left-padded; the
+        loop is :func:`batched_generate`, which reward-guided decoding shares).
 
         Answer statistics (ranks, set sizes, ``log q``) are recorded on the fly from the logits;
         ``kl`` is 0 because the answer is sampled from ``q`` itself.
@@ -387,71 +414,8 @@ class MARAGenerator:
         :param record_stats: record ranks, set sizes and ``log q`` (``False`` runs ``model.generate`` untouched,
             leaving those fields empty / NaN: the plain-speed baseline of ``benchmarks/decode_speed.py``).
         """
-        prompts = self._check_prompts(prompts)
-        replica = self.replicas[0]
-        model, device = replica.model, replica.device
-        pad = self.tokenizer.pad_token_id
-        if pad is None:
-            pad = next(iter(replica.eos_token_ids))
-        start = time.perf_counter()
-        results: list[Generation] = []
-        llm_tokens = forwards = 0
-        limit = self._prompt_limit(max_new_tokens)
-        batches = range(0, len(prompts), self.batch_size)
-        for b, lo in enumerate(tqdm(batches, desc="raw", disable=not progress, unit="batch")):
-            chunk = prompts[lo : lo + self.batch_size]
-            encoded = [self._prompt_ids(p, limit) for p in chunk]
-            width = max(len(ids) for ids, _ in encoded)
-            input_ids = th.full((len(chunk), width), pad, dtype=th.long)
-            attention = th.zeros((len(chunk), width), dtype=th.long)
-            for i, (ids, _) in enumerate(encoded):
-                input_ids[i, width - len(ids) :] = th.tensor(ids)
-                attention[i, width - len(ids) :] = 1
-            recorder = _RawRecorder(self.candidates, len(chunk), replica.eos_token_ids)
-            if seed is not None:
-                th.manual_seed(seed + b)
-            out = model.generate(
-                input_ids=input_ids.to(device),
-                attention_mask=attention.to(device),
-                do_sample=True,
-                top_k=self.candidates.top_k,
-                top_p=self.candidates.top_p,
-                temperature=self.candidates.temperature,
-                max_new_tokens=max_new_tokens,
-                pad_token_id=pad,
-                eos_token_id=sorted(replica.eos_token_ids),
-                logits_processor=LogitsProcessorList([recorder] if record_stats else []),
-            )
-            new = out[:, width:].cpu()
-            if record_stats:
-                recorder.finish(new)
-            else:
-                recorder.answers = [_until_eos(row.tolist(), replica.eos_token_ids) for row in new]
-                recorder.logq = [float("nan")] * len(chunk)
-            steps = new.shape[1]
-            llm_tokens += len(chunk) * (width + steps - 1)
-            forwards += steps
-            for i, (prompt, (_, truncated)) in enumerate(zip(chunk, encoded)):
-                ids = recorder.answers[i]
-                results.append(
-                    Generation(
-                        prompt=prompt,
-                        text=self._decode(ids),
-                        token_ids=ids,
-                        finish_reason="eos" if ids and ids[-1] in replica.eos_token_ids else "length",
-                        num_decisions=0,
-                        accepted_ranks=recorder.ranks[i],
-                        set_sizes=recorder.sizes[i],
-                        ref_logprob=recorder.logq[i],
-                        kl=0.0,
-                        prompt_truncated=truncated,
-                    )
-                )
-        self.last_stats = GenerationStats(
-            llm_tokens=llm_tokens,
-            llm_forwards=forwards,
-            answer_tokens=sum(g.num_tokens for g in results),
-            wall_seconds=time.perf_counter() - start,
+        results, self.last_stats = batched_generate(
+            self, prompts, max_new_tokens, seed=seed, record_stats=record_stats, progress=progress
         )
         return results
 
@@ -591,7 +555,7 @@ class MARAGenerator:
     def _accept_probs(self, decoder: AcceptRejectDecoder, rows: list[int]) -> np.ndarray:
         if self._accept is None:
             return np.array([np.exp(decoder.rows[r].cands.log_accept[decoder.rows[r].index]) for r in rows])
-        obs = decoder.observations(rows, np.dtype(np.float32))
+        obs = observe(decoder, rows, self.layout, np.dtype(np.float32))
         p = np.asarray(self._accept(obs), dtype=np.float64).reshape(-1)
         if p.shape != (len(rows),):
             raise ValueError(f"the agent returned {p.shape} values for {len(rows)} observations.")
@@ -606,17 +570,39 @@ def _until_eos(ids: list[int], eos: frozenset[int]) -> list[int]:
     return ids
 
 
+#: A hook of :func:`batched_generate` that replaces one decoding step's scores:
+#: ``rescore(prompts, sets, answers, done, scores)`` gets the batch's prompts, each row's candidates at
+#: this step (built from the raw logits), the answer tokens so far, which rows have ended, and the raw
+#: scores ``(rows, vocab)``; it returns the scores ``model.generate`` picks the next tokens from.
+Rescore = Callable[[list[str], list[Any], list[list[int]], list[bool], th.Tensor], th.Tensor]
+
+
 class _RawRecorder(LogitsProcessor):
-    """Records, while ``model.generate`` samples, each answer token's rank, set size and ``log q``.
+    """Records, while ``model.generate`` decodes, each answer token's rank, set size and ``log q``.
 
     ``generate`` runs custom processors before its temperature/top-k/top-p warpers, so this one sees
-    the raw logits of step ``t`` and forms the candidate sets itself; the token sampled at step ``t``
-    is read at step ``t + 1`` (or in :meth:`finish`). It leaves the scores unchanged.
+    the raw logits of step ``t`` and forms the candidate sets itself (``sets``: a function of the raw
+    scores returning per row an object with ``tokens``, ``probs`` and a length; default
+    :func:`~mara_env.candidates.candidate_sets` under ``config``); the token chosen at step ``t`` is
+    read at step ``t + 1`` (or in :meth:`finish`). Without ``rescore`` it leaves the scores unchanged;
+    with it, ``generate`` chooses from the scores ``rescore`` returns (see :data:`Rescore`).
     """
 
-    def __init__(self, config: CandidateConfig, batch: int, eos: frozenset[int]) -> None:
+    def __init__(
+        self,
+        config: CandidateConfig,
+        batch: int,
+        eos: frozenset[int],
+        *,
+        prompts: Sequence[str] = (),
+        sets: Callable[[th.Tensor], list[Any]] | None = None,
+        rescore: Rescore | None = None,
+    ) -> None:
         self.config = config
         self.eos = eos
+        self.prompts = list(prompts)
+        self.make_sets = sets if sets is not None else (lambda scores: candidate_sets(scores.float(), config))
+        self.rescore = rescore
         self.sets: list | None = None
         self.answers: list[list[int]] = [[] for _ in range(batch)]
         self.ranks: list[list[int]] = [[] for _ in range(batch)]
@@ -642,9 +628,117 @@ class _RawRecorder(LogitsProcessor):
     def __call__(self, input_ids: th.LongTensor, scores: th.FloatTensor) -> th.FloatTensor:
         if self.sets is not None:
             self._record(input_ids[:, -1])
-        self.sets = candidate_sets(scores.float(), self.config)
+        self.sets = self.make_sets(scores)
+        if self.rescore is not None:
+            return self.rescore(self.prompts, self.sets, self.answers, self.done, scores)
         return scores
 
     def finish(self, new_tokens: th.Tensor) -> None:
         if self.sets is not None and new_tokens.shape[1] > 0:
             self._record(new_tokens[:, -1])
+
+
+@th.no_grad()
+def batched_generate(
+    generator: MARAGenerator,
+    prompts: Sequence[str],
+    max_new_tokens: int,
+    *,
+    seed: int | None = None,
+    sampling: dict[str, Any] | None = None,
+    sets: Callable[[th.Tensor], list[Any]] | None = None,
+    rescore: Rescore | None = None,
+    record_stats: bool = True,
+    progress: bool = False,
+    desc: str = "raw",
+) -> tuple[list[Generation], GenerationStats]:
+    """Answers from ``model.generate`` with the generator's prompt format: ``batch_size`` prompts at a time,
+    left-padded, on the first replica. :meth:`MARAGenerator.generate_raw` and reward-guided decoding
+    (:mod:`agents.reward_guided`) are this loop.
+
+    :param generator: supplies the LLM, the prompt format and length limit, the candidate settings and
+        ``batch_size``.
+    :param prompts: user prompts.
+    :param max_new_tokens: answer-length limit.
+    :param seed: seeds torch's generator before each batch (``seed + batch index``).
+    :param sampling: ``model.generate``'s decoding keywords (default: sampling with the generator's
+        temperature, top-k and top-p).
+    :param sets: builds each row's candidates from a step's raw logits, for the recorded ranks, set sizes
+        and ``log q`` (default: the generator's candidate sets).
+    :param rescore: replaces every step's scores (:data:`Rescore`); the answers' ``kl`` is then NaN
+        (not measured), otherwise 0 (the answers are samples of ``q`` itself).
+    :param record_stats: record ranks, set sizes and ``log q`` (``False``: ``model.generate`` untouched;
+        needs ``rescore=None``).
+    :param progress: show a progress bar over batches.
+    :param desc: the progress bar's label.
+    :returns: the answers, in the order of ``prompts``, and the call's totals.
+    """
+    if rescore is not None and not record_stats:
+        raise ValueError("batched_generate: rescore needs record_stats=True (the recorder runs the hook).")
+    prompts = generator._check_prompts(prompts)
+    replica = generator.replicas[0]
+    model, device = replica.model, replica.device
+    config = generator.candidates
+    if sampling is None:
+        sampling = dict(do_sample=True, top_k=config.top_k, top_p=config.top_p, temperature=config.temperature)
+    pad = generator.tokenizer.pad_token_id
+    if pad is None:
+        pad = next(iter(replica.eos_token_ids))
+    start = time.perf_counter()
+    results: list[Generation] = []
+    llm_tokens = forwards = 0
+    limit = generator._prompt_limit(max_new_tokens)
+    batches = range(0, len(prompts), generator.batch_size)
+    for b, lo in enumerate(tqdm(batches, desc=desc, disable=not progress, unit="batch")):
+        chunk = prompts[lo : lo + generator.batch_size]
+        encoded = [generator._prompt_ids(p, limit) for p in chunk]
+        width = max(len(ids) for ids, _ in encoded)
+        input_ids = th.full((len(chunk), width), pad, dtype=th.long)
+        attention = th.zeros((len(chunk), width), dtype=th.long)
+        for i, (ids, _) in enumerate(encoded):
+            input_ids[i, width - len(ids) :] = th.tensor(ids)
+            attention[i, width - len(ids) :] = 1
+        recorder = _RawRecorder(config, len(chunk), replica.eos_token_ids, prompts=chunk, sets=sets, rescore=rescore)
+        if seed is not None:
+            th.manual_seed(seed + b)
+        out = model.generate(
+            input_ids=input_ids.to(device),
+            attention_mask=attention.to(device),
+            max_new_tokens=max_new_tokens,
+            pad_token_id=pad,
+            eos_token_id=sorted(replica.eos_token_ids),
+            logits_processor=LogitsProcessorList([recorder] if record_stats else []),
+            **sampling,
+        )
+        new = out[:, width:].cpu()
+        if record_stats:
+            recorder.finish(new)
+        else:
+            recorder.answers = [_until_eos(row.tolist(), replica.eos_token_ids) for row in new]
+            recorder.logq = [float("nan")] * len(chunk)
+        steps = new.shape[1]
+        llm_tokens += len(chunk) * (width + steps - 1)
+        forwards += steps
+        for i, (prompt, (_, truncated)) in enumerate(zip(chunk, encoded)):
+            ids = recorder.answers[i]
+            results.append(
+                Generation(
+                    prompt=prompt,
+                    text=generator._decode(ids),
+                    token_ids=ids,
+                    finish_reason="eos" if ids and ids[-1] in replica.eos_token_ids else "length",
+                    num_decisions=0,
+                    accepted_ranks=recorder.ranks[i],
+                    set_sizes=recorder.sizes[i],
+                    ref_logprob=recorder.logq[i],
+                    kl=0.0 if rescore is None else float("nan"),
+                    prompt_truncated=truncated,
+                )
+            )
+    stats = GenerationStats(
+        llm_tokens=llm_tokens,
+        llm_forwards=forwards,
+        answer_tokens=sum(g.num_tokens for g in results),
+        wall_seconds=time.perf_counter() - start,
+    )
+    return results, stats

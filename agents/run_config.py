@@ -3,7 +3,8 @@
 A run has three sections:
 
 ``env``
-    any :class:`mara_env.MARAConfig` field (the environment, its LLM, rewards and prompts);
+    ``env_id`` (``MARA-v1`` or ``MARA-v0``: the task version, whose defaults apply to the fields not
+    given) and any :class:`mara_env.MARAConfig` field (the environment, its LLM, rewards and prompts);
 ``agent``
     ``algo`` (a name in :data:`agents.algorithms.ALGORITHMS`) and hyperparameters of that algorithm;
 ``train``
@@ -39,6 +40,7 @@ from typing import Any
 import yaml
 
 from agents.algorithms import ALGORITHMS, check_overrides, resolve_kwargs
+from mara_env import VERSIONS
 from mara_env.config import MARAConfig
 
 #: The default run ("main job"): what ``mara train`` does with no options. The embedded
@@ -46,6 +48,7 @@ from mara_env.config import MARAConfig
 #: toxicity cost. Sized for a 2-core CPU; these are the values to tune for the run's duration.
 DEFAULT_RUN: dict[str, dict[str, Any]] = {
     "env": dict(
+        env_id="MARA-v1",  # hidden state + reference features, potential shaping (mara_env.MARA_V1)
         llm=None,
         prompts="default",
         prompt_split="train",
@@ -158,6 +161,10 @@ def _type_problem(annotation: str, value: Any) -> str | None:
 
 _TRAIN_TYPES = {f.name: str(f.type) for f in fields(TrainSettings)}
 _ENV_TYPES = {f.name: str(f.type) for f in fields(MARAConfig)}
+_ENV_DEFAULTS = {f.name: f.default for f in fields(MARAConfig)}
+
+#: The env-section key naming the task version (a registered id of :data:`mara_env.VERSIONS`).
+ENV_ID = "env_id"
 
 
 def _unknown(key: str, section: str, valid: list[str], source: str) -> ValueError:
@@ -174,7 +181,7 @@ def _wrong_type(key: str, section: str, expected: str, value: Any, source: str) 
 class RunConfig:
     """Every setting of a training run (see the module docstring).
 
-    :param env: keyword arguments of ``MARA-v0``, every :class:`~mara_env.MARAConfig` field.
+    :param env: ``env_id`` and the keyword arguments of that environment, every :class:`~mara_env.MARAConfig` field.
     :param agent: the algorithm and its hyperparameter overrides.
     :param train: run length, parallelism, seed, checkpoints, logging.
     """
@@ -182,6 +189,16 @@ class RunConfig:
     env: dict[str, Any]
     agent: AgentSettings
     train: TrainSettings
+
+    @property
+    def env_id(self) -> str:
+        """The task version, e.g. ``"MARA-v1"``."""
+        return self.env[ENV_ID]
+
+    @property
+    def env_kwargs(self) -> dict[str, Any]:
+        """The environment's keyword arguments: every ``MARAConfig`` field (``gym.make_vec(env_id, **env_kwargs)``)."""
+        return {key: value for key, value in self.env.items() if key != ENV_ID}
 
     @classmethod
     def default(cls) -> RunConfig:
@@ -215,9 +232,21 @@ class RunConfig:
                 raise ValueError(f"{source}: section [{name}] must be a table of key = value, got {section!r}.")
 
         env = dict(base.env) if base else {}
-        for key, value in sections.get("env", {}).items():
+        layer = dict(sections.get("env", {}))
+        env_id = layer.pop(ENV_ID, env.pop(ENV_ID, None) or "MARA-v0")
+        if env_id not in VERSIONS:
+            close = difflib.get_close_matches(str(env_id), list(VERSIONS), n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ValueError(
+                f"{source}: env.{ENV_ID} {env_id!r} is not a MARA version.{hint} Versions: {', '.join(VERSIONS)}."
+            )
+        if base is None or base.env_id != env_id:
+            # A version sets the defaults of the settings it changes: switching versions resets them
+            for key in {k for defaults in VERSIONS.values() for k in defaults}:
+                env[key] = VERSIONS[env_id].get(key, _ENV_DEFAULTS[key])
+        for key, value in layer.items():
             if key not in _ENV_TYPES:
-                raise _unknown(key, "env", list(_ENV_TYPES), source)
+                raise _unknown(key, "env", [ENV_ID, *_ENV_TYPES], source)
             expected = _type_problem(_ENV_TYPES[key], value)
             if expected is not None:
                 raise _wrong_type(key, "env", expected, value, source)
@@ -226,7 +255,7 @@ class RunConfig:
             resolved_env = MARAConfig.from_kwargs(env)
         except (TypeError, ValueError) as exc:
             raise ValueError(f"{source}: [env] {exc}") from exc
-        env = {f.name: getattr(resolved_env, f.name) for f in fields(MARAConfig)}
+        env = {ENV_ID: env_id, **{f.name: getattr(resolved_env, f.name) for f in fields(MARAConfig)}}
 
         agent_section = dict(sections.get("agent", {}))
         algo = agent_section.pop("algo", base.agent.algo if base else None)

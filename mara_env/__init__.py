@@ -1,14 +1,21 @@
 """MARA as a Gymnasium environment: accept or reject an LLM's candidate tokens, one at a time.
 
-Importing this package registers ``MARA-v0``::
+Importing this package registers two versions of the task::
 
     import gymnasium as gym
     import mara_env
 
-    env = gym.make("MARA-v0")                              # one episode at a time
-    envs = gym.make_vec("MARA-v0", num_envs=32)            # batched through the LLM
+    env = gym.make("MARA-v1")                              # one episode at a time
+    envs = gym.make_vec("MARA-v1", num_envs=32)            # batched through the LLM
 
-``gym.make("mara_env:MARA-v0")`` imports the package itself.
+- ``MARA-v0``: the paper's MDP. The observation is the candidate's hidden state; rewards are the
+  per-decision KL term and the terminal score. The authors' released actors run on it.
+- ``MARA-v1``: the same decisions, optimum and terminal score, with the reference's features of each
+  decision appended to the observation (``observation="hidden+ref"``) and potential-based shaping by
+  the prefix's score (``reward_shaping="potential"``, ``shaping_gamma=0.99``): :data:`MARA_V1`.
+
+Every setting can still be given to either id; the id only sets these defaults.
+``gym.make("mara_env:MARA-v1")`` imports the package itself.
 """
 
 from gymnasium.envs.registration import register, registry
@@ -17,16 +24,21 @@ from mara_env.candidates import CandidateConfig, CandidateSet, candidate_sets
 from mara_env.config import MARAConfig
 from mara_env.env import TokenAcceptRejectEnv
 from mara_env.llm import EMBEDDED_LLM, LLMReplica, PromptFormat, load_replicas
+from mara_env.observation import REFERENCE_FEATURES, ObservationLayout
 from mara_env.variants import VARIANTS, variant_settings
 from mara_env.vector_env import TokenAcceptRejectVectorEnv
 
 __all__ = [
     "EMBEDDED_LLM",
+    "MARA_V1",
+    "REFERENCE_FEATURES",
     "VARIANTS",
+    "VERSIONS",
     "CandidateConfig",
     "CandidateSet",
     "LLMReplica",
     "MARAConfig",
+    "ObservationLayout",
     "PromptFormat",
     "TokenAcceptRejectEnv",
     "TokenAcceptRejectVectorEnv",
@@ -37,11 +49,19 @@ __all__ = [
 
 __version__ = "0.1.0"
 
-if "MARA-v0" not in registry:
-    # No max_episode_steps: episodes end by EOS or max_new_tokens (terminal, scored), never by a
-    # step-count truncation, which would cut a response off without its reward-model score.
-    register(
-        id="MARA-v0",
-        entry_point="mara_env.env:TokenAcceptRejectEnv",
-        vector_entry_point="mara_env.vector_env:TokenAcceptRejectVectorEnv",
-    )
+#: The settings that ``MARA-v1`` changes from ``MARA-v0`` (whose defaults are :class:`MARAConfig`'s).
+MARA_V1: dict[str, object] = {"observation": "hidden+ref", "reward_shaping": "potential", "shaping_gamma": 0.99}
+
+#: Registered ids and the defaults each one sets.
+VERSIONS: dict[str, dict[str, object]] = {"MARA-v0": {}, "MARA-v1": MARA_V1}
+
+for _id, _defaults in VERSIONS.items():
+    if _id not in registry:
+        # No max_episode_steps: episodes end by EOS or max_new_tokens (terminal, scored), never by a
+        # step-count truncation, which would cut a response off without its reward-model score.
+        register(
+            id=_id,
+            entry_point="mara_env.env:TokenAcceptRejectEnv",
+            vector_entry_point="mara_env.vector_env:TokenAcceptRejectVectorEnv",
+            kwargs=dict(_defaults),
+        )

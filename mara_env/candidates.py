@@ -91,6 +91,9 @@ def candidate_sets(logits: torch.Tensor, config: CandidateConfig) -> list[Candid
     renorm = torch.softmax(top_logp, dim=-1)
     mass_before = renorm.cumsum(-1) - renorm
     sizes = (mass_before < config.top_p).sum(-1)
+    if config.top_p >= 1.0:
+        # No nucleus cut: a float32 cumulative sum can reach 1.0 before the last token and drop it.
+        sizes = torch.full_like(sizes, k)
 
     top_idx, top_logp, sizes = top_idx.cpu().numpy(), top_logp.double().cpu().numpy(), sizes.cpu().numpy()
     out = []

@@ -16,6 +16,10 @@ import numpy as np
 import torch
 
 from mara_env.candidates import CandidateConfig
+from mara_env.observation import ObservationLayout
+
+#: Values of the ``reward_shaping`` setting.
+REWARD_SHAPINGS = ("none", "potential")
 
 #: Candidates per forward when ``chunk_size="auto"``, per device type. On CPU a forward's cost
 #: grows with its token count and ~70% of accepts are the first candidate, so computing one
@@ -57,6 +61,14 @@ class MARAConfig:
         :param alpha_r: weight of R.
         :param alpha_c: weight of C.
         :param scorer_device: device for reward/cost models given by name (default: the first replica's).
+        :param reward_shaping: ``"none"`` or ``"potential"``: dense credit that leaves the optimal policy
+            unchanged (Ng, Harada and Russell, 1999). After every decision the committed prefix
+            ``y_<=t`` is scored, ``Phi(s) = alpha_r R(x, y_<=t) - alpha_c C(x, y_<=t)`` (``Phi = 0`` at the
+            terminal state), and the decision's reward gains ``shaping_gamma * Phi(s') - Phi(s)``.
+            Costs one batched call of each scorer per step (on the rows whose prefix grew).
+        :param shaping_gamma: the discount of the shaping term, in (0, 1]; use the agent's ``gamma``
+            for exact policy invariance of the discounted objective (1.0: an episode's shaping terms
+            add up to ``-Phi(s_0)``, a constant per prompt start).
 
     Prompts
         :param prompts: a list of strings, a file (txt, jsonl, json, csv, parquet), a Hugging Face
@@ -68,7 +80,11 @@ class MARAConfig:
         :param test_fraction: share of prompts held out as the test part.
         :param split_seed: seed of the train/test split (independent of episode seeds).
 
-    Speed and observations
+    Observations and speed
+        :param observation: ``"hidden"`` (the candidate's hidden state, the paper's) or ``"hidden+ref"``
+            (followed by the reference's features of the decision: ``log q_k``, ``log p_ref(accept|k)``,
+            ``log p_ref(reject|k)``, rank, set size, remaining mass, set entropy, position; see
+            :mod:`mara_env.observation`). ``MARA-v1`` defaults to ``"hidden+ref"``.
         :param chunk_size: candidates whose hidden states are computed per forward: an integer
             ``>= 1`` (1 = lazy), ``"all"`` (the whole set at once), or ``"auto"`` (per device, see
             :data:`AUTO_CHUNK_SIZE`).
@@ -93,12 +109,15 @@ class MARAConfig:
     alpha_r: float = 1.0
     alpha_c: float = 1.0
     scorer_device: Any = None
+    reward_shaping: str = "none"
+    shaping_gamma: float = 0.99
     prompts: Any = "default"
     prompt_column: str | None = None
     dataset_split: str = "train"
     prompt_split: str = "train"
     test_fraction: float = 0.2
     split_seed: int = 0
+    observation: str = "hidden"
     chunk_size: int | str = "auto"
     obs_dtype: str = "float32"
     info_response: bool = False
@@ -111,6 +130,19 @@ class MARAConfig:
             raise ValueError(f"prompt_overflow must be 'truncate' or 'error', got {self.prompt_overflow!r}.")
         if self.prompt_split not in ("train", "test", "all"):
             raise ValueError(f"prompt_split must be 'train', 'test' or 'all', got {self.prompt_split!r}.")
+        ObservationLayout(self.observation, 1)  # validates the name
+        if self.reward_shaping not in REWARD_SHAPINGS:
+            close = difflib.get_close_matches(str(self.reward_shaping), REWARD_SHAPINGS, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ValueError(
+                f"reward_shaping must be 'none' or 'potential' (prefix-score potential shaping), "
+                f"got {self.reward_shaping!r}.{hint}"
+            )
+        gamma = self.shaping_gamma
+        if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not 0.0 < gamma <= 1.0:
+            raise ValueError(
+                f"shaping_gamma must be a number in (0, 1], got {gamma!r}; use the agent's discount (e.g. 0.99)."
+            )
         if self.obs_dtype not in ("float32", "float16"):
             raise ValueError(f"obs_dtype must be 'float32' or 'float16', got {self.obs_dtype!r}.")
         if not (self.chunk_size in ("auto", "all") or (isinstance(self.chunk_size, int) and self.chunk_size >= 1)):
@@ -128,7 +160,7 @@ class MARAConfig:
             if key not in names:
                 close = difflib.get_close_matches(key, names, n=1)
                 hint = f" Did you mean {close[0]!r}?" if close else f" Valid arguments: {', '.join(names)}."
-                raise TypeError(f"MARA-v0 got an unknown argument {key!r}.{hint}")
+                raise TypeError(f"MARA got an unknown argument {key!r}.{hint}")
         return cls(**kwargs)
 
     def resolved_chunk_size(self, device: torch.device, set_cap: int) -> int:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from gymnasium.utils import seeding
@@ -18,11 +18,32 @@ from gymnasium.utils import seeding
 from mara_env.config import MARAConfig
 from mara_env.decoder import AcceptRejectDecoder, DecoderConfig, Phase
 from mara_env.llm import PromptFormat, default_max_prompt_tokens, load_replicas
+from mara_env.observation import ObservationLayout, observe
 from mara_env.prompts import PromptSet
 from mara_env.scoring import TerminalReward
 
 #: Consecutive episodes that end without a single decision before reset gives up.
 MAX_DECISION_FREE_EPISODES = 100
+
+
+class Decisions(NamedTuple):
+    """What one batch of decisions earned, per row (the terminal reward comes from :meth:`MARACore.finish`).
+
+    :param ref_logp: ``log p_ref(a | k)`` of each decision.
+    :param kl_reward: ``kl_coef * ref_logp``.
+    :param shaping_reward: ``shaping_gamma * Phi(s') - Phi(s)`` (0 without shaping; ``Phi = 0`` at the end).
+    :param done: which rows' episodes ended.
+    """
+
+    ref_logp: np.ndarray
+    kl_reward: np.ndarray
+    shaping_reward: np.ndarray
+    done: np.ndarray
+
+    @property
+    def reward(self) -> np.ndarray:
+        """The decision rewards before any terminal reward: KL term plus shaping term."""
+        return self.kl_reward + self.shaping_reward
 
 
 class MARACore:
@@ -40,6 +61,7 @@ class MARACore:
         )
         first = self.replicas[0]
         self.hidden_size = first.hidden_size
+        self.layout = ObservationLayout(config.observation, first.hidden_size)
         self.tokenizer = first.tokenizer
         self.prompt_format = PromptFormat(first.tokenizer, config.system_prompt)
         self.prompts = PromptSet.from_source(
@@ -73,6 +95,9 @@ class MARACore:
             device=scorer_device,
         )
         self.rngs: list[np.random.Generator] = [seeding.np_random(None)[0] for _ in range(num_rows)]
+        self.shaping = config.reward_shaping == "potential"
+        #: Phi(s) of each row's current state under potential shaping (0 otherwise).
+        self.potential = np.zeros(num_rows)
         self._token_cache: dict[str, tuple[list[int], bool]] = {}
         self._warned_truncation: set[str] = set()
 
@@ -107,16 +132,42 @@ class MARACore:
                         "set had one token. Raise top_k/top_p/temperature or use other prompts."
                     )
             todo = again
+        if self.shaping:
+            self.potential[list(rows)] = self._potentials(rows, when="at the first decision")
         return [skipped[row] for row in rows]
 
-    def decide(self, rows: Sequence[int], actions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Apply the actions; return ``log p_ref(a | k)`` of each decision and which rows ended.
-
-        The per-decision KL reward is ``kl_coef`` times the first.
-        """
+    def decide(self, rows: Sequence[int], actions: np.ndarray) -> Decisions:
+        """Apply the actions to ``rows``; return what each decision earned and which rows ended."""
+        lengths = [len(self.decoder.rows[r].response) for r in rows]
         logp = self.decoder.decide(rows, actions)
         done = np.array([self.decoder.rows[r].phase is Phase.DONE for r in rows], dtype=bool)
-        return logp, done
+        shaping = np.zeros(len(rows))
+        if self.shaping:
+            # F = gamma_s * Phi(s') - Phi(s), with Phi(s') = 0 when s' is terminal (the terminal reward
+            # pays the full score there) and unchanged when the decision committed no token (a reject).
+            before = self.potential[list(rows)]
+            after = np.where(done, 0.0, before)
+            grown = [i for i, r in enumerate(rows) if not done[i] and len(self.decoder.rows[r].response) != lengths[i]]
+            if grown:
+                after[grown] = self._potentials([rows[i] for i in grown], when="after a committed token")
+            shaping = self.config.shaping_gamma * after - before
+            self.potential[list(rows)] = after
+        return Decisions(logp, self.config.kl_coef * logp, shaping, done)
+
+    def _potentials(self, rows: Sequence[int], when: str) -> np.ndarray:
+        """``Phi = alpha_r R(x, y_<=t) - alpha_c C(x, y_<=t)`` of each row's committed prefix, in one batch."""
+        states = [self.decoder.rows[r] for r in rows]
+        prompts = [st.prompt for st in states]
+        prefixes = [self.decode(st.response) for st in states]
+        try:
+            return np.asarray(self.terminal(prompts, prefixes).reward, dtype=np.float64)
+        except Exception as exc:
+            empty = " (some were empty)" if any(not p for p in prefixes) else ""
+            raise RuntimeError(
+                f"reward_shaping='potential' scores partial answers {when}{empty}, and the scorers "
+                f"{self.terminal!r} failed on them: {exc}. Make the reward and cost scorers accept empty and "
+                "partial answers, or set reward_shaping='none'."
+            ) from exc
 
     def finish(self, rows: Sequence[int]) -> tuple[np.ndarray, list[dict[str, Any]]]:
         """Score the ended episodes of ``rows`` in one batch; return terminal rewards and episode infos."""
@@ -148,7 +199,7 @@ class MARACore:
     # ----------------------------------------------------------------------------------- views
 
     def observations(self, rows: Sequence[int]) -> np.ndarray:
-        return self.decoder.observations(rows, self.config.np_obs_dtype)
+        return observe(self.decoder, rows, self.layout, self.config.np_obs_dtype)
 
     def candidate_info(self, row: int) -> dict[str, Any]:
         """What the current observation shows: the candidate under decision and its context."""
@@ -162,6 +213,8 @@ class MARACore:
             "set_size": len(st.cands),
             "position": len(st.response),
         }
+        if self.shaping:
+            info["potential"] = float(self.potential[row])
         if self.config.info_response:
             info["response"] = self.decode(st.response)
         return info

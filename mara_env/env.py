@@ -9,8 +9,9 @@ import numpy as np
 from gymnasium import spaces
 
 from mara_env.config import MARAConfig
-from mara_env.core import MARACore
+from mara_env.core import Decisions, MARACore
 from mara_env.decoder import RowState
+from mara_env.observation import ObservationLayout
 
 
 def parse_action(action: Any, name: str = "action") -> int:
@@ -28,6 +29,15 @@ def parse_action(action: Any, name: str = "action") -> int:
     return int(value)
 
 
+def step_info(step: Decisions, i: int) -> dict[str, float]:
+    """The per-decision info entries of decision ``i``: ``ref_logp``, ``kl_reward``, ``shaping_reward``."""
+    return {
+        "ref_logp": float(step.ref_logp[i]),
+        "kl_reward": float(step.kl_reward[i]),
+        "shaping_reward": float(step.shaping_reward[i]),
+    }
+
+
 class TokenAcceptRejectEnv(gym.Env[np.ndarray, np.int64]):
     """MARA's MDP: accept or reject the reference LLM's candidate tokens one at a time.
 
@@ -35,7 +45,11 @@ class TokenAcceptRejectEnv(gym.Env[np.ndarray, np.int64]):
     by probability. The agent sees one candidate at a time and answers:
 
     - **Observation** ``Box(shape=(hidden,))``: the LLM's last-layer hidden state (after the final
-      norm) at the candidate's position, for prompt + response so far + that candidate.
+      norm) at the candidate's position, for prompt + response so far + that candidate. With
+      ``observation="hidden+ref"`` (``MARA-v1``'s default) it is followed by the reference's view of
+      the decision, ``Box(shape=(hidden + 8,))``: ``log q_k``, ``log p_ref(accept|k)``,
+      ``log p_ref(reject|k)``, rank, set size, remaining mass, set entropy and position
+      (:mod:`mara_env.observation`; :attr:`observation_layout` names the indices).
     - **Action** ``Discrete(2)``: ``1`` accepts (the token is appended; the next decision is the first
       candidate of the next position), ``0`` rejects (the next decision is the next candidate).
       The last candidate of a set, and a set of one, are taken without a decision.
@@ -46,7 +60,10 @@ class TokenAcceptRejectEnv(gym.Env[np.ndarray, np.int64]):
           r_t = kl_coef * log p_ref(a | k)        p_ref(accept | k) = q_k / sum_{j>=k} q_j
 
       plus, at the last decision, ``alpha_r * R(x, y) - alpha_c * C(x, y)`` for prompt ``x`` and response ``y``.
-      Here ``q`` is the reference distribution renormalised over the candidate set.
+      Here ``q`` is the reference distribution renormalised over the candidate set. With
+      ``reward_shaping="potential"`` (``MARA-v1``'s default) every decision also gets
+      ``shaping_gamma * Phi(s') - Phi(s)``, ``Phi`` being that score of the committed prefix (0 at
+      the end), which leaves the optimal policy unchanged (Ng, Harada and Russell, 1999).
 
     **Why this is the KL-regularised objective.** The agent's token distribution ``pi_theta`` is a
     chain of binary decisions, so ``KL(pi_theta || q) = E[sum_t log pi_theta(a_t|s_t) - log p_ref(a_t|k_t)]``.
@@ -63,7 +80,8 @@ class TokenAcceptRejectEnv(gym.Env[np.ndarray, np.int64]):
     **info** (describes the observation returned): ``candidate_rank`` (0-based), ``token_id``,
     ``ref_prob`` (``q_k``), ``ref_accept_prob`` (``p_ref(accept|k)``), ``set_size``, ``position``
     (response tokens so far), ``response`` (text so far, with ``info_response=True``). Steps add
-    ``kl_reward`` and ``ref_logp`` (``log p_ref(a | k)`` of the action taken); the last step adds
+    ``kl_reward``, ``ref_logp`` (``log p_ref(a | k)`` of the action taken) and ``shaping_reward``, and
+    with shaping every info has ``potential`` (``Phi`` of the observed state); the last step adds
     ``prompt``, ``response``, ``response_ids``, ``reward_score``, ``cost_score``, ``terminal_reward``,
     ``num_tokens``, ``num_decisions``, ``finish_reason`` (``"eos"``/``"length"``), ``ref_logprob`` and
     ``prompt_truncated``.
@@ -93,7 +111,7 @@ class TokenAcceptRejectEnv(gym.Env[np.ndarray, np.int64]):
         self.render_mode = render_mode
         self.core = MARACore(1, self.config)
         self.observation_space = spaces.Box(
-            -np.inf, np.inf, shape=(self.core.hidden_size,), dtype=self.config.np_obs_dtype
+            -np.inf, np.inf, shape=(self.core.layout.size,), dtype=self.config.np_obs_dtype
         )
         self.action_space = spaces.Discrete(2)
         self._needs_reset = True
@@ -117,21 +135,16 @@ class TokenAcceptRejectEnv(gym.Env[np.ndarray, np.int64]):
                 "step() called before reset() or after the episode ended (terminated=True); call env.reset() first."
             )
         a = parse_action(action)
-        ref_logp, done = self.core.decide([0], np.array([a]))
-        kl_reward = self.config.kl_coef * ref_logp
-        reward = float(kl_reward[0])
-        if done[0]:
+        step = self.core.decide([0], np.array([a]))
+        reward = float(step.reward[0])
+        if step.done[0]:
             terminal, infos = self.core.finish([0])
             reward += float(terminal[0])
-            info = infos[0]
-            info["kl_reward"] = float(kl_reward[0])
-            info["ref_logp"] = float(ref_logp[0])
+            info = infos[0] | step_info(step, 0)
             self._needs_reset = True
             obs = np.zeros(self.observation_space.shape, dtype=self.observation_space.dtype)
             return obs, reward, True, False, info
-        info = self.core.candidate_info(0)
-        info["kl_reward"] = float(kl_reward[0])
-        info["ref_logp"] = float(ref_logp[0])
+        info = self.core.candidate_info(0) | step_info(step, 0)
         return self.core.observations([0])[0], reward, False, False, info
 
     def render(self) -> str | None:
@@ -142,6 +155,11 @@ class TokenAcceptRejectEnv(gym.Env[np.ndarray, np.int64]):
     def close(self) -> None:
         self.core.close()
         super().close()
+
+    @property
+    def observation_layout(self) -> ObservationLayout:
+        """Names and indices of the observation's parts (:mod:`mara_env.observation`)."""
+        return self.core.layout
 
     @property
     def row(self) -> RowState:

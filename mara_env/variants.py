@@ -1,12 +1,14 @@
-"""Named task variants of ``MARA-v0``, so that a published number can say which task it was measured on.
+"""Named task variants of ``MARA-v1`` and ``MARA-v0``, so that a published number can say which task it was measured on.
 
 A variant is an id and a complete set of the environment settings that define the task (the LLM,
 the prompt set and its train/test split, the reward and cost signals and their weights, the
 candidate-set rules, the KL weight and the response limit). Every task setting is written out,
 not left to :class:`~mara_env.config.MARAConfig`'s defaults, so a variant means the same task even
 if a default changes later. Settings that change only speed or memory (``devices``, ``dtype``,
-``chunk_size``, ``obs_dtype``) are not part of a variant. Report results as "MARA-v0 / <id>" and
-name anything changed on top of it (a benchmark budget's shorter ``max_new_tokens``, another LLM).
+``chunk_size``, ``obs_dtype``) are not part of a variant, nor is the version: a variant is the same
+task on either version (``gym.make("MARA-v1", **variant_settings("harmful"))``), and the version adds
+its observation and shaping. Report results as "MARA-v1 / <id>" (or "MARA-v0 / <id>") and name
+anything changed on top of it (a benchmark budget's shorter ``max_new_tokens``, another LLM).
 
 Every variant trains on the ``"train"`` part of its prompt set (``test_fraction=0.2``,
 ``split_seed=0``); the ``"test"`` part is the held-out evaluation set

@@ -11,6 +11,8 @@ from gymnasium.vector.utils import batch_space
 
 from mara_env.config import MARAConfig
 from mara_env.core import MARACore
+from mara_env.env import step_info
+from mara_env.observation import ObservationLayout
 
 
 class TokenAcceptRejectVectorEnv(VectorEnv):
@@ -52,7 +54,7 @@ class TokenAcceptRejectVectorEnv(VectorEnv):
         self.render_mode = render_mode
         self.core = MARACore(self.num_envs, self.config)
         self.single_observation_space = spaces.Box(
-            -np.inf, np.inf, shape=(self.core.hidden_size,), dtype=self.config.np_obs_dtype
+            -np.inf, np.inf, shape=(self.core.layout.size,), dtype=self.config.np_obs_dtype
         )
         self.single_action_space = spaces.Discrete(2)
         self.observation_space = batch_space(self.single_observation_space, self.num_envs)
@@ -93,9 +95,9 @@ class TokenAcceptRejectVectorEnv(VectorEnv):
         if not self._started:
             raise RuntimeError("step() called before reset(); call envs.reset() first.")
         acts = self._parse_actions(actions)
-        ref_logp, done = self.core.decide(self._rows, acts)
-        kl_reward = self.config.kl_coef * ref_logp
-        rewards = kl_reward.copy()
+        step = self.core.decide(self._rows, acts)
+        done = step.done
+        rewards = step.reward.copy()
         finished = [row for row in self._rows if done[row]]
         infos: dict[str, Any] = {}
         if finished:
@@ -103,18 +105,14 @@ class TokenAcceptRejectVectorEnv(VectorEnv):
             rewards[finished] += terminal
             zero = np.zeros(self.single_observation_space.shape, dtype=self.single_observation_space.dtype)
             for row, ep_info in zip(finished, episode_infos):
-                ep_info["kl_reward"] = float(kl_reward[row])
-                ep_info["ref_logp"] = float(ref_logp[row])
+                ep_info |= step_info(step, row)
                 infos = self._add_info(infos, {"final_obs": zero.copy(), "final_info": ep_info}, row)
             skipped = self.core.start_rows(finished)
             for row, n in zip(finished, skipped):
                 if n:
                     infos = self._add_info(infos, {"skipped_episodes": n}, row)
         for row in self._rows:
-            info = self.core.candidate_info(row)
-            info["kl_reward"] = float(kl_reward[row])
-            info["ref_logp"] = float(ref_logp[row])
-            infos = self._add_info(infos, info, row)
+            infos = self._add_info(infos, self.core.candidate_info(row) | step_info(step, row), row)
         obs = self.core.observations(self._rows)
         truncated = np.zeros(self.num_envs, dtype=bool)
         return obs, rewards, done.copy(), truncated, infos
@@ -123,6 +121,11 @@ class TokenAcceptRejectVectorEnv(VectorEnv):
         if self.render_mode == "ansi":
             return tuple(self.core.render_text(row) for row in self._rows)
         return None
+
+    @property
+    def observation_layout(self) -> ObservationLayout:
+        """Names and indices of the observation's parts (:mod:`mara_env.observation`)."""
+        return self.core.layout
 
     def close_extras(self, **kwargs: Any) -> None:
         self.core.close()

@@ -101,7 +101,9 @@ def test_sac_entropy_coefficient_is_the_env_kl_coef_unless_overridden(venv):
     assert float(learned.log_ent_coef.detach().exp()) == pytest.approx(0.05)
     # policy_kwargs is merged key by key: the preset's input LayerNorm stays
     kwargs = resolve_kwargs("sac-discrete", policy_kwargs=dict(net_arch=[64]))
-    assert kwargs["policy_kwargs"] == dict(net_arch=[64], input_layer_norm=True)
+    assert kwargs["policy_kwargs"] == dict(
+        net_arch=[64], input_layer_norm=True, reference_logits="auto", critic_reference_scale="kl_coef"
+    )
 
 
 def test_unknown_hyperparameter_and_algorithm_are_named(venv):

@@ -184,7 +184,7 @@ def test_agent_forms_actor_and_authors_file(tiny_llm, tmp_path):
     export_authors_actor(actor, path)
     loaded = load_authors_actor(path)
     obs = np.random.default_rng(0).normal(size=(5, 32)).astype(np.float32)
-    np.testing.assert_allclose(as_accept_function(loaded, 32)(obs), as_accept_function(actor, 32)(obs), atol=1e-6)
+    np.testing.assert_allclose(as_accept_function(loaded, 32)[0](obs), as_accept_function(actor, 32)[0](obs), atol=1e-6)
     a = MARAGenerator(tiny_llm, actor, **SETTINGS).generate(TINY_PROMPTS[:3], max_new_tokens=8, seed=0)
     b = MARAGenerator(tiny_llm, str(path), **SETTINGS).generate(TINY_PROMPTS[:3], max_new_tokens=8, seed=0)
     assert [g.token_ids for g in a] == [g.token_ids for g in b]
@@ -194,7 +194,7 @@ def test_agent_transfers_to_another_llm_of_the_same_hidden_size(tiny_llm):
     other = build_tiny_llm(seed=7, arch="gpt2")  # another architecture, hidden size 32 too
     out = MARAGenerator(other, make_actor(32), **SETTINGS).generate(TINY_PROMPTS[:2], max_new_tokens=8, seed=0)
     assert all(g.num_tokens > 0 for g in out)
-    with pytest.raises(ValueError, match=r"hidden size is 32.*same hidden size"):
+    with pytest.raises(ValueError, match=r"hidden size 32.*same hidden size"):
         MARAGenerator(tiny_llm, make_actor(48), **SETTINGS)
 
 

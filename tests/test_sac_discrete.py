@@ -409,3 +409,19 @@ def test_action_prior_sets_initial_policy_and_survives_save(tmp_path):
     np.testing.assert_allclose(loaded.actor.action_probs(obs)[0].detach().numpy(), probs.detach().numpy(), atol=1e-6)
     with pytest.raises(ValueError, match="action_prior must be 2 positive probabilities"):
         DiscreteSAC("MlpPolicy", env, policy_kwargs=dict(action_prior=[0.5, 0.6]))
+
+
+def test_critic_warmup_burst_trains_only_the_critics():
+    model = DiscreteSAC("MlpPolicy", CueEnv(), learning_starts=64, critic_warmup_steps=40, policy_kwargs=SMALL, seed=0)
+    model.learn(64)  # fills the buffer; the first update has not run yet
+    actor = [p.detach().clone() for p in model.actor.parameters()]
+    critic = [p.detach().clone() for p in model.critic.parameters()]
+    model.train(gradient_steps=0, batch_size=32)  # the whole burst is owed at the first update
+    assert model._n_updates == 40
+    assert all(th.equal(a, b) for a, b in zip(actor, model.actor.parameters()))
+    assert not all(th.equal(a, b) for a, b in zip(critic, model.critic.parameters()))
+    model.train(gradient_steps=2, batch_size=32)  # afterwards the actor learns as usual
+    assert model._n_updates == 42
+    assert not all(th.equal(a, b) for a, b in zip(actor, model.actor.parameters()))
+    with pytest.raises(ValueError, match="critic_warmup_steps must be an integer >= 0"):
+        DiscreteSAC("MlpPolicy", CueEnv(), critic_warmup_steps=-1)

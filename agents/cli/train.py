@@ -1,4 +1,4 @@
-"""``mara train``: train an agent on MARA-v0, with checkpoints, TensorBoard logs and resumption.
+"""``mara train``: train an agent on MARA-v1 (or MARA-v0), with checkpoints, TensorBoard logs and resumption.
 
 Settings come from :data:`agents.run_config.DEFAULT_RUN`, then ``--config FILE``, then flags:
 every :class:`mara_env.MARAConfig` field (``--top-k``, ``--kl-coef``, ``--llm``, ...), every
@@ -46,7 +46,8 @@ from agents.callbacks import (
     read_checkpoint_state,
     recover_checkpoint,
 )
-from agents.run_config import DEFAULT_RUN, RunConfig, TrainSettings, parse_value
+from agents.run_config import DEFAULT_RUN, ENV_ID, RunConfig, TrainSettings, parse_value
+from mara_env import MARA_V1, VERSIONS
 from mara_env.config import MARAConfig
 
 DEFAULT_OUT = "runs/mara-default"
@@ -140,11 +141,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="no progress bar",
     )  # fmt: skip
 
-    env = parser.add_argument_group("environment (MARA-v0 settings, see mara_env/config.py)")
+    env = parser.add_argument_group("environment (MARA settings, see mara_env/config.py)")
+    default_id = DEFAULT_RUN["env"][ENV_ID]
+    env.add_argument(
+        "--env-id",
+        dest=_ENV + ENV_ID,
+        choices=list(VERSIONS),
+        default=argparse.SUPPRESS,
+        help=f"task version; it sets the defaults of {', '.join(sorted(MARA_V1))} (default: {default_id})",
+    )
     env_docs = _param_docs(MARAConfig)
     for field in fields(MARAConfig):
         flag = "--" + field.name.replace("_", "-")
-        default = DEFAULT_RUN["env"].get(field.name, field.default)
+        default = DEFAULT_RUN["env"].get(field.name, VERSIONS[default_id].get(field.name, field.default))
         help_text = f"{env_docs.get(field.name)} (default: {default})"
         kwargs: dict[str, Any] = dict(dest=_ENV + field.name, default=argparse.SUPPRESS, help=help_text)
         if str(field.type) == "bool":
@@ -299,7 +308,7 @@ def train_run(
 
     out = Path(out)
     train = config.train
-    venv = VecMonitor(SB3VecEnv(gym.make_vec("MARA-v0", num_envs=train.num_envs, **config.env)))
+    venv = VecMonitor(SB3VecEnv(gym.make_vec(config.env_id, num_envs=train.num_envs, **config.env_kwargs)))
     try:
         logging_callback = MARALoggingCallback(train.log_every)
         if checkpoint is None:

@@ -18,6 +18,8 @@ from stable_baselines3.common.torch_layers import (
 from stable_baselines3.common.type_aliases import PyTorchObs, Schedule
 from torch import nn
 
+from agents.reference_anchor import ReferenceLogits, check_reference_logits, zero_output_
+
 
 def _check_discrete(action_space: spaces.Space, owner: str) -> int:
     """
@@ -82,6 +84,9 @@ class DiscreteActor(BasePolicy):
     :param input_layer_norm: Put a learnable ``LayerNorm`` on the features before the first layer
     :param normalize_images: Divide image observations by 255
     :param action_prior: Initial action probabilities, whatever the observation (``None``: random init)
+    :param reference_logits: Observation indices of ``log p_ref(a | k)``, one per action: the logits become
+        ``log p_ref(. | k) + f(s)`` with ``f`` starting at exactly 0, so the untrained actor is the
+        reference policy (:mod:`agents.reference_anchor`). ``None``: plain logits ``f(s)``
     """
 
     action_space: spaces.Discrete
@@ -97,6 +102,7 @@ class DiscreteActor(BasePolicy):
         input_layer_norm: bool = False,
         normalize_images: bool = True,
         action_prior: Sequence[float] | None = None,
+        reference_logits: Sequence[int] | None = None,
     ):
         n_actions = _check_discrete(action_space, type(self).__name__)
         super().__init__(
@@ -105,6 +111,15 @@ class DiscreteActor(BasePolicy):
             features_extractor=features_extractor,
             normalize_images=normalize_images,
         )
+        if reference_logits is not None:
+            if action_prior is not None:
+                raise ValueError(
+                    "action_prior and reference_logits both set the actor's starting distribution; pass one of them."
+                )
+            reference_logits = check_reference_logits(
+                reference_logits, observation_space, action_space, "DiscreteActor"
+            )
+        self.reference_logits = reference_logits
 
         # Kept for _get_constructor_parameters (re-creating the actor when loading)
         self.net_arch = net_arch
@@ -122,6 +137,9 @@ class DiscreteActor(BasePolicy):
             with th.no_grad():
                 self.action_logits.weight.mul_(0.01)
                 self.action_logits.bias.copy_(th.log(th.tensor(self.action_prior)))
+        self.reference = None if reference_logits is None else ReferenceLogits(reference_logits)
+        if self.reference is not None:
+            zero_output_(self.action_logits)  # f(s) = 0: the actor starts as the reference policy
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
         data = super()._get_constructor_parameters()
@@ -134,19 +152,23 @@ class DiscreteActor(BasePolicy):
                 input_layer_norm=self.input_layer_norm,
                 features_extractor=self.features_extractor,
                 action_prior=self.action_prior,
+                reference_logits=self.reference_logits,
             )
         )
         return data
 
     def logits(self, obs: PyTorchObs) -> th.Tensor:
         """
-        Unnormalised log-probabilities of every action.
+        Unnormalised log-probabilities of every action: ``f(s)``, or ``log p_ref(. | k) + f(s)`` when anchored.
 
         :param obs: Observation batch
         :return: Logits, shape ``(batch, n_actions)``
         """
         features = self.extract_features(obs, self.features_extractor)
-        return self.action_logits(self.latent_pi(features))
+        logits = self.action_logits(self.latent_pi(features))
+        if self.reference is not None:
+            logits = logits + self.reference(obs)
+        return logits
 
     def action_probs(self, obs: PyTorchObs) -> tuple[th.Tensor, th.Tensor]:
         """
@@ -184,6 +206,11 @@ class DiscreteCritic(BaseModel):
     :param n_critics: How many independent critics (two for clipped double Q-learning)
     :param share_features_extractor: The features extractor is the actor's: then only the actor
         loss trains it
+    :param reference_logits: Observation indices of ``log p_ref(a | k)``, one per action, for ``reference_scale``
+    :param reference_scale: If set (with ``reference_logits``), each critic is
+        ``Q_j(s, a) = reference_scale * log p_ref(a | k) + g_j(s, a)``: the immediate KL reward
+        ``kl_coef * log p_ref(a | k)`` of MARA is known exactly, so with ``reference_scale = kl_coef``
+        the networks ``g_j`` only learn the rest, ``gamma * E[V(s')]``
     """
 
     features_extractor: BaseFeaturesExtractor
@@ -200,10 +227,17 @@ class DiscreteCritic(BaseModel):
         normalize_images: bool = True,
         n_critics: int = 2,
         share_features_extractor: bool = False,
+        reference_logits: Sequence[int] | None = None,
+        reference_scale: float | None = None,
     ):
         n_actions = _check_discrete(action_space, type(self).__name__)
         if n_critics < 1:
             raise ValueError(f"n_critics must be at least 1, got {n_critics}.")
+        if reference_scale is not None and reference_logits is None:
+            raise ValueError(
+                "critic_reference_scale needs reference_logits (the observation indices of log p_ref(a|k)); "
+                "create the environment with observation='hidden+ref' (MARA-v1) and pass its layout's indices."
+            )
         super().__init__(
             observation_space,
             action_space,
@@ -218,6 +252,11 @@ class DiscreteCritic(BaseModel):
             q_net = nn.Sequential(*_make_head(features_dim, n_actions, net_arch, activation_fn, input_layer_norm))
             self.add_module(f"qf{idx}", q_net)
             self.q_networks.append(q_net)
+        self.reference_scale = None if reference_scale is None else float(reference_scale)
+        self.reference = None
+        if self.reference_scale is not None:
+            indices = check_reference_logits(reference_logits, observation_space, action_space, "DiscreteCritic")
+            self.reference = ReferenceLogits(indices)
 
     def forward(self, obs: PyTorchObs) -> tuple[th.Tensor, ...]:
         """
@@ -227,7 +266,11 @@ class DiscreteCritic(BaseModel):
         # A shared features extractor is trained by the actor loss only
         with th.set_grad_enabled(not self.share_features_extractor):
             features = self.extract_features(obs, self.features_extractor)
-        return tuple(q_net(features) for q_net in self.q_networks)
+        if self.reference is None:
+            return tuple(q_net(features) for q_net in self.q_networks)
+        # Q_j(s, a) = scale * log p_ref(a | k) + g_j(s, a): the known immediate term, plus a learned rest
+        known = self.reference_scale * self.reference(obs)
+        return tuple(known + q_net(features) for q_net in self.q_networks)
 
 
 class DiscreteSACPolicy(BasePolicy):
@@ -257,6 +300,13 @@ class DiscreteSACPolicy(BasePolicy):
     :param action_prior: Initial action probabilities of the actor (e.g. ``[0.25, 0.75]``), whatever the
         observation: its output layer starts with near-zero weights and the prior's log as bias.
         ``None``: the usual random initialisation (roughly uniform)
+    :param reference_logits: Observation indices of ``log p_ref(a | k)``, one per action (MARA-v1:
+        ``env.observation_layout.reference_logits``). The actor's logits become ``log p_ref(. | k) + f(s)``
+        with ``f = 0`` at the start: the untrained actor is the reference policy (KL 0), and
+        :class:`~agents.DiscreteSAC`'s warm-up follows it instead of uniform actions
+    :param critic_reference_scale: With ``reference_logits``, model each critic as
+        ``critic_reference_scale * log p_ref(a | k) + g_j(s, a)`` (see :class:`DiscreteCritic`); MARA's
+        exact immediate term is ``kl_coef``. ``None``: plain critics
     """
 
     actor: DiscreteActor
@@ -279,6 +329,8 @@ class DiscreteSACPolicy(BasePolicy):
         n_critics: int = 2,
         share_features_extractor: bool = False,
         action_prior: Sequence[float] | None = None,
+        reference_logits: Sequence[int] | None = None,
+        critic_reference_scale: float | None = None,
     ):
         _check_discrete(action_space, type(self).__name__)
         super().__init__(
@@ -307,12 +359,21 @@ class DiscreteSACPolicy(BasePolicy):
             "normalize_images": normalize_images,
         }
         self.action_prior = action_prior
-        self.actor_kwargs = {**self.net_args, "net_arch": actor_arch, "action_prior": action_prior}
+        self.reference_logits = None if reference_logits is None else tuple(int(i) for i in reference_logits)
+        self.critic_reference_scale = critic_reference_scale
+        self.actor_kwargs = {
+            **self.net_args,
+            "net_arch": actor_arch,
+            "action_prior": action_prior,
+            "reference_logits": self.reference_logits,
+        }
         self.critic_kwargs = {
             **self.net_args,
             "net_arch": critic_arch,
             "n_critics": n_critics,
             "share_features_extractor": share_features_extractor,
+            "reference_logits": self.reference_logits,
+            "reference_scale": critic_reference_scale,
         }
         self.share_features_extractor = share_features_extractor
 
@@ -370,6 +431,8 @@ class DiscreteSACPolicy(BasePolicy):
                 n_critics=self.critic_kwargs["n_critics"],
                 share_features_extractor=self.share_features_extractor,
                 action_prior=self.action_prior,
+                reference_logits=self.reference_logits,
+                critic_reference_scale=self.critic_reference_scale,
                 lr_schedule=self._dummy_schedule,  # the algorithm restores the real schedule
                 optimizer_class=self.optimizer_class,
                 optimizer_kwargs=self.optimizer_kwargs,

@@ -3,9 +3,11 @@
 import math
 from typing import Any, ClassVar, TypeVar
 
+import numpy as np
 import torch as th
 from gymnasium import spaces
 from stable_baselines3.common.buffers import ReplayBuffer
+from stable_baselines3.common.noise import ActionNoise
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, ReplayBufferSamples, Schedule
@@ -26,6 +28,9 @@ SelfDiscreteSAC = TypeVar("SelfDiscreteSAC", bound="DiscreteSAC")
 #: ``target_entropy="auto"`` aims at this fraction of the maximum entropy ``ln |A|``. Tuned on
 #: CartPole-v1 (docs/agents.md): with two actions, 0.35 ln 2 puts about 93% on the preferred action.
 DEFAULT_TARGET_ENTROPY_FRACTION = 0.35
+
+#: Values of ``DiscreteSAC(warmup=...)``.
+WARMUPS = ("auto", "uniform", "policy")
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -110,7 +115,7 @@ class DiscreteSAC(OffPolicyAlgorithm):
     :param learning_rate: Adam learning rate of actor, critics and entropy coefficient; a constant or a
         schedule of the remaining progress (1 at the start, 0 at the end)
     :param buffer_size: Replay buffer capacity in transitions
-    :param learning_starts: Transitions collected with uniformly random actions before the first update
+    :param learning_starts: Transitions collected before the first update (with the actions ``warmup`` says)
     :param batch_size: Transitions per gradient step
     :param tau: Polyak coefficient of the target critics (1 copies the critics)
     :param gamma: Discount factor
@@ -130,6 +135,13 @@ class DiscreteSAC(OffPolicyAlgorithm):
         ``"auto"`` (``0.35 * ln |A|``) or ``"auto_<fraction>"`` (that fraction of ``ln |A|``).
         With two actions keep it low (``docs/agents.md``): near ``ln 2`` it pins the policy to 50/50.
     :param max_grad_norm: If set, clip the gradient norm of the actor and of the critics (separately)
+    :param warmup: How actions are chosen before ``learning_starts``: ``"uniform"`` (SB3's uniformly random
+        actions), ``"policy"`` (samples of the current, untrained policy) or ``"auto"`` (``"policy"`` when
+        the actor is anchored to a reference through ``policy_kwargs["reference_logits"]``, whose
+        untrained policy is the reference's own behaviour; ``"uniform"`` otherwise)
+    :param critic_warmup_steps: Gradient steps of the critics alone, run as one burst at the first update
+        (on the warm-up data): the critics first evaluate the policy that collected it (for an anchored
+        actor, the reference) before the actor follows them. 0: none
     :param stats_window_size: Episodes averaged in the rollout statistics of the logs
     :param tensorboard_log: Folder for TensorBoard logs (``None``: no TensorBoard)
     :param policy_kwargs: Keyword arguments of the policy (``net_arch``, ``input_layer_norm``,
@@ -170,6 +182,8 @@ class DiscreteSAC(OffPolicyAlgorithm):
         target_update_interval: int = 1,
         target_entropy: str | float = "auto",
         max_grad_norm: float | None = None,
+        warmup: str = "auto",
+        critic_warmup_steps: int = 0,
         stats_window_size: int = 100,
         tensorboard_log: str | None = None,
         policy_kwargs: dict[str, Any] | None = None,
@@ -218,6 +232,12 @@ class DiscreteSAC(OffPolicyAlgorithm):
         self.ent_coef = ent_coef
         self.target_update_interval = target_update_interval
         self.max_grad_norm = max_grad_norm
+        if warmup not in WARMUPS:
+            raise ValueError(f"warmup must be one of {', '.join(map(repr, WARMUPS))}, got {warmup!r}.")
+        self.warmup = warmup
+        if isinstance(critic_warmup_steps, bool) or not isinstance(critic_warmup_steps, int) or critic_warmup_steps < 0:
+            raise ValueError(f"critic_warmup_steps must be an integer >= 0, got {critic_warmup_steps!r}.")
+        self.critic_warmup_steps = critic_warmup_steps
         self.ent_coef_optimizer: th.optim.Adam | None = None
 
         if _init_setup_model:
@@ -245,6 +265,21 @@ class DiscreteSAC(OffPolicyAlgorithm):
             self.ent_coef_optimizer = th.optim.Adam([self.log_ent_coef], lr=self.lr_schedule(1))
         else:
             self.ent_coef_tensor = th.tensor(initial_ent_coef, device=self.device)
+
+    @property
+    def uniform_warmup(self) -> bool:
+        """Whether actions before ``learning_starts`` are uniformly random (see ``warmup``)."""
+        if self.warmup == "auto":
+            return getattr(self.policy.actor, "reference", None) is None
+        return self.warmup == "uniform"
+
+    def _sample_action(
+        self, learning_starts: int, action_noise: ActionNoise | None = None, n_envs: int = 1
+    ) -> tuple[np.ndarray, np.ndarray]:
+        if self.uniform_warmup or self.num_timesteps >= learning_starts:
+            return super()._sample_action(learning_starts, action_noise, n_envs)
+        # Warm-up on the current policy: SB3's own path after learning_starts, taken from the first step
+        return super()._sample_action(0, action_noise, n_envs)
 
     def _check_train_freq(self) -> None:
         """SB3 counts episodic training frequencies only with one environment; say so before ``learn``."""
@@ -296,6 +331,10 @@ class DiscreteSAC(OffPolicyAlgorithm):
 
         # Kept as tensors and read once at the end: no host sync per step just for logging
         step_stats: list[th.Tensor] = []
+
+        # The critic-only burst still owed (all of it at the first update)
+        critic_only_steps = max(0, self.critic_warmup_steps - self._n_updates)
+        gradient_steps += critic_only_steps
 
         for gradient_step in range(gradient_steps):
             replay_data = self.replay_buffer.sample(batch_size, env=self._vec_normalize_env)  # type: ignore[union-attr]
@@ -360,7 +399,8 @@ class DiscreteSAC(OffPolicyAlgorithm):
                     replay_data,
                     {"ent_coef": ent_coef, "target_q_values": target_q_values, "log_pi": log_probs},
                 )
-            for optimizer in optimizers:
+            # During the critic-only burst the actor and alpha keep their weights
+            for optimizer in [self.critic.optimizer] if gradient_step < critic_only_steps else optimizers:
                 optimizer.step()
 
             if (self._n_updates + gradient_step) % self.target_update_interval == 0:
