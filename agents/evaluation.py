@@ -6,27 +6,40 @@ Statistics and reports for comparing aligned systems the way the MARA paper does
 to a prompt *wins* against system B's only if it is better on both axes, ``R_A > R_B`` and
 ``C_A < C_B``; it *loses* if it is worse on both, ``R_A < R_B`` and ``C_A > C_B``; anything else,
 including equal scores, is a *tie*. A system that refuses everything is safer but less helpful, so
-its refusals tie instead of winning. :func:`compare` returns ``+1 / 0 / -1`` per prompt.
+its refusals tie instead of winning. :func:`compare` returns ``+1 / 0 / -1`` per pair.
+
+**Samples and pairs.** One answer per system and prompt makes a comparison mostly sampling noise,
+so every system may answer each prompt ``S`` times (``samples_per_prompt``). Sample ``j`` of a
+system is *paired* with sample ``j`` of the baseline on the same prompt: ``prompts x S`` pairs, each
+one win, tie or loss.
 
 **Preference rate** (paper eq. 12), a fraction in ``[-1, 1]`` (the paper prints it in percent)::
 
     w = (N_w - N_l) / (N_w + N_e + N_l)
 
-i.e. the mean of the per-prompt outcomes.
+i.e. the mean of the per-pair outcomes.
 
 **Confidence interval.** A percentile bootstrap over prompts: the prompts are resampled with
-replacement ``n_resamples`` times, the rate is recomputed on each resample and the interval is the
-``(1 - level) / 2`` and ``(1 + level) / 2`` quantiles of those rates. The rate only depends on how
-many wins, ties and losses a resample holds, and for ``n`` draws with replacement those counts are
-``Multinomial(n, (N_w, N_e, N_l) / n)``; :func:`bootstrap_ci` draws the counts directly, which is
+replacement ``n_resamples`` times, each drawn prompt bringing all its ``S`` pairs (a cluster
+bootstrap: a prompt's samples share its difficulty, so they are not independent), the rate is
+recomputed on each resample and the interval is the ``(1 - level) / 2`` and ``(1 + level) / 2``
+quantiles of those rates. The rate only depends on how many prompts of each summed outcome
+``S, S - 1, ..., -S`` a resample holds, and for ``n`` prompts drawn with replacement those counts are
+``Multinomial(n, observed frequencies)``; :func:`bootstrap_ci` draws the counts directly, which is
 the same bootstrap, exact, and takes memory proportional to ``n_resamples`` only, whatever ``n``.
+With ``S = 1`` the categories are win, tie and loss: the plain bootstrap over prompts.
 The interval reflects prompt sampling noise with the scores held fixed; it is narrow when many
 prompts are evaluated, not when the reward models are right.
 
-**Reports.** :class:`SystemResult` holds one system's responses, scores and costs on the prompts;
-:func:`write_report` compares every system with a baseline and writes ``report.json``,
-``report.md`` and figures (accepted candidate positions as in the paper's figure 3, reward vs cost,
-and training curves as in figure 4 from a Stable-Baselines3 ``progress.csv``).
+**Mean differences.** Beside the win/tie/lose counts, :func:`mean_difference` gives the mean over
+pairs of ``R_A - R_B`` (and of ``C_A - C_B``) with the same prompt-cluster bootstrap interval: the
+size of an effect, which the counts hide.
+
+**Reports.** :class:`SystemResult` holds one system's answers (``S`` per prompt), scores, costs and
+compute (LLM tokens forwarded, scorer calls made to produce the answers); :func:`write_report`
+compares every system with a baseline and writes ``report.json``, ``report.md`` and figures
+(accepted candidate positions as in the paper's figure 3, reward vs cost, and training curves as in
+figure 4 from a Stable-Baselines3 ``progress.csv``).
 
 This module uses numpy only at import; matplotlib (Agg canvas, no display, no pyplot state) and
 pandas are imported when a figure is drawn. It never loads a language model.
@@ -50,6 +63,12 @@ A report, from the scores of two systems on the same prompts::
     mara = SystemResult("llm+mara", prompts, responses, reward, cost, tokens, accepted_ranks=ranks)
     report = write_report("runs/eval", [base, mara], baseline="llm", meta={"model": "SmolLM2-135M"})
     print(report["comparisons"]["llm+mara"]["rate"])   # also in runs/eval/report.md
+    print(report["comparisons"]["llm+mara"]["reward_diff"])   # mean R difference, ci_low, ci_high
+
+With ``S`` answers per prompt the per-answer lists are prompt-major (sample ``j`` of prompt ``i``
+at ``i * S + j``), for the baseline too::
+
+    base = SystemResult("llm", prompts, base_responses, base_reward, base_cost, base_tokens, samples_per_prompt=S)
 """
 
 from __future__ import annotations
@@ -68,11 +87,13 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 __all__ = [
+    "MeanDifference",
     "Preference",
     "SystemResult",
     "accept_position_counts",
     "bootstrap_ci",
     "compare",
+    "mean_difference",
     "plot_accept_positions",
     "plot_scores",
     "plot_training_curves",
@@ -200,30 +221,86 @@ def _check_bootstrap_args(level: float, n_resamples: int) -> tuple[float, int]:
     return level, n_resamples
 
 
+def _groups(groups: ArrayLike | None, n: int, what: str) -> np.ndarray:
+    """Dense group labels ``0 .. G-1`` of ``n`` values (``None``: every value its own group)."""
+    if groups is None:
+        return np.arange(n)
+    labels = np.asarray(groups)
+    if labels.ndim != 1 or labels.shape[0] != n:
+        raise ValueError(
+            f"groups must give one prompt label per {what} ({n}); got shape {labels.shape}. Pass each pair's "
+            "prompt index, e.g. SystemResult.prompt_index."
+        )
+    return np.unique(labels, return_inverse=True)[1].reshape(-1)
+
+
+def _resampled_means(
+    totals: np.ndarray, sizes: np.ndarray, frequencies: np.ndarray, n_groups: int, n_resamples: int, seed: int | None
+) -> np.ndarray:
+    """Bootstrap replicates of ``sum(values) / sum(sizes)`` over ``n_groups`` groups drawn with replacement.
+
+    The groups fall into categories with total ``totals[c]`` over ``sizes[c]`` values and frequency
+    ``frequencies[c]``; drawing ``n_groups`` groups with replacement puts ``Multinomial(n_groups,
+    frequencies)`` of them in each category, so the counts are drawn directly (in blocks of at most
+    4 million cells).
+    """
+    rng = np.random.default_rng(seed)
+    out = np.empty(n_resamples)
+    block = max(1, 4_000_000 // max(len(totals), 1))
+    for lo in range(0, n_resamples, block):
+        counts = rng.multinomial(n_groups, frequencies, size=min(block, n_resamples - lo))
+        # mean of a resample = (sum over drawn groups of their totals) / (sum of their sizes)
+        out[lo : lo + len(counts)] = (counts @ totals) / (counts @ sizes)
+    return out
+
+
+def _interval(replicates: np.ndarray, level: float) -> tuple[float, float]:
+    low, high = np.quantile(replicates, [(1.0 - level) / 2.0, (1.0 + level) / 2.0])
+    return float(low), float(high)
+
+
 def bootstrap_ci(
-    outcomes: ArrayLike, level: float = 0.95, n_resamples: int = 10_000, seed: int | None = 0
+    outcomes: ArrayLike,
+    level: float = 0.95,
+    n_resamples: int = 10_000,
+    seed: int | None = 0,
+    *,
+    groups: ArrayLike | None = None,
 ) -> tuple[float, float]:
     """
     Percentile bootstrap confidence interval of the preference rate, resampling prompts.
 
-    Resampling ``n`` prompts with replacement gives ``Multinomial(n, observed frequencies)`` win,
-    tie and loss counts, so those counts are drawn directly (see the module docstring).
+    Without ``groups`` every outcome is its own prompt, and resampling ``n`` prompts with
+    replacement gives ``Multinomial(n, observed frequencies)`` win, tie and loss counts, drawn
+    directly (see the module docstring). With ``groups`` (the prompt of each pair) whole prompts are
+    resampled, each with all its pairs: a cluster bootstrap. When every prompt has ``S`` pairs, a
+    prompt's summed outcome is one of ``S, S - 1, ..., -S`` and the counts of those ``2S + 1``
+    categories are drawn directly; ``S = 1`` is exactly the ungrouped bootstrap (same draws).
 
-    :param outcomes: Per-prompt outcomes from :func:`compare`
+    :param outcomes: Per-pair outcomes from :func:`compare`
     :param level: Coverage of the interval, in ``(0, 1)``
     :param n_resamples: Bootstrap resamples, at least 100
     :param seed: Seed of the resampling; ``None`` for fresh entropy (not reproducible)
+    :param groups: Prompt label of each outcome (pairs of one prompt are resampled together);
+        ``None``: one outcome per prompt
     :return: ``(low, high)`` as fractions in ``[-1, 1]``
     """
     array = _as_outcomes(outcomes)
     level, n_resamples = _check_bootstrap_args(level, n_resamples)
-    n = array.size
-    frequencies = np.array(_counts(array), dtype=np.float64) / n
-    rng = np.random.default_rng(seed)
-    counts = rng.multinomial(n, frequencies, size=n_resamples)
-    rates = (counts[:, 0] - counts[:, 2]) / n
-    low, high = np.quantile(rates, [(1.0 - level) / 2.0, (1.0 + level) / 2.0])
-    return float(low), float(high)
+    labels = _groups(groups, array.size, "outcome")
+    sums = np.bincount(labels, weights=array).round().astype(np.int64)  # per prompt: wins - losses
+    sizes = np.bincount(labels)
+    n_groups = sizes.size
+    if np.all(sizes == sizes[0]):
+        s = int(sizes[0])
+        values = np.arange(s, -s - 1, -1)  # categories S, S-1, ..., -S (S = 1: win, tie, loss)
+        frequencies = np.bincount(s - sums, minlength=2 * s + 1) / n_groups
+        totals, weights = values.astype(np.float64), np.full(values.size, float(s))
+    else:
+        pairs, counts = np.unique(np.stack([sums, sizes], axis=1), axis=0, return_counts=True)
+        totals, weights, frequencies = pairs[:, 0].astype(np.float64), pairs[:, 1].astype(np.float64), counts / n_groups
+    rates = _resampled_means(totals, weights, frequencies, n_groups, n_resamples, seed)
+    return _interval(rates, level)
 
 
 @dataclass(frozen=True)
@@ -231,14 +308,15 @@ class Preference:
     """
     Win / tie / lose counts of one system against another, the preference rate and its bootstrap interval.
 
-    :param wins: Prompts where the system is better on both reward and cost
-    :param ties: Prompts with no conclusive winner
-    :param losses: Prompts where the system is worse on both
-    :param rate: ``(wins - losses) / n``, a fraction in ``[-1, 1]``
+    :param wins: Pairs where the system is better on both reward and cost
+    :param ties: Pairs with no conclusive winner
+    :param losses: Pairs where the system is worse on both
+    :param rate: ``(wins - losses) / pairs``, a fraction in ``[-1, 1]``
     :param ci_low: Lower end of the bootstrap interval
     :param ci_high: Upper end of the bootstrap interval
     :param level: Coverage of the interval, e.g. 0.95
     :param n_resamples: Bootstrap resamples behind the interval
+    :param prompts: Prompts the pairs come from (the resampled clusters); ``None`` if not recorded
     """
 
     wins: int
@@ -249,14 +327,15 @@ class Preference:
     ci_high: float
     level: float
     n_resamples: int
+    prompts: int | None = None
 
     @property
     def n(self) -> int:
-        """Number of prompts compared."""
+        """Number of pairs compared (prompts x samples per prompt)."""
         return self.wins + self.ties + self.losses
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-safe fields, plus ``n``."""
+        """JSON-safe fields, plus ``n`` (pairs)."""
         return {**asdict(self), "n": self.n}
 
     def __str__(self) -> str:
@@ -266,20 +345,28 @@ class Preference:
         )
 
 
-def preference(outcomes: ArrayLike, level: float = 0.95, n_resamples: int = 10_000, seed: int | None = 0) -> Preference:
+def preference(
+    outcomes: ArrayLike,
+    level: float = 0.95,
+    n_resamples: int = 10_000,
+    seed: int | None = 0,
+    *,
+    groups: ArrayLike | None = None,
+) -> Preference:
     """
-    Counts, preference rate and bootstrap interval of per-prompt outcomes.
+    Counts, preference rate and bootstrap interval of per-pair outcomes.
 
-    :param outcomes: Per-prompt outcomes from :func:`compare`
+    :param outcomes: Per-pair outcomes from :func:`compare`
     :param level: Coverage of the interval, in ``(0, 1)``
     :param n_resamples: Bootstrap resamples, at least 100
     :param seed: Seed of the resampling; ``None`` for fresh entropy
+    :param groups: Prompt label of each outcome, for the cluster bootstrap (see :func:`bootstrap_ci`)
     :return: The :class:`Preference`
     """
     array = _as_outcomes(outcomes)
     level, n_resamples = _check_bootstrap_args(level, n_resamples)
     wins, ties, losses = _counts(array)
-    low, high = bootstrap_ci(array, level=level, n_resamples=n_resamples, seed=seed)
+    low, high = bootstrap_ci(array, level=level, n_resamples=n_resamples, seed=seed, groups=groups)
     return Preference(
         wins=wins,
         ties=ties,
@@ -289,7 +376,78 @@ def preference(outcomes: ArrayLike, level: float = 0.95, n_resamples: int = 10_0
         ci_high=high,
         level=level,
         n_resamples=n_resamples,
+        prompts=int(_groups(groups, array.size, "outcome").max()) + 1,
     )
+
+
+@dataclass(frozen=True)
+class MeanDifference:
+    """
+    Mean of a paired difference (system minus baseline) and its cluster-bootstrap interval.
+
+    :param mean: Mean over pairs of ``value_a - value_b``
+    :param ci_low: Lower end of the bootstrap interval
+    :param ci_high: Upper end of the bootstrap interval
+    :param level: Coverage of the interval
+    :param n_resamples: Bootstrap resamples behind the interval
+    """
+
+    mean: float
+    ci_low: float
+    ci_high: float
+    level: float
+    n_resamples: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe fields."""
+        return asdict(self)
+
+    def __str__(self) -> str:
+        return f"{self.mean:+.3f} [{self.ci_low:+.3f}, {self.ci_high:+.3f}]"
+
+
+def mean_difference(
+    values_a: ArrayLike,
+    values_b: ArrayLike,
+    level: float = 0.95,
+    n_resamples: int = 10_000,
+    seed: int | None = 0,
+    *,
+    groups: ArrayLike | None = None,
+) -> MeanDifference:
+    """
+    Mean paired difference ``mean(a - b)`` with a percentile bootstrap interval that resamples prompts.
+
+    Pair ``i`` compares system A's and system B's answers with the same prompt and sample index.
+    Prompts are drawn with replacement (with ``groups``, each with all its pairs); a resample's
+    statistic is the mean difference over the pairs it holds.
+
+    :param values_a: A's score per pair (e.g. reward)
+    :param values_b: B's score per pair, same pairs in the same order
+    :param level: Coverage of the interval, in ``(0, 1)``
+    :param n_resamples: Bootstrap resamples, at least 100
+    :param seed: Seed of the resampling; ``None`` for fresh entropy
+    :param groups: Prompt label of each pair; ``None``: one pair per prompt
+    :return: The :class:`MeanDifference`
+    """
+    a, b = _as_scores(values_a, "values_a"), _as_scores(values_b, "values_b")
+    if a.shape != b.shape or a.size == 0:
+        raise ValueError(
+            f"mean_difference() needs the same non-zero number of values from both systems; got {a.size} and "
+            f"{b.size}. Score both systems on the same prompts and samples, in the same order."
+        )
+    level, n_resamples = _check_bootstrap_args(level, n_resamples)
+    difference = a - b  # per pair: system - baseline
+    bad = np.flatnonzero(~np.isfinite(difference))
+    if bad.size:
+        raise ValueError(f"pair {bad[0]} has a non-finite difference ({difference[bad[0]]}); scores must be finite.")
+    labels = _groups(groups, a.size, "pair")
+    totals = np.bincount(labels, weights=difference)  # per prompt: sum of its pairs' differences
+    sizes = np.bincount(labels).astype(np.float64)
+    n_groups = sizes.size
+    replicates = _resampled_means(totals, sizes, np.full(n_groups, 1.0 / n_groups), n_groups, n_resamples, seed)
+    low, high = _interval(replicates, level)
+    return MeanDifference(float(difference.mean()), low, high, level, n_resamples)
 
 
 # --------------------------------------------------------------------------- accepted positions
@@ -372,23 +530,28 @@ def _mean_std(values: np.ndarray | None) -> tuple[float | None, float | None]:
 @dataclass
 class SystemResult:
     """
-    One evaluated system's outputs on the evaluation prompts.
+    One evaluated system's answers on the evaluation prompts: ``samples_per_prompt`` answers per prompt.
 
-    Arrays are converted to numpy in ``__post_init__``, and every per-prompt field must have one
-    entry per prompt.
+    The per-answer fields hold ``len(prompts) * samples_per_prompt`` entries, prompt-major: sample
+    ``j`` of prompt ``i`` is entry ``i * samples_per_prompt + j`` (:attr:`prompt_index` and
+    :attr:`sample_index` give each entry's prompt and sample). Arrays are converted to numpy in
+    ``__post_init__``, and every per-answer field must have one entry per answer.
 
     :param name: Name of the system in reports, e.g. ``"llm"`` or ``"llm+mara"``; unique in a report
-    :param prompts: The evaluation prompts, in order
-    :param responses: The system's response to each prompt
-    :param reward_score: Reward-model score per response (higher is more helpful)
-    :param cost_score: Cost-model score per response (lower is safer)
-    :param num_tokens: Response tokens per response
-    :param kl: Per-response estimate of the KL divergence to the reference LLM, in nats; ``None`` if not measured
-    :param accepted_ranks: Per response, the 0-based candidate rank accepted at each position; ``None`` for
-        systems without accept/reject decisions
-    :param llm_tokens: LLM tokens forwarded to produce all responses (the compute cost)
-    :param wall_seconds: Wall-clock seconds spent generating all responses
+    :param prompts: The evaluation prompts, in order, each once
+    :param responses: The system's answers, prompt-major
+    :param reward_score: Reward-model score per answer (higher is more helpful)
+    :param cost_score: Cost-model score per answer (lower is safer)
+    :param num_tokens: Answer tokens per answer
+    :param kl: Per-answer estimate of the KL divergence to the reference LLM, in nats; ``None`` if not measured
+    :param accepted_ranks: Per answer, the 0-based candidate rank chosen at each position; ``None`` for
+        systems without candidate ranks
+    :param llm_tokens: LLM tokens forwarded to produce all answers (the compute cost)
+    :param wall_seconds: Wall-clock seconds spent generating all answers
     :param extra: Anything else worth keeping (settings, checkpoint path); must be JSON-convertible
+    :param samples_per_prompt: Independent answers per prompt, ``S >= 1``
+    :param scorer_calls: (prompt, answer) pairs the system itself scored to produce its answers
+        (best-of-N's selection, reward-guided decoding); the evaluation's own scoring is not counted
     """
 
     name: str
@@ -402,20 +565,29 @@ class SystemResult:
     llm_tokens: int = 0
     wall_seconds: float = 0.0
     extra: dict = field(default_factory=dict)
+    samples_per_prompt: int = 1
+    scorer_calls: int = 0
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
             raise ValueError(f"SystemResult.name must be a non-empty string; got {self.name!r}.")
+        where = f"SystemResult {self.name!r}"
+        s = self.samples_per_prompt
+        if isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s < 1:
+            raise ValueError(f"{where}: samples_per_prompt must be an integer >= 1 (answers per prompt); got {s!r}.")
+        self.samples_per_prompt = int(s)
         self.prompts = [str(p) for p in self.prompts]
         self.responses = [str(r) for r in self.responses]
-        n = len(self.prompts)
-        where = f"SystemResult {self.name!r}"
+        n = len(self.prompts) * self.samples_per_prompt
+        counted = f"{len(self.prompts)} prompts" + (
+            f" x {self.samples_per_prompt} samples = {n} answers" if self.samples_per_prompt > 1 else ""
+        )
 
         def check_length(field_name: str, length: int) -> None:
             if length != n:
                 raise ValueError(
-                    f"{where}: {field_name} has {length} entries but there are {n} prompts; "
-                    f"give one {field_name} entry per prompt, in the order of prompts."
+                    f"{where}: {field_name} has {length} entries but there are {counted}; give one "
+                    f"{field_name} entry per answer, prompt-major (sample j of prompt i at i * samples_per_prompt + j)."
                 )
 
         check_length("responses", len(self.responses))
@@ -435,8 +607,9 @@ class SystemResult:
             check_length("accepted_ranks", len(self.accepted_ranks))
         self.llm_tokens = int(self.llm_tokens)
         self.wall_seconds = float(self.wall_seconds)
-        if self.llm_tokens < 0 or not self.wall_seconds >= 0.0:
-            raise ValueError(f"{where}: llm_tokens and wall_seconds must be >= 0.")
+        self.scorer_calls = int(self.scorer_calls)
+        if self.llm_tokens < 0 or self.scorer_calls < 0 or not self.wall_seconds >= 0.0:
+            raise ValueError(f"{where}: llm_tokens, scorer_calls and wall_seconds must be >= 0.")
         self.extra = dict(self.extra)
 
     @property
@@ -444,17 +617,38 @@ class SystemResult:
         """Number of prompts."""
         return len(self.prompts)
 
+    @property
+    def num_answers(self) -> int:
+        """Number of answers: prompts x samples per prompt."""
+        return len(self.prompts) * self.samples_per_prompt
+
+    @property
+    def prompt_index(self) -> np.ndarray:
+        """The prompt of each answer (``0, 0, ..., 1, 1, ...``): the clusters of the bootstrap."""
+        return np.repeat(np.arange(self.n), self.samples_per_prompt)
+
+    @property
+    def sample_index(self) -> np.ndarray:
+        """The sample number ``j`` of each answer (``0, 1, ..., S - 1, 0, 1, ...``)."""
+        return np.tile(np.arange(self.samples_per_prompt), self.n)
+
     def summary(self) -> dict[str, Any]:
         """
-        Means and standard deviations (``ddof=1``) over prompts, and compute cost.
+        Means and standard deviations (``ddof=1``) over answers, and compute cost.
 
-        :return: ``name``, ``n``, ``reward_mean``/``_std``, ``cost_mean``/``_std``, ``tokens_mean``/``_std``,
-            ``kl_mean``/``_std`` (``None`` without KL), ``response_tokens`` (total), ``llm_tokens``,
-            ``llm_tokens_per_response_token``, ``wall_seconds``, ``tokens_per_second`` (response tokens
-            per wall second), and ``accepted_first_fraction`` (share of accepts at rank 0, ``None``
-            without ranks). Ratios with a zero denominator are ``None``.
+        :return: ``name``, ``n`` (prompts), ``samples_per_prompt``, ``answers``, ``reward_mean``/``_std``,
+            ``cost_mean``/``_std``, ``tokens_mean``/``_std``, ``kl_mean``/``_std`` (``None`` without KL),
+            ``response_tokens`` (total), ``llm_tokens``, ``llm_tokens_per_response_token``, ``scorer_calls``,
+            ``scorer_calls_per_answer``, ``scorer_calls_per_response_token``, ``wall_seconds``,
+            ``tokens_per_second`` (response tokens per wall second), and ``accepted_first_fraction`` (share
+            of answer tokens at rank 0, ``None`` without ranks). Ratios with a zero denominator are ``None``.
         """
-        out: dict[str, Any] = {"name": self.name, "n": self.n}
+        out: dict[str, Any] = {
+            "name": self.name,
+            "n": self.n,
+            "samples_per_prompt": self.samples_per_prompt,
+            "answers": self.num_answers,
+        }
         for key, values in (
             ("reward", self.reward_score),
             ("cost", self.cost_score),
@@ -468,6 +662,9 @@ class SystemResult:
         out["llm_tokens_per_response_token"] = (
             self.llm_tokens / response_tokens if response_tokens > 0 and self.llm_tokens > 0 else None
         )
+        out["scorer_calls"] = self.scorer_calls
+        out["scorer_calls_per_answer"] = self.scorer_calls / self.num_answers if self.num_answers else None
+        out["scorer_calls_per_response_token"] = self.scorer_calls / response_tokens if response_tokens > 0 else None
         out["wall_seconds"] = self.wall_seconds
         out["tokens_per_second"] = response_tokens / self.wall_seconds if self.wall_seconds > 0 else None
         out["accepted_first_fraction"] = None
@@ -478,27 +675,30 @@ class SystemResult:
 
     def to_dict(self) -> dict[str, Any]:
         """
-        JSON-safe form: system-level fields and one row per prompt (``prompt``, ``response``, ``reward``,
-        ``cost``, ``num_tokens``, and ``kl`` / ``accepted_ranks`` when the system has them). Non-finite
-        numbers become ``None``. :meth:`from_dict` reverses it.
+        JSON-safe form: system-level fields and one row per answer, prompt-major (``prompt``, ``sample``,
+        ``response``, ``reward``, ``cost``, ``num_tokens``, and ``kl`` / ``accepted_ranks`` when the system
+        has them). Non-finite numbers become ``None``. :meth:`from_dict` reverses it.
         """
         rows = []
-        for i in range(self.n):
+        for r, (i, j) in enumerate(zip(self.prompt_index, self.sample_index)):
             row: dict[str, Any] = {
                 "prompt": self.prompts[i],
-                "response": self.responses[i],
-                "reward": _num(self.reward_score[i]),
-                "cost": _num(self.cost_score[i]),
-                "num_tokens": int(self.num_tokens[i]),
+                "sample": int(j),
+                "response": self.responses[r],
+                "reward": _num(self.reward_score[r]),
+                "cost": _num(self.cost_score[r]),
+                "num_tokens": int(self.num_tokens[r]),
             }
             if self.kl is not None:
-                row["kl"] = _num(self.kl[i])
+                row["kl"] = _num(self.kl[r])
             if self.accepted_ranks is not None:
-                row["accepted_ranks"] = list(self.accepted_ranks[i])
+                row["accepted_ranks"] = list(self.accepted_ranks[r])
             rows.append(row)
         return {
             "name": self.name,
+            "samples_per_prompt": self.samples_per_prompt,
             "llm_tokens": self.llm_tokens,
+            "scorer_calls": self.scorer_calls,
             "wall_seconds": self.wall_seconds,
             "extra": _jsonable(self.extra),
             "rows": rows,
@@ -509,10 +709,24 @@ class SystemResult:
         """
         Rebuild a :class:`SystemResult` from :meth:`to_dict` output (e.g. read back from JSON).
 
-        :param data: The dict
+        :param data: The dict (``samples_per_prompt`` defaults to 1, for dicts written before it existed)
         :return: The result; ``None`` scores become NaN
         """
         rows = list(data["rows"])
+        s = data.get("samples_per_prompt", 1)
+        if isinstance(s, bool) or not isinstance(s, int) or s < 1 or len(rows) % s:
+            raise ValueError(
+                f"SystemResult.from_dict: {len(rows)} rows cannot be split into prompts of samples_per_prompt={s!r} "
+                "answers each; the dict must come from SystemResult.to_dict()."
+            )
+        prompts = [rows[r]["prompt"] for r in range(0, len(rows), s)]
+        for r, row in enumerate(rows):
+            if row["prompt"] != prompts[r // s]:
+                raise ValueError(
+                    f"SystemResult.from_dict: row {r} belongs to prompt {r // s} ({_truncate(prompts[r // s], 60)!r}) "
+                    f"but holds prompt {_truncate(row['prompt'], 60)!r}; rows must be prompt-major, "
+                    f"{s} per prompt."
+                )
 
         def column(key: str) -> np.ndarray:
             return np.array([math.nan if row[key] is None else row[key] for row in rows], dtype=np.float64)
@@ -521,7 +735,7 @@ class SystemResult:
         has_ranks = bool(rows) and all("accepted_ranks" in row for row in rows)
         return cls(
             name=data["name"],
-            prompts=[row["prompt"] for row in rows],
+            prompts=prompts,
             responses=[row["response"] for row in rows],
             reward_score=column("reward"),
             cost_score=column("cost"),
@@ -531,6 +745,8 @@ class SystemResult:
             llm_tokens=data.get("llm_tokens", 0),
             wall_seconds=data.get("wall_seconds", 0.0),
             extra=dict(data.get("extra") or {}),
+            samples_per_prompt=s,
+            scorer_calls=data.get("scorer_calls", 0),
         )
 
 
@@ -735,6 +951,12 @@ def plot_training_curves(progress_csv: Any, path: str | Path) -> list[str]:
 
 def _check_same_prompts(system: SystemResult, base: SystemResult) -> None:
     if system.prompts == base.prompts:
+        if system.samples_per_prompt != base.samples_per_prompt:
+            raise ValueError(
+                f"System {system.name!r} has {system.samples_per_prompt} samples per prompt but the baseline "
+                f"{base.name!r} has {base.samples_per_prompt}; sample j of a system is paired with sample j of the "
+                "baseline, so evaluate every system with the same samples_per_prompt."
+            )
         return
     if system.n != base.n:
         detail = f"{system.n} prompts vs {base.n}"
@@ -763,6 +985,12 @@ def _fmt(value: float | None, spec: str = ".3f", std: float | None = None) -> st
     return f"{value:{spec}}" + (f" ± {std:{spec}}" if std is not None else "")
 
 
+def _fmt_difference(d: Mapping[str, Any]) -> str:
+    if d["mean"] is None:
+        return "-"
+    return f"{d['mean']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]"
+
+
 def _pick_examples(outcomes: np.ndarray | None, n: int, count: int) -> list[int]:
     """The first win, loss and tie against the baseline (so all cases show), then prompts in order."""
     chosen: list[int] = []
@@ -779,31 +1007,42 @@ def _markdown(
     report: dict[str, Any], systems: Sequence[SystemResult], outcomes: dict[str, np.ndarray], examples: int
 ) -> str:
     meta, baseline, level = report["meta"], report["baseline"], report["level"]
+    samples = systems[0].samples_per_prompt
     lines = ["# MARA evaluation report", ""]
     for key, value in meta.items():
         shown = value if isinstance(value, (str, int, float)) or value is None else json.dumps(value)
         lines.append(f"- **{key}**: {_cell(str(shown), 200)}")
+    together = f" (each prompt with its {samples} pairs)" if samples > 1 else ""
     lines.append(
-        f"- **bootstrap**: {report['n_resamples']} resamples of the prompts, seed {report['seed']}, "
+        f"- **bootstrap**: {report['n_resamples']} resamples of the prompts{together}, seed {report['seed']}, "
         f"{level * 100:g}% percentile interval"
+    )
+    pairing = (
+        f"Every system answers each prompt {samples} times; sample j is paired with the baseline's sample j on the "
+        "same prompt. "
+        if samples > 1
+        else ""
     )
     lines += [
         "",
         "## Preference against the baseline",
         "",
-        f"Win: higher reward *and* lower cost than `{baseline}` on a prompt; lose: lower reward *and* higher cost; "
-        "tie: anything else. Preference rate = (win - lose) / prompts (paper eq. 12).",
+        f"{pairing}Win: higher reward *and* lower cost than `{baseline}` on a pair; lose: lower reward *and* higher "
+        "cost; tie: anything else. Preference rate = (win - lose) / pairs (paper eq. 12). Reward and cost "
+        f"differences: mean over pairs of system - `{baseline}`.",
         "",
     ]
     if report["comparisons"]:
         lines += [
-            f"| system vs baseline | win | tie | lose | preference rate | {level * 100:g}% CI |",
-            "|---|---:|---:|---:|---:|---|",
+            f"| system vs baseline | win | tie | lose | preference rate | {level * 100:g}% CI "
+            f"| reward difference [{level * 100:g}% CI] | cost difference [{level * 100:g}% CI] | pairs |",
+            "|---|---:|---:|---:|---:|---|---|---|---:|",
         ]
         for name, c in report["comparisons"].items():
             lines.append(
                 f"| {name} vs {baseline} | {c['wins']} | {c['ties']} | {c['losses']} | {c['rate'] * 100:+.2f}% "
-                f"| [{c['ci_low'] * 100:+.2f}%, {c['ci_high'] * 100:+.2f}%] |"
+                f"| [{c['ci_low'] * 100:+.2f}%, {c['ci_high'] * 100:+.2f}%] | {_fmt_difference(c['reward_diff'])} "
+                f"| {_fmt_difference(c['cost_diff'])} | {c['n']} |"
             )
     else:
         lines.append("*(only the baseline was evaluated: nothing to compare)*")
@@ -811,18 +1050,21 @@ def _markdown(
         "",
         "## Per-system means",
         "",
-        "Mean ± standard deviation over prompts. LLM tokens / response token: tokens forwarded through the LLM per "
-        "token of response (the compute cost).",
+        "Mean ± standard deviation over answers. LLM tokens / response token: tokens forwarded through the LLM per "
+        "token of response (the compute cost). Scorer calls / answer: (prompt, answer) pairs the system scored "
+        "itself to produce an answer (best-of-N's selection, reward-guided decoding); the evaluation's own scoring "
+        "is not counted.",
         "",
-        "| system | prompts | reward | cost | KL (nats) | tokens | LLM tokens / response token | tokens/s |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| system | prompts | answers | reward | cost | KL (nats) | tokens | LLM tokens / response token "
+        "| scorer calls / answer | tokens/s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, s in report["systems"].items():
         lines.append(
-            f"| {name} | {s['n']} | {_fmt(s['reward_mean'], '.3f', s['reward_std'])} "
+            f"| {name} | {s['n']} | {s['answers']} | {_fmt(s['reward_mean'], '.3f', s['reward_std'])} "
             f"| {_fmt(s['cost_mean'], '.3f', s['cost_std'])} | {_fmt(s['kl_mean'], '.3f', s['kl_std'])} "
             f"| {_fmt(s['tokens_mean'], '.1f', s['tokens_std'])} | {_fmt(s['llm_tokens_per_response_token'], '.2f')} "
-            f"| {_fmt(s['tokens_per_second'], '.1f')} |"
+            f"| {_fmt(s['scorer_calls_per_answer'], '.1f')} | {_fmt(s['tokens_per_second'], '.1f')} |"
         )
     figures = [f for f in report["files"] if f.endswith(".png")]
     if figures:
@@ -830,24 +1072,29 @@ def _markdown(
 
     base = next(s for s in systems if s.name == baseline)
     first_outcomes = next(iter(outcomes.values()), None)
-    picked = _pick_examples(first_outcomes, base.n, examples)
+    # Examples show each prompt's first sample (answer i * S).
+    first_sample = None if first_outcomes is None else first_outcomes[::samples]
+    picked = _pick_examples(first_sample, base.n, examples)
     names = [s.name for s in systems]
     if picked:
         lines += ["", "## Examples", ""]
+        if samples > 1:
+            lines += [f"First of the {samples} samples of each shown prompt.", ""]
     for i in picked:
+        r = i * samples
         lines += [f"### Prompt {i}", "", f"> {_cell(base.prompts[i], 600)}", ""]
         lines.append("| | " + " | ".join(names) + " |")
         lines.append("|---|" + "---|" * len(names))
-        lines.append("| response | " + " | ".join(_cell(s.responses[i]) for s in systems) + " |")
+        lines.append("| response | " + " | ".join(_cell(s.responses[r]) for s in systems) + " |")
         lines.append(
             "| reward / cost | "
-            + " | ".join(f"{s.reward_score[i]:.3f} / {s.cost_score[i]:.3f}" for s in systems)
+            + " | ".join(f"{s.reward_score[r]:.3f} / {s.cost_score[r]:.3f}" for s in systems)
             + " |"
         )
         verdict = {1: "win", 0: "tie", -1: "lose"}
         lines.append(
             f"| vs {baseline} | "
-            + " | ".join(verdict[int(outcomes[s.name][i])] if s.name in outcomes else "baseline" for s in systems)
+            + " | ".join(verdict[int(outcomes[s.name][r])] if s.name in outcomes else "baseline" for s in systems)
             + " |"
         )
         lines.append("")
@@ -869,6 +1116,10 @@ def write_report(
     """
     Compare every system with the baseline and write the report files into ``folder``.
 
+    Answer ``j`` of a system on a prompt is paired with answer ``j`` of the baseline on that prompt
+    (every system needs the baseline's ``samples_per_prompt``); wins, ties and losses count pairs and
+    every interval is a bootstrap over prompts that keeps each prompt's pairs together.
+
     Files: ``report.json`` (returned), ``report.md``, ``scores.png``, ``accept_positions.png`` (when
     a system has ``accepted_ranks``) and ``training_curves.png`` (when ``training_log`` is given).
     Everything is validated before anything is written.
@@ -884,10 +1135,11 @@ def write_report(
     :param training_log: Stable-Baselines3 ``progress.csv`` of the training run, for ``training_curves.png``
     :param examples: Number of prompts shown with all responses side by side in ``report.md``
     :return: The contents of ``report.json``: ``meta``, ``baseline``, ``level``, ``n_resamples``, ``seed``,
-        ``systems`` (name -> :meth:`SystemResult.summary`), ``comparisons`` (name -> ``Preference.to_dict()``
-        plus ``baseline``), ``rows`` (per prompt: ``index``, ``prompt`` and per system ``response``,
-        ``reward``, ``cost``, ``num_tokens`` and ``outcome`` against the baseline), ``missing_training_columns``
-        and ``files``
+        ``samples_per_prompt``, ``systems`` (name -> :meth:`SystemResult.summary`), ``comparisons`` (name ->
+        ``Preference.to_dict()`` plus ``baseline``, ``samples_per_prompt``, and ``reward_diff`` and ``cost_diff``,
+        each ``MeanDifference.to_dict()`` of system - baseline), ``rows`` (per prompt and sample: ``index``,
+        ``sample``, ``prompt`` and per system ``response``, ``reward``, ``cost``, ``num_tokens`` and ``outcome``
+        against the baseline), ``missing_training_columns`` and ``files``
     """
     systems = list(systems)
     if not systems:
@@ -904,32 +1156,41 @@ def write_report(
         _check_same_prompts(system, base)
     log_table = read_training_log(training_log) if training_log is not None else None
 
+    groups = base.prompt_index  # the bootstrap resamples prompts, each with its S pairs
+    boot = dict(level=level, n_resamples=n_resamples, seed=seed, groups=groups)
     outcomes: dict[str, np.ndarray] = {}
     comparisons: dict[str, Any] = {}
     for system in systems:
         if system is base:
             continue
         outcomes[system.name] = compare(system.reward_score, system.cost_score, base.reward_score, base.cost_score)
-        pref = preference(outcomes[system.name], level=level, n_resamples=n_resamples, seed=seed)
-        comparisons[system.name] = {"baseline": baseline, **pref.to_dict()}
+        pref = preference(outcomes[system.name], **boot)
+        comparisons[system.name] = {
+            "baseline": baseline,
+            **pref.to_dict(),
+            "samples_per_prompt": base.samples_per_prompt,
+            "reward_diff": mean_difference(system.reward_score, base.reward_score, **boot).to_dict(),
+            "cost_diff": mean_difference(system.cost_score, base.cost_score, **boot).to_dict(),
+        }
 
     rows = []
-    for i, prompt in enumerate(base.prompts):
+    for r, (i, j) in enumerate(zip(base.prompt_index, base.sample_index)):
         per_system = {}
         for system in systems:
             entry = {
-                "response": system.responses[i],
-                "reward": _num(system.reward_score[i]),
-                "cost": _num(system.cost_score[i]),
-                "num_tokens": int(system.num_tokens[i]),
+                "response": system.responses[r],
+                "reward": _num(system.reward_score[r]),
+                "cost": _num(system.cost_score[r]),
+                "num_tokens": int(system.num_tokens[r]),
             }
             if system.name in outcomes:
-                entry["outcome"] = int(outcomes[system.name][i])
+                entry["outcome"] = int(outcomes[system.name][r])
             per_system[system.name] = entry
-        rows.append({"index": i, "prompt": prompt, "systems": per_system})
+        rows.append({"index": int(i), "sample": int(j), "prompt": base.prompts[i], "systems": per_system})
 
     report_meta = {"created": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), **(meta or {})}
     report_meta.setdefault("prompts", base.n)
+    report_meta.setdefault("samples_per_prompt", base.samples_per_prompt)
     report_meta.setdefault("baseline", baseline)
 
     out = Path(folder)
@@ -952,6 +1213,7 @@ def write_report(
             "level": level,
             "n_resamples": n_resamples,
             "seed": seed,
+            "samples_per_prompt": base.samples_per_prompt,
             "systems": {s.name: s.summary() for s in systems},
             "comparisons": comparisons,
             "rows": rows,

@@ -53,12 +53,35 @@ def test_evaluate_writes_the_report_and_refuses_to_overwrite_it(tiny_run, capsys
         (["--num-prompts", "0"], "--num-prompts must be >= 1"),
         (["--best-of", "two"], "--best-of must be an integer"),
         (["--agent", "missing.zip"], "'missing.zip' does not exist"),
+        (["--samples-per-prompt", "0"], "--samples-per-prompt must be an integer >= 1"),
+        (["--samples-per-prompt", "-2"], "--samples-per-prompt must be an integer >= 1"),
+        (["--samples-per-prompt", "1.5"], "--samples-per-prompt must be an integer >= 1"),
+        (["--args-weight", "-1"], "--args-weight must be a finite number >= 0"),
+        (["--args-k", "0"], "--args-k must be an integer >= 1"),
     ],
 )
 def test_evaluate_errors_name_the_problem(tiny_run, extra, message, tmp_path, capsys):
     run, _ = tiny_run
     assert main(["evaluate", "--run", str(run), "--out", str(tmp_path / "eval"), "--no-progress", *extra]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_evaluate_with_samples_per_prompt_and_args(tiny_run, tmp_path, capsys):
+    run, _ = tiny_run
+    args = ["evaluate", "--run", str(run), "--best-of", "2", "--no-progress", "--out", str(tmp_path / "e")]
+    assert main([*args, "--samples-per-prompt", "2", "--args-weight", "2", "--args-k", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "2 held-out prompts x 2 samples = 4 pairs" in out
+    assert "reward diff" in out and "cost diff" in out and "scorer calls per answer" in out
+    report = json.loads((tmp_path / "e" / "report.json").read_text())
+    assert set(report["comparisons"]) == {"mara", "args-w2-k3", "best-of-2"}
+    for pref in report["comparisons"].values():
+        assert (pref["n"], pref["prompts"]) == (4, 2)
+        assert pref["reward_diff"]["ci_low"] <= pref["reward_diff"]["mean"] <= pref["reward_diff"]["ci_high"]
+    systems = report["systems"]
+    assert systems["args-w2-k3"]["scorer_calls"] == 3 * systems["args-w2-k3"]["response_tokens"]
+    assert systems["base"]["scorer_calls"] == systems["mara"]["scorer_calls"] == 0
+    assert "scorer calls / answer" in (tmp_path / "e" / "report.md").read_text()
 
 
 def test_evaluate_refuses_a_file_that_is_not_an_agent(tiny_run, tmp_path, capsys):

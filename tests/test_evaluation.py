@@ -9,11 +9,13 @@ import numpy as np
 import pytest
 
 from agents.evaluation import (
+    MeanDifference,
     Preference,
     SystemResult,
     accept_position_counts,
     bootstrap_ci,
     compare,
+    mean_difference,
     preference,
     preference_rate,
     write_report,
@@ -143,6 +145,109 @@ def test_bootstrap_ci_coverage() -> None:
 
 def test_bootstrap_ci_all_ties_is_degenerate() -> None:
     assert bootstrap_ci([0] * 20) == (0.0, 0.0)
+
+
+def _old_bootstrap(outcomes: np.ndarray, level: float, n_resamples: int, seed: int) -> tuple[float, float]:
+    """The bootstrap as it was before prompts could have several samples (one outcome per prompt)."""
+    n = outcomes.size
+    frequencies = np.array([np.sum(outcomes == v) for v in (1, 0, -1)], dtype=np.float64) / n
+    counts = np.random.default_rng(seed).multinomial(n, frequencies, size=n_resamples)
+    low, high = np.quantile((counts[:, 0] - counts[:, 2]) / n, [(1 - level) / 2, (1 + level) / 2])
+    return float(low), float(high)
+
+
+def test_cluster_bootstrap_with_one_sample_per_prompt_is_the_plain_bootstrap() -> None:
+    outcomes = _outcomes(40, 95, 22)
+    expected = _old_bootstrap(outcomes, 0.95, 10_000, 3)
+    assert bootstrap_ci(outcomes, seed=3) == expected
+    assert bootstrap_ci(outcomes, seed=3, groups=np.arange(outcomes.size)[::-1]) == expected
+    assert preference(outcomes, seed=3, groups=np.arange(outcomes.size)).prompts == 157
+
+
+def test_cluster_bootstrap_keeps_each_prompts_pairs_together() -> None:
+    # 50 prompts x 4 samples. Correlated: a prompt's 4 pairs share one outcome, so there are only 50
+    # independent outcomes and the honest interval is sqrt(4) = 2x the per-pair one.
+    per_prompt = _outcomes(20, 20, 10)
+    correlated = np.repeat(per_prompt, 4)
+    groups = np.repeat(np.arange(50), 4)
+    low_c, high_c = bootstrap_ci(correlated, groups=groups)
+    low_p, high_p = bootstrap_ci(correlated)  # as if the 200 pairs were independent prompts
+    assert (high_c - low_c) / (high_p - low_p) == pytest.approx(2.0, rel=0.15)
+    assert (low_c, high_c) == bootstrap_ci(per_prompt)  # resampling prompts: the 4 copies add nothing
+    # Anti-correlated: every prompt has 2 wins and 2 losses, so every resample of prompts has rate 0.
+    balanced = np.tile([1, 1, -1, -1], 50)
+    assert bootstrap_ci(balanced, groups=groups) == (0.0, 0.0)
+    assert bootstrap_ci(balanced)[1] - bootstrap_ci(balanced)[0] > 0.2
+
+
+def test_cluster_bootstrap_matches_resampling_prompts_directly() -> None:
+    rng = np.random.default_rng(5)
+    outcomes = rng.choice(np.array([1, 0, -1]), size=(60, 3), p=[0.4, 0.4, 0.2])  # 60 prompts x 3 samples
+    outcomes[:20] = outcomes[:20, :1]  # some prompts with equal samples, so pairs are not independent
+    draws = rng.integers(0, 60, size=(20_000, 60))
+    direct = np.quantile(outcomes[draws].mean(axis=(1, 2)), [0.025, 0.975])
+    # groups as arbitrary labels, with the pairs shuffled: only which pairs share a prompt matters
+    order = rng.permutation(180)
+    labels = (np.repeat(np.arange(60), 3) * 7 + 100)[order]
+    low, high = bootstrap_ci(outcomes.ravel()[order], n_resamples=20_000, groups=labels)
+    assert low == pytest.approx(direct[0], abs=0.012)
+    assert high == pytest.approx(direct[1], abs=0.012)
+    # prompts with different numbers of pairs: a resample's rate is (wins - losses) / its pairs
+    ragged = np.array([1, 1, 1, 0, -1, 0, 1, -1, -1, 0] * 6)
+    ragged_groups = np.repeat(np.arange(30), [1, 3] * 15)
+    starts = np.concatenate([[0], np.cumsum(np.bincount(ragged_groups))[:-1]])
+    sums, sizes = np.add.reduceat(ragged, starts), np.bincount(ragged_groups)
+    picks = rng.integers(0, 30, size=(20_000, 30))
+    direct = np.quantile(sums[picks].sum(1) / sizes[picks].sum(1), [0.025, 0.975])
+    low, high = bootstrap_ci(ragged, n_resamples=20_000, groups=ragged_groups)
+    assert (low, high) == pytest.approx(tuple(direct), abs=0.02)
+
+
+def test_bootstrap_groups_must_label_every_outcome() -> None:
+    with pytest.raises(ValueError, match=r"groups must give one prompt label per outcome \(3\); got shape \(2,\)"):
+        bootstrap_ci([1, 0, -1], groups=[0, 1])
+
+
+def test_mean_difference_interval_contains_the_true_difference() -> None:
+    rng = np.random.default_rng(0)
+    prompts, samples = 80, 3
+    base = rng.normal(0.0, 1.0, prompts * samples)
+    system = base + 0.3 + rng.normal(0.0, 0.5, prompts * samples)  # true mean difference 0.3
+    groups = np.repeat(np.arange(prompts), samples)
+    diff = mean_difference(system, base, groups=groups)
+    assert isinstance(diff, MeanDifference)
+    assert diff.mean == pytest.approx(np.mean(system - base))
+    assert diff.ci_low < 0.3 < diff.ci_high and diff.ci_low > 0.0
+    assert str(diff) == f"{diff.mean:+.3f} [{diff.ci_low:+.3f}, {diff.ci_high:+.3f}]"
+    # a constant difference is known exactly
+    assert mean_difference(base + 0.25, base).to_dict() == pytest.approx(
+        {"mean": 0.25, "ci_low": 0.25, "ci_high": 0.25, "level": 0.95, "n_resamples": 10_000}
+    )
+
+
+def test_mean_difference_covers_when_samples_of_a_prompt_are_correlated() -> None:
+    # difference = 0.2 + prompt effect (shared by its 4 samples) + noise. Resampling prompts covers the
+    # truth about as often as asked; treating the pairs as independent is overconfident.
+    rng = np.random.default_rng(11)
+    prompts, samples, true = 40, 4, 0.2
+    groups = np.repeat(np.arange(prompts), samples)
+    covered = {"prompts": 0, "pairs": 0}
+    for k in range(200):
+        d = true + np.repeat(rng.normal(0.0, 1.0, prompts), samples) + rng.normal(0.0, 0.3, prompts * samples)
+        for name, g in (("prompts", groups), ("pairs", None)):
+            diff = mean_difference(d, np.zeros_like(d), level=0.9, n_resamples=1000, seed=k, groups=g)
+            covered[name] += diff.ci_low <= true <= diff.ci_high
+    assert 0.8 <= covered["prompts"] / 200 <= 0.97
+    assert covered["pairs"] / 200 < 0.75
+
+
+def test_mean_difference_rejects_bad_input() -> None:
+    with pytest.raises(ValueError, match=r"same non-zero number of values.*got 3 and 2"):
+        mean_difference([1.0, 2.0, 3.0], [1.0, 2.0])
+    with pytest.raises(ValueError, match=r"values_b must be 1-D"):
+        mean_difference([1.0], [[1.0]])
+    with pytest.raises(ValueError, match=r"pair 1 has a non-finite difference"):
+        mean_difference([1.0, np.nan], [0.0, 0.0])
 
 
 @pytest.mark.parametrize(
@@ -327,7 +432,12 @@ def test_write_report_writes_all_files(tmp_path: Path) -> None:
         compare(mara.reward_score, mara.cost_score, base.reward_score, base.cost_score), n_resamples=1000, seed=1
     )
     comparison = report["comparisons"]["llm+mara"]
-    assert comparison == {"baseline": "llm", **expected.to_dict()}
+    assert {k: comparison[k] for k in expected.to_dict()} == expected.to_dict()
+    assert comparison["baseline"] == "llm" and comparison["n"] == comparison["prompts"] == 12
+    reward_diff = mean_difference(mara.reward_score, base.reward_score, n_resamples=1000, seed=1)
+    assert comparison["reward_diff"] == reward_diff.to_dict()
+    assert comparison["reward_diff"]["mean"] == pytest.approx(np.mean(mara.reward_score - base.reward_score))
+    assert comparison["cost_diff"]["mean"] == pytest.approx(np.mean(mara.cost_score - base.cost_score))
     assert report["meta"]["model"] == "tiny" and report["meta"]["prompts"] == 12 and "created" in report["meta"]
     assert report["systems"]["llm"] == json.loads(json.dumps(base.summary()))
     assert report["missing_training_columns"] == []
@@ -341,6 +451,7 @@ def test_write_report_writes_all_files(tmp_path: Path) -> None:
     assert f"[{expected.ci_low * 100:+.2f}%, {expected.ci_high * 100:+.2f}%]" in markdown
     assert "| system vs baseline | win | tie | lose | preference rate | 95% CI |" in markdown
     assert f"| llm+mara vs llm | {expected.wins} | {expected.ties} | {expected.losses} |" in markdown
+    assert f"| {reward_diff} |" in markdown  # mean reward difference and its interval, e.g. +0.512 [+0.1, +0.9]
     assert "**model**: tiny" in markdown
     assert "\\|" in markdown and "&lt;b&gt;" in markdown  # response text cannot break the tables
     assert "…" in markdown  # long responses are truncated
@@ -403,3 +514,91 @@ def test_write_report_rejects_mismatched_systems(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"at least one SystemResult"):
         write_report(tmp_path, [], baseline="llm")
     assert not any(tmp_path.iterdir())
+
+
+# --------------------------------------------------------------------------- several samples per prompt
+
+
+def _sampled(name: str, samples: int, shift: float = 0.0, seed: int = 0) -> SystemResult:
+    rng = np.random.default_rng(seed)
+    n = len(PROMPTS) * samples
+    return SystemResult(
+        name=name,
+        prompts=PROMPTS,
+        responses=[f"{name} answer {r}" for r in range(n)],
+        reward_score=rng.normal(shift, 1.0, n),
+        cost_score=rng.normal(-shift, 1.0, n),
+        num_tokens=rng.integers(5, 40, n),
+        accepted_ranks=[list(rng.integers(0, 5, size=3)) for _ in range(n)],
+        llm_tokens=10 * n,
+        samples_per_prompt=samples,
+        scorer_calls=4 * n,
+    )
+
+
+def test_system_result_with_samples_per_prompt() -> None:
+    system = _sampled("s", 3)
+    assert (system.n, system.num_answers) == (12, 36)
+    assert system.prompt_index[:7].tolist() == [0, 0, 0, 1, 1, 1, 2]
+    assert system.sample_index[:7].tolist() == [0, 1, 2, 0, 1, 2, 0]
+    summary = system.summary()
+    assert (summary["n"], summary["samples_per_prompt"], summary["answers"]) == (12, 3, 36)
+    assert summary["reward_mean"] == pytest.approx(system.reward_score.mean())
+    assert summary["scorer_calls"] == 144 and summary["scorer_calls_per_answer"] == 4.0
+    assert summary["scorer_calls_per_response_token"] == pytest.approx(144 / system.num_tokens.sum())
+    assert SystemResult("b", PROMPTS, ["x"] * 12, [0.0] * 12, [0.0] * 12, [1] * 12).summary()["scorer_calls"] == 0
+
+    data = json.loads(json.dumps(system.to_dict(), allow_nan=False))
+    assert [row["sample"] for row in data["rows"][:4]] == [0, 1, 2, 0]
+    assert [row["prompt"] for row in data["rows"][2:4]] == [PROMPTS[0], PROMPTS[1]]
+    back = SystemResult.from_dict(data)
+    assert (back.prompts, back.samples_per_prompt, back.scorer_calls) == (PROMPTS, 3, 144)
+    assert back.responses == system.responses and back.accepted_ranks == system.accepted_ranks
+    np.testing.assert_array_equal(back.reward_score, system.reward_score)
+
+    data["rows"][4]["prompt"] = "something else"
+    with pytest.raises(ValueError, match=r"row 4 belongs to prompt 1 .* rows must be prompt-major, 3 per prompt"):
+        SystemResult.from_dict(data)
+    with pytest.raises(ValueError, match=r"36 rows cannot be split into prompts of samples_per_prompt=5"):
+        SystemResult.from_dict({**system.to_dict(), "samples_per_prompt": 5})
+
+
+@pytest.mark.parametrize("bad", [0, -2, 1.5, True, "2"])
+def test_system_result_refuses_bad_samples_per_prompt(bad: object) -> None:
+    with pytest.raises(ValueError, match=r"samples_per_prompt must be an integer >= 1"):
+        SystemResult("x", PROMPTS, ["a"] * 12, [0.0] * 12, [0.0] * 12, [1] * 12, samples_per_prompt=bad)
+
+
+def test_system_result_lengths_count_answers() -> None:
+    with pytest.raises(ValueError, match=r"reward_score has 12 entries but there are 12 prompts x 2 samples = 24"):
+        SystemResult("x", PROMPTS, ["a"] * 24, [0.0] * 12, [0.0] * 24, [1] * 24, samples_per_prompt=2)
+
+
+def test_write_report_pairs_samples_and_resamples_prompts(tmp_path: Path) -> None:
+    base, system = _sampled("llm", 2), _sampled("sys", 2, shift=0.5, seed=1)
+    report = write_report(tmp_path, [base, system], baseline="llm", n_resamples=1000, seed=2)
+    comparison = report["comparisons"]["sys"]
+    outcomes = compare(system.reward_score, system.cost_score, base.reward_score, base.cost_score)
+    expected = preference(outcomes, n_resamples=1000, seed=2, groups=np.repeat(np.arange(12), 2))
+    assert (comparison["n"], comparison["prompts"], comparison["samples_per_prompt"]) == (24, 12, 2)
+    assert (comparison["wins"], comparison["ties"], comparison["losses"]) == (
+        expected.wins,
+        expected.ties,
+        expected.losses,
+    )
+    assert (comparison["ci_low"], comparison["ci_high"]) == (expected.ci_low, expected.ci_high)
+    diff = mean_difference(system.cost_score, base.cost_score, n_resamples=1000, seed=2, groups=system.prompt_index)
+    assert comparison["cost_diff"] == diff.to_dict()
+    assert report["samples_per_prompt"] == 2 and report["meta"]["samples_per_prompt"] == 2
+    assert len(report["rows"]) == 24
+    row = report["rows"][3]
+    assert (row["index"], row["sample"], row["prompt"]) == (1, 1, PROMPTS[1])
+    assert row["systems"]["sys"]["response"] == system.responses[3]
+    assert row["systems"]["sys"]["outcome"] == outcomes[3]
+    markdown = (tmp_path / "report.md").read_text()
+    assert "each prompt with its 2 pairs" in markdown and "| 24 |" in markdown
+    assert "| llm | 12 | 24 |" in markdown  # prompts, answers
+
+    one = _sampled("one", 1)
+    with pytest.raises(ValueError, match=r"'one' has 1 samples per prompt but the baseline 'llm' has 2"):
+        write_report(tmp_path / "bad", [base, one], baseline="llm")

@@ -40,8 +40,11 @@ def run_agent(run: Path) -> Path:
     )
 
 
-def add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
-    """Flags that override the run's decoding settings (default: the run's own values)."""
+def add_decoding_arguments(parser: argparse.ArgumentParser, batch_size: int = 16) -> None:
+    """Flags that override the run's decoding settings (default: the run's own values).
+
+    :param batch_size: the default of ``--batch-size``.
+    """
     g = parser.add_argument_group("LLM and decoding (default: the training run's settings)")
     g.add_argument("--llm", help="LLM: hub id, local folder or .gguf (default: the run's; embedded SmolLM2)")
     g.add_argument("--devices", nargs="+", help="devices for LLM replicas, e.g. cuda:0 cuda:1")
@@ -52,7 +55,7 @@ def add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--system-prompt")
     g.add_argument("--chunk-size", help="candidates per forward: an integer, 'all' or 'auto'")
     g.add_argument("--max-new-tokens", type=int, help="answer-length limit (default: the run's max_new_tokens)")
-    g.add_argument("--batch-size", type=int, default=16, help="prompts decoded at once (default 16)")
+    g.add_argument("--batch-size", type=int, default=batch_size, help=f"prompts decoded at once (default {batch_size})")
     g.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     g.add_argument("--deterministic", action="store_true", help="accept when pi(accept|s) >= 0.5 instead of sampling")
 
