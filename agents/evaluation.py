@@ -1046,6 +1046,23 @@ def _markdown(
             )
     else:
         lines.append("*(only the baseline was evaluated: nothing to compare)*")
+    if report["head_to_head"]:
+        lines += [
+            "",
+            "## Head to head",
+            "",
+            "The other systems against each other, paired and counted the same way (first named = system A).",
+            "",
+            f"| A vs B | win | tie | lose | preference rate of A | {level * 100:g}% CI "
+            f"| reward A - B [{level * 100:g}% CI] | cost A - B [{level * 100:g}% CI] |",
+            "|---|---:|---:|---:|---:|---|---|---|",
+        ]
+        for name, c in report["head_to_head"].items():
+            lines.append(
+                f"| {name} | {c['wins']} | {c['ties']} | {c['losses']} | {c['rate'] * 100:+.2f}% "
+                f"| [{c['ci_low'] * 100:+.2f}%, {c['ci_high'] * 100:+.2f}%] | {_fmt_difference(c['reward_diff'])} "
+                f"| {_fmt_difference(c['cost_diff'])} |"
+            )
     lines += [
         "",
         "## Per-system means",
@@ -1137,9 +1154,10 @@ def write_report(
     :return: The contents of ``report.json``: ``meta``, ``baseline``, ``level``, ``n_resamples``, ``seed``,
         ``samples_per_prompt``, ``systems`` (name -> :meth:`SystemResult.summary`), ``comparisons`` (name ->
         ``Preference.to_dict()`` plus ``baseline``, ``samples_per_prompt``, and ``reward_diff`` and ``cost_diff``,
-        each ``MeanDifference.to_dict()`` of system - baseline), ``rows`` (per prompt and sample: ``index``,
-        ``sample``, ``prompt`` and per system ``response``, ``reward``, ``cost``, ``num_tokens`` and ``outcome``
-        against the baseline), ``missing_training_columns`` and ``files``
+        each ``MeanDifference.to_dict()`` of system - baseline), ``head_to_head`` (``"A vs B"`` for every
+        other pair of non-baseline systems, A listed first: the same fields with B as the opponent), ``rows``
+        (per prompt and sample: ``index``, ``sample``, ``prompt`` and per system ``response``, ``reward``,
+        ``cost``, ``num_tokens`` and ``outcome`` against the baseline), ``missing_training_columns`` and ``files``
     """
     systems = list(systems)
     if not systems:
@@ -1172,6 +1190,20 @@ def write_report(
             "reward_diff": mean_difference(system.reward_score, base.reward_score, **boot).to_dict(),
             "cost_diff": mean_difference(system.cost_score, base.cost_score, **boot).to_dict(),
         }
+
+    # Every other pair of systems, earlier against later (an agent against best-of-N or ARGS), paired the same way.
+    head_to_head: dict[str, Any] = {}
+    others = [s for s in systems if s is not base]
+    for a_index, a in enumerate(others):
+        for b in others[a_index + 1 :]:
+            pref = preference(compare(a.reward_score, a.cost_score, b.reward_score, b.cost_score), **boot)
+            head_to_head[f"{a.name} vs {b.name}"] = {
+                "system": a.name,
+                "opponent": b.name,
+                **pref.to_dict(),
+                "reward_diff": mean_difference(a.reward_score, b.reward_score, **boot).to_dict(),
+                "cost_diff": mean_difference(a.cost_score, b.cost_score, **boot).to_dict(),
+            }
 
     rows = []
     for r, (i, j) in enumerate(zip(base.prompt_index, base.sample_index)):
@@ -1216,6 +1248,7 @@ def write_report(
             "samples_per_prompt": base.samples_per_prompt,
             "systems": {s.name: s.summary() for s in systems},
             "comparisons": comparisons,
+            "head_to_head": head_to_head,
             "rows": rows,
             "missing_training_columns": missing_columns,
             "files": files,

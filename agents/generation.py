@@ -1,8 +1,9 @@
 """
 Aligned generation: an LLM's answers decoded under a trained accept/reject agent.
 
-:class:`MARAGenerator` runs the same decoder as the ``MARA-v0`` environment
-(:class:`mara_env.decoder.AcceptRejectDecoder`), with the same prompt format
+:class:`MARAGenerator` runs the same decoder as the ``MARA-v1`` / ``MARA-v0`` environments
+(:class:`mara_env.decoder.AcceptRejectDecoder`) and builds the agent's observation the same way
+(:func:`mara_env.observation.observe`, the layout read from the agent's input size), with the same prompt format
 (:class:`mara_env.PromptFormat`), the same candidate sets and the same forced last candidate, so an
 agent decides at generation time exactly as it did in training. Many prompts are decoded at once:
 each of ``batch_size`` rows takes the next prompt as soon as its answer ends.
@@ -16,6 +17,9 @@ distribution renormalised over the candidate set)::
 
 whose expectation over answers is ``KL(pi || q)`` (the chain rule over binary decisions; see the
 environment's docstring).
+
+:func:`batched_generate` is the LLM alone (``model.generate`` with the same sampling settings, batched
+and seeded per batch): the base system of every comparison and the draws of best-of-N.
 
 Example::
 

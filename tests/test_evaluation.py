@@ -458,6 +458,35 @@ def test_write_report_writes_all_files(tmp_path: Path) -> None:
     assert "A much longer answer " * 40 not in markdown
 
 
+def test_write_report_head_to_head(tmp_path: Path) -> None:
+    """Systems other than the baseline are also compared with each other, earlier against later."""
+    from dataclasses import replace
+
+    base, mara = _systems()
+    rng = np.random.default_rng(5)
+    best = replace(
+        base,
+        name="best-of-2",
+        reward_score=base.reward_score + rng.normal(0.3, 1.0, base.n),
+        cost_score=base.cost_score + rng.normal(0.0, 1.0, base.n),
+    )
+    report = write_report(tmp_path, [base, mara, best], baseline="llm", n_resamples=500, seed=3)
+    assert list(report["head_to_head"]) == ["llm+mara vs best-of-2"]
+    duel = report["head_to_head"]["llm+mara vs best-of-2"]
+    expected = preference(
+        compare(mara.reward_score, mara.cost_score, best.reward_score, best.cost_score), n_resamples=500, seed=3
+    )
+    assert {k: duel[k] for k in expected.to_dict()} == expected.to_dict()
+    assert duel["system"] == "llm+mara" and duel["opponent"] == "best-of-2"
+    assert duel["reward_diff"]["mean"] == pytest.approx(np.mean(mara.reward_score - best.reward_score))
+    assert duel["cost_diff"]["mean"] == pytest.approx(np.mean(mara.cost_score - best.cost_score))
+    markdown = (tmp_path / "report.md").read_text()
+    assert "## Head to head" in markdown
+    assert f"| llm+mara vs best-of-2 | {expected.wins} | {expected.ties} | {expected.losses} |" in markdown
+    # two systems only: nothing to put head to head
+    assert write_report(tmp_path / "two", [base, mara], baseline="llm", n_resamples=200)["head_to_head"] == {}
+
+
 def test_write_report_without_ranks_or_log(tmp_path: Path) -> None:
     base, mara = _systems()
     mara.accepted_ranks = None
