@@ -1,10 +1,11 @@
-"""Every registered RL algorithm on one MARA-v0 task variant: learning curves, preference rate, speed.
+"""Every registered RL algorithm on one MARA task variant: learning curves, preference rate, speed.
 
 Each algorithm of :data:`agents.algorithms.ALGORITHMS` (or those named with ``--algos``) trains on
 the same task (``--variant``, see :mod:`mara_env.variants`) for the same number of environment
 decisions, once per seed. One (algorithm, seed) pair:
 
-1. builds ``VecMonitor(SB3VecEnv(gym.make_vec("MARA-v0", num_envs=N, **variant)))`` on the LLM
+1. builds ``VecMonitor(SB3VecEnv(gym.make_vec(env_id, num_envs=N, **variant)))`` (``--env-id``,
+   default ``MARA-v1``) on the LLM
    replicas loaded once for the whole benchmark, and the algorithm with its MARA defaults
    (:func:`agents.algorithms.make_algorithm`); only schedules that would not fit the budget are
    shortened (see :func:`fit_to_budget`, recorded in ``results.json``);
@@ -68,6 +69,7 @@ Usage::
     OMP_NUM_THREADS=1 python benchmarks/algorithms.py --budget quick
     python benchmarks/algorithms.py --budget standard --resume            # continue after an interruption
     python benchmarks/algorithms.py --variant kl1 --algos sac-discrete ppo --seeds 0 1 2 --decisions 20000
+    python benchmarks/algorithms.py --budget standard --env-id MARA-v0      # the paper's observation, no shaping
     python benchmarks/algorithms.py --budget full --devices cuda:0 --llm HuggingFaceTB/SmolLM2-1.7B-Instruct
 """
 
@@ -100,7 +102,7 @@ from stable_baselines3.common.logger import configure
 from stable_baselines3.common.vec_env import VecMonitor
 from tqdm.auto import tqdm
 
-import mara_env  # noqa: F401  (registers MARA-v0)
+import mara_env
 from agents.algorithms import ALGORITHMS, get_spec, resolve_kwargs
 from agents.algorithms import make_algorithm as build_algorithm
 from agents.comparison import held_out_prompts, run_comparison
@@ -379,6 +381,7 @@ def _held_out_part(prompt_split: str) -> str:
 class _Context:
     """What every pair of one benchmark shares."""
 
+    env_id: str
     settings: dict[str, Any]
     config: MARAConfig
     budget: Budget
@@ -397,7 +400,7 @@ class _Context:
         return {**kwargs, "llm": self.replicas, "max_new_tokens": self.max_new_tokens}
 
     def resolved_settings(self) -> dict[str, Any]:
-        """Every ``MARA-v0`` setting as used (defaults filled in), the LLM by name."""
+        """Every environment setting as used (the version's defaults filled in), the LLM by name."""
         values = {f.name: getattr(self.config, f.name) for f in fields(MARAConfig)}
         return {**values, "llm": self.replicas[0].name, "max_new_tokens": self.max_new_tokens}
 
@@ -430,7 +433,7 @@ def run_pair(algo: str, seed: int, ctx: _Context, folder: Path) -> dict[str, Any
     budget = ctx.budget
     fitted = fit_to_budget(algo, budget.decisions, budget.num_envs)
     overrides = {**fitted, **ctx.hyperparameters.get(algo, {})}
-    vec = gym.make_vec("MARA-v0", num_envs=budget.num_envs, **ctx.env_kwargs())
+    vec = gym.make_vec(ctx.env_id, num_envs=budget.num_envs, **ctx.env_kwargs())
     venv = VecMonitor(SB3VecEnv(vec))
     try:
         model = build_algorithm(algo, venv, seed=seed, device=ctx.device, **overrides)
@@ -591,6 +594,7 @@ def run_benchmark(
     out: str | Path,
     *,
     llm: Any = None,
+    env_id: str = "MARA-v1",
     variant: str = "custom",
     hyperparameters: Mapping[str, Mapping[str, Any]] | None = None,
     device: str = "auto",
@@ -600,13 +604,14 @@ def run_benchmark(
 ) -> dict[str, Any]:
     """Train and evaluate every algorithm on one task for every seed of the budget; write the results.
 
-    :param settings: ``MARA-v0`` keyword arguments of the task, e.g. :func:`mara_env.variant_settings`
+    :param settings: keyword arguments of the task, e.g. :func:`mara_env.variant_settings`
         (``prompt_split="train"`` keeps the held-out part for evaluation).
     :param algos: registry names, in the order of the table.
     :param budget: decisions, seeds, evaluation sizes (:data:`BUDGETS` or your own).
     :param out: output folder.
-    :param llm: the LLM in any form ``MARA-v0`` accepts; replaces ``settings["llm"]``. It is loaded
+    :param llm: the LLM in any form the environment accepts; replaces ``settings["llm"]``. It is loaded
         once and shared by every environment, evaluation and comparison.
+    :param env_id: the task version (:data:`mara_env.VERSIONS`), whose defaults apply where ``settings`` is silent.
     :param variant: the variant's id, for the report.
     :param hyperparameters: algorithm -> hyperparameter overrides (after :func:`fit_to_budget`).
     :param device: torch device of the agents.
@@ -624,7 +629,9 @@ def run_benchmark(
         if algo not in algos:
             raise ValueError(f"hyperparameters given for {algo!r}, which is not benchmarked ({', '.join(algos)}).")
         resolve_kwargs(algo, **overrides)  # checks the names and types
-    settings = dict(settings)
+    if env_id not in mara_env.VERSIONS:
+        raise ValueError(f"env_id must be one of {', '.join(mara_env.VERSIONS)}, got {env_id!r}.")
+    settings = {**mara_env.VERSIONS[env_id], **settings}
     if llm is not None:
         settings["llm"] = llm
     config = MARAConfig.from_kwargs(settings)  # every name and value checked before the LLM loads
@@ -653,6 +660,7 @@ def run_benchmark(
         dataset_split=config.dataset_split,
     )
     ctx = _Context(
+        env_id=env_id,
         settings=settings,
         config=config,
         budget=budget,
@@ -686,7 +694,8 @@ def run_benchmark(
 
     meta = {
         "benchmark": "algorithms",
-        "task": f"MARA-v0 / {variant}",
+        "task": f"{env_id} / {variant}",
+        "env_id": env_id,
         "variant": variant,
         "variant_changes": changes,
         "settings": ctx.resolved_settings(),
@@ -896,6 +905,9 @@ def _key_values(items: Sequence[str], flag: str) -> dict[str, Any]:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--budget", choices=list(BUDGETS), default="quick", help="preset (default: quick)")
+    p.add_argument(
+        "--env-id", default="MARA-v1", choices=list(mara_env.VERSIONS), help="task version (default MARA-v1)"
+    )
     p.add_argument("--variant", default="default", help=f"task variant: {', '.join(VARIANTS)} (default: default)")
     p.add_argument("--algos", nargs="+", default=list(ALGORITHMS), choices=list(ALGORITHMS), metavar="ALGO")
     g = p.add_argument_group("budget (default: the preset's value)")
@@ -911,7 +923,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     e.add_argument("--llm", help="hub id, folder or .gguf (default: the variant's, the embedded SmolLM2)")
     e.add_argument("--devices", nargs="+", help="LLM replicas' devices, e.g. cuda:0 cuda:1")
     e.add_argument("--dtype", help="LLM dtype: auto, float32, bfloat16, float16")
-    e.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="other MARA-v0 setting")
+    e.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="other environment setting")
     e.add_argument("--hp", action="append", default=[], metavar="ALGO.KEY=VALUE", help="hyperparameter override")
     e.add_argument("--device", default="auto", help="torch device of the agents (default auto)")
     e.add_argument("--threads", type=int, help="torch threads (default: torch's choice; OMP_NUM_THREADS)")
@@ -961,6 +973,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         args.algos,
         budget_from_args(args),
         out,
+        env_id=args.env_id,
         variant=args.variant,
         hyperparameters=hyperparameters,
         device=args.device,
