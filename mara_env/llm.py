@@ -259,6 +259,7 @@ def _prepare(model: Any, tokenizer: Any, name: str) -> LLMReplica:
         )
     if tokenizer is None:
         raise ValueError("llm: a live model was passed without its tokenizer; pass llm=(model, tokenizer).")
+    _check_vocabulary(model, tokenizer, name)
     model.eval()
     model.requires_grad_(False)
     attn = getattr(model.config, "_attn_implementation", None)
@@ -275,6 +276,26 @@ def _prepare(model: Any, tokenizer: Any, name: str) -> LLMReplica:
     replica = LLMReplica(model=model, tokenizer=tokenizer, name=name)
     replica.eos_token_ids  # noqa: B018 -- validate early: an LLM without EOS cannot end episodes
     return replica
+
+
+def _check_vocabulary(model: Any, tokenizer: Any, name: str) -> None:
+    """Every id the tokenizer can produce must have a row in the model's input embedding.
+
+    An id past the last row fails deep inside torch (``IndexError: index out of range``), and only
+    when a prompt contains that token, e.g. a chat template's role name.
+    """
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    vocab = tokenizer.get_vocab() if hasattr(tokenizer, "get_vocab") else None
+    if embeddings is None or not vocab:
+        return
+    rows = int(embeddings.weight.shape[0])
+    largest = max(vocab.values())
+    if largest >= rows:
+        raise ValueError(
+            f"llm {name!r}: its tokenizer has token ids up to {largest}, but the model's embedding has {rows} rows "
+            f"(ids 0..{rows - 1}), so the tokenizer does not belong to this model. Load the tokenizer saved with "
+            "the model (the same folder or hub id)."
+        )
 
 
 def load_replicas(

@@ -184,3 +184,25 @@ def test_sliding_window_model_warns(tiny_kwargs):
     model.config.sliding_window = 64
     with pytest.warns(UserWarning, match=r"sliding-window attention \(window 64\)"):
         TokenAcceptRejectEnv(**{**tiny_kwargs, "llm": (model, tok)})
+
+
+def test_tokenizer_ids_must_fit_the_models_embeddings():
+    model, tok = build_tiny_llm()
+    tok.add_tokens(["zebra"])  # an id past the model's last embedding row
+    with pytest.raises(ValueError, match=r"token ids up to 132, .* embedding has 132 rows .* tokenizer saved with"):
+        load_replicas((model, tok))
+
+
+def test_tiny_tokenizer_ids_are_dense():
+    """Every word once, so the ids are 0 .. len - 1 and all fit the tiny model's embeddings."""
+    tok = build_tokenizer()
+    assert sorted(tok.get_vocab().values()) == list(range(len(tok)))
+
+
+def test_system_prompt_on_the_tiny_model(tiny_kwargs):
+    env = TokenAcceptRejectEnv(**{**tiny_kwargs, "system_prompt": "you are a kind and safe assistant"})
+    env.reset(seed=0, options={"prompt": "tell me a story"})
+    text = env.unwrapped.core.tokenizer.decode(env.unwrapped.row.prompt_ids)
+    assert text.startswith("<|im_start|> system you are a kind and safe assistant <|im_end|>")
+    while not env.step(1)[2]:
+        pass
