@@ -119,22 +119,46 @@ def default_dtype(device: torch.device) -> torch.dtype:
     return torch.float32
 
 
+#: Names accepted for the LLM's ``dtype`` (besides ``"auto"``, ``None`` and a ``torch.dtype``).
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
+
+
+def check_dtype(dtype: Any) -> None:
+    """Raise ``ValueError`` unless ``dtype`` is ``None``, ``"auto"``, a ``torch.dtype`` or a name in :data:`DTYPES`."""
+    if not (dtype is None or isinstance(dtype, torch.dtype) or dtype == "auto" or dtype in DTYPES):
+        raise ValueError(f"dtype: {dtype!r} is not one of {sorted(DTYPES)} or 'auto'.")
+
+
 def _parse_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    check_dtype(dtype)
     if dtype is None or dtype == "auto":
         return default_dtype(device)
     if isinstance(dtype, torch.dtype):
         return dtype
-    names = {
-        "float32": torch.float32,
-        "fp32": torch.float32,
-        "bfloat16": torch.bfloat16,
-        "bf16": torch.bfloat16,
-        "float16": torch.float16,
-        "fp16": torch.float16,
-    }
-    if dtype not in names:
-        raise ValueError(f"dtype: {dtype!r} is not one of {sorted(names)} or 'auto'.")
-    return names[dtype]
+    return DTYPES[dtype]
+
+
+def check_devices(devices: Any) -> None:
+    """Raise ``ValueError`` unless ``devices`` is ``None``, one device or a non-empty list of devices.
+
+    Only the form is checked here; :func:`resolve_device` checks that each device exists.
+    """
+    one = (str, torch.device)
+    if devices is None or isinstance(devices, one):
+        return
+    if isinstance(devices, (list, tuple)) and devices and all(isinstance(d, one) for d in devices):
+        return
+    raise ValueError(
+        "devices must be None (the model's own device, else CUDA if present, else CPU), a device name, or a "
+        f"non-empty list of device names such as ['cuda:0', 'cuda:1']; got {devices!r}."
+    )
 
 
 # --------------------------------------------------------------------------------------------- loading
@@ -323,6 +347,7 @@ def load_replicas(
     :param trust_remote_code: passed to ``from_pretrained``; off unless you trust the model's repository.
     :return: the replicas, in device order.
     """
+    check_devices(devices)
     if isinstance(llm, LLMReplica):
         llm = [llm]
     if isinstance(llm, list) and llm and all(isinstance(r, LLMReplica) for r in llm):

@@ -146,8 +146,7 @@ def split_prompts(prompts: Sequence[str], *, test_fraction: float = 0.2, seed: i
     """
     if isinstance(prompts, str) or not isinstance(prompts, Sequence):
         raise ValueError(f"prompts must be a sequence of strings, got a {type(prompts).__name__}.")
-    if not 0.0 < test_fraction < 1.0:
-        raise ValueError(f"test_fraction must be strictly between 0 and 1, got {test_fraction!r}.")
+    check_test_fraction(test_fraction)
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ValueError(f"seed must be an int, got {seed!r}.")
     unique = _unique(prompts)
@@ -157,6 +156,12 @@ def split_prompts(prompts: Sequence[str], *, test_fraction: float = 0.2, seed: i
     ranked = sorted(unique, key=lambda text: hashlib.sha256(f"{seed}:{text}".encode()).digest())
     test_set = set(ranked[:n_test])
     return [p for p in unique if p not in test_set], [p for p in unique if p in test_set]
+
+
+def check_test_fraction(test_fraction: float) -> None:
+    """Raise ``ValueError`` unless ``test_fraction`` is strictly between 0 and 1."""
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"test_fraction must be strictly between 0 and 1, got {test_fraction!r}.")
 
 
 @dataclass(frozen=True)
