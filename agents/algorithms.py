@@ -42,6 +42,7 @@ from sb3_contrib import QRDQN
 from stable_baselines3 import A2C, DQN, PPO
 from stable_baselines3.common.base_class import BaseAlgorithm
 
+from agents.hyperparameters import range_problem
 from agents.presets import mara_preset
 from agents.reference_anchor import AnchoredActorCriticPolicy
 from agents.sac_discrete import DiscreteSAC
@@ -230,7 +231,8 @@ def _did_you_mean(key: str, valid: Any) -> str:
 
 
 def check_overrides(name: str, overrides: Mapping[str, Any]) -> None:
-    """Raise ``ValueError`` for a key that is not a hyperparameter of algorithm ``name``.
+    """Raise ``ValueError`` for a key that is not a hyperparameter of algorithm ``name``, or a value of the
+    wrong type or out of its range (:data:`agents.hyperparameters.RANGES`).
 
     :param name: registry name.
     :param overrides: hyperparameter overrides.
@@ -243,7 +245,7 @@ def check_overrides(name: str, overrides: Mapping[str, Any]) -> None:
             raise ValueError(
                 f"{key!r} is not a hyperparameter of {name} ({spec.cls.__name__}).{_did_you_mean(key, valid)}"
             )
-        expected = _expected_type(key, parameters[key].default, value)
+        expected = _expected_type(key, parameters[key].default, value) or range_problem(key, value)
         if expected is not None:
             raise ValueError(f"Hyperparameter {key!r} of {name} must be {expected}, got {value!r}.")
 

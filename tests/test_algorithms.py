@@ -121,6 +121,29 @@ def test_unknown_hyperparameter_and_algorithm_are_named(venv):
         make_algorithm("sac-discrete", venv, target_entropy=5.0)
 
 
+@pytest.mark.parametrize(
+    ("algo", "name", "value", "match"),
+    [
+        ("sac-discrete", "batch_size", 0, r"'batch_size' of sac-discrete must be an integer >= 1 .*, got 0"),
+        ("sac-discrete", "buffer_size", 0, r"'buffer_size' .* an integer >= 1"),
+        ("sac-discrete", "tau", 1.5, r"'tau' .* a number in \[0, 1\]"),
+        ("sac-discrete", "gradient_steps", 0, r"'gradient_steps' .* an integer >= 1, or -1"),
+        ("sac-discrete", "train_freq", [0, "step"], r"'train_freq' .* frequency >= 1"),
+        ("sac-discrete", "learning_starts", -5, r"'learning_starts' .* an integer >= 0"),
+        ("dqn", "gamma", 1.5, r"'gamma' of dqn must be a number in \[0, 1\], got 1.5"),
+        ("dqn", "exploration_final_eps", -0.1, r"'exploration_final_eps' .* in \[0, 1\]"),
+        ("dqn", "target_update_interval", 0, r"'target_update_interval' .* an integer >= 1"),
+        ("ppo", "learning_rate", 0.0, r"'learning_rate' of ppo must be a finite number > 0 or a schedule"),
+        ("ppo", "n_epochs", 0, r"'n_epochs' .* an integer >= 1"),
+        ("a2c", "vf_coef", float("nan"), r"'vf_coef' .* a finite number >= 0, got nan"),
+    ],
+)
+def test_hyperparameters_out_of_range_are_named(algo, name, value, match):
+    """Caught where given, not as a 'non-finite loss' (batch_size 0) or a silent no-op later."""
+    with pytest.raises(ValueError, match=r"Hyperparameter " + match):
+        resolve_kwargs(algo, **{name: value})
+
+
 def test_load_algorithm_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="No saved agent"):
         load_algorithm(tmp_path / "missing.zip")

@@ -140,6 +140,8 @@ def test_existing_folder_is_refused(tiny_files, tmp_path, capsys):
         ("c.yaml", "agent:\n  algo: sac\n", r"agent.algo 'sac' is not a known algorithm. Did you mean 'sac-discrete'"),
         ("c.json", "{}", r"must end in .toml, .yaml or .yml"),
         ("c.toml", "[env\n", r"not valid TOML"),
+        ("c.yaml", "agent:\n  batch_size: 0\n", r"'batch_size' of sac-discrete must be an integer >= 1"),
+        ("c.yaml", "env:\n  devices: []\n", r"\[env\] devices must be None .* non-empty list"),
     ],
 )
 def test_config_file_errors(name, text, message, tmp_path, capsys):
