@@ -42,6 +42,7 @@ from sb3_contrib import QRDQN
 from stable_baselines3 import A2C, DQN, PPO
 from stable_baselines3.common.base_class import BaseAlgorithm
 
+from agents.authors_format import weights_error
 from agents.hyperparameters import range_problem
 from agents.presets import mara_preset
 from agents.reference_anchor import AnchoredActorCriticPolicy
@@ -588,7 +589,12 @@ def load_algorithm(
                 ) from exc
     try:
         return get_spec(name).cls.load(zip_path, env=env, device=device, custom_objects=custom_objects)
-    except (KeyError, RuntimeError, zipfile.BadZipFile) as exc:
+    except (pickle.UnpicklingError, EOFError, RuntimeError) as exc:
+        # The .pth entries, read by SB3 with weights_only=True; a torch stream error means a damaged entry
+        if isinstance(exc, RuntimeError) and "PytorchStreamReader" not in str(exc):
+            raise ValueError(f"{zip_path} could not be loaded as a {name} agent: {exc}") from exc
+        raise weights_error(str(zip_path), exc, what="its weights") from exc
+    except (KeyError, zipfile.BadZipFile) as exc:
         raise ValueError(f"{zip_path} could not be loaded as a {name} agent: {exc}") from exc
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import io
 import json
 import pickle
 import zipfile
@@ -188,3 +189,24 @@ def test_load_algorithm_refuses_pickled_code(venv, tmp_path):
         load_algorithm(tmp_path / "evil.zip")
     assert not marker.exists()
     assert isinstance(load_algorithm(tmp_path / "agent.zip"), DiscreteSAC)  # the untouched file loads
+
+    # The weights (.pth entries) are pickles too: code there is refused by name, damage is named as such
+    with zipfile.ZipFile(tmp_path / "agent.zip") as archive:
+        entries = {name: archive.read(name) for name in archive.namelist()}
+    for name, content, match in [
+        ("evil_weights", _torch_bytes({"w": _Payload(str(marker))}), r"refusing to load .*its weights hold a "
+         r"reference to getattr.*could run code"),
+        ("damaged_weights", entries["policy.pth"][:100], r"evil_damaged_weights\.zip is damaged: its weights .*"),
+    ]:  # fmt: skip
+        with zipfile.ZipFile(tmp_path / f"evil_{name}.zip", "w") as archive:
+            for entry, value in entries.items():
+                archive.writestr(entry, content if entry == "policy.pth" else value)
+        with pytest.raises(ValueError, match=match):
+            load_algorithm(tmp_path / f"evil_{name}.zip")
+    assert not marker.exists()
+
+
+def _torch_bytes(obj) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
