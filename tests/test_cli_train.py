@@ -617,3 +617,18 @@ def test_usage_and_unexpected_errors_are_one_line(monkeypatch, capsys):
         "AttributeError: 'NoneType' object has no attribute 'x' (rerun with --debug for the traceback)"
     )
     assert "Choose a folder that can be written" in describe(PermissionError(errno.EACCES, "Permission denied", "x"))
+
+
+def test_a_progress_row_cut_short_by_a_kill_is_dropped_with_a_warning(run_copy, capsys):
+    out, args = run_copy
+    with open(out / "progress.csv", "a") as file:
+        file.write("0.25,19")  # a kill in the middle of writing a row
+    assert main(["train", *args, "--resume", "--total-decisions", "256"]) == 0
+    assert "progress.csv: dropped 1 damaged row" in capsys.readouterr().err
+    steps = [int(float(row["time/total_timesteps"])) for row in read_progress(out / "progress.csv")]
+    assert steps == sorted(set(steps)) and steps[-1] == 256
+
+    (out / "progress.csv").write_bytes(b"\x00\xff not csv")
+    assert main(["train", *args, "--resume", "--total-decisions", "320"]) == 0
+    assert "progress.csv cannot be read (" in capsys.readouterr().err
+    assert (out / "progress.damaged.csv").read_bytes() == b"\x00\xff not csv"

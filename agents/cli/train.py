@@ -30,6 +30,7 @@ import os
 import re
 import shutil
 import sys
+import warnings
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -545,12 +546,26 @@ class _ResumableCSVOutputFormat(CSVOutputFormat):
     def __init__(self, filename: Path, keep_until: int | None) -> None:
         header: list[str] = []
         rows: list[list[str]] = []
+        table: list[list[str]] = []
         if keep_until is not None and filename.is_file():
-            with open(filename, newline="", encoding="utf-8") as file:
-                table = list(csv.reader(file))
-            if table and "time/total_timesteps" in table[0]:
-                header, column = table[0], table[0].index("time/total_timesteps")
-                rows = [row for row in table[1:] if row and row[column] and float(row[column]) <= keep_until]
+            try:
+                with open(filename, newline="", encoding="utf-8") as file:
+                    table = list(csv.reader(file))
+            except (csv.Error, UnicodeDecodeError) as error:
+                aside = filename.with_name(f"{filename.stem}.damaged{filename.suffix}")
+                os.replace(filename, aside)
+                warnings.warn(f"{filename} cannot be read ({error}); kept as {aside}, a new one begins.", stacklevel=2)
+        if table and "time/total_timesteps" in table[0]:
+            header, column = table[0], table[0].index("time/total_timesteps")
+            damaged = 0
+            for row in filter(None, table[1:]):
+                decisions = _number(row[column]) if len(row) == len(header) else None
+                if decisions is None:
+                    damaged += 1  # e.g. the last row, cut short by a kill
+                elif decisions <= keep_until:
+                    rows.append(row)
+            if damaged:
+                warnings.warn(f"{filename}: dropped {damaged} damaged row(s), e.g. cut short by a kill.", stacklevel=2)
         super().__init__(str(filename))
         if header:
             writer = csv.writer(self.file, lineterminator="\n")
@@ -558,3 +573,10 @@ class _ResumableCSVOutputFormat(CSVOutputFormat):
             writer.writerows(rows)
             self.file.flush()
             self.keys = header
+
+
+def _number(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
