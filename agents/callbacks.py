@@ -265,7 +265,7 @@ def write_checkpoint(run_dir: str | Path, model: BaseAlgorithm, state: dict[str,
             save_replay_buffer(buffer, tmp / REPLAY_BUFFER_FILE)
             state["replay_buffer_transitions"] = int(buffer.size() * buffer.n_envs)
         # Read back, so that the digests describe what reached the file system
-        state["files"] = {file.name: _digest(file) for file in sorted(tmp.iterdir())}
+        state["files"] = {file.name: file_digest(file) for file in sorted(tmp.iterdir())}
         (tmp / STATE_FILE).write_text(json.dumps(state, indent=2), encoding="utf-8")
         for file in tmp.iterdir():
             _fsync(file)
@@ -358,7 +358,7 @@ def verify_checkpoint(checkpoint: str | Path) -> str | None:
             return f"{path} is missing"
         if not recorded:
             continue
-        actual = _digest(path)
+        actual = file_digest(path)
         if actual["bytes"] != recorded.get("bytes"):
             return f"{path} is damaged ({actual['bytes']} bytes, {recorded.get('bytes')} when it was written)"
         if actual["sha256"] != recorded.get("sha256"):
@@ -411,8 +411,8 @@ def _complete(folder: Path) -> bool:
         return False
 
 
-def _digest(path: Path) -> dict[str, Any]:
-    """Size and SHA-256 of a file (about a second per GB)."""
+def file_digest(path: Path) -> dict[str, Any]:
+    """``{"bytes": size, "sha256": hex digest}`` of a file (about a second per GB)."""
     sha = hashlib.sha256()
     with open(path, "rb") as file:
         while chunk := file.read(1 << 20):

@@ -632,3 +632,21 @@ def test_a_progress_row_cut_short_by_a_kill_is_dropped_with_a_warning(run_copy, 
     assert main(["train", *args, "--resume", "--total-decisions", "320"]) == 0
     assert "progress.csv cannot be read (" in capsys.readouterr().err
     assert (out / "progress.damaged.csv").read_bytes() == b"\x00\xff not csv"
+
+
+@pytest.mark.parametrize("damage", ["flip", "delete", "summary"])
+def test_a_damaged_published_model_is_restored_from_the_checkpoint(run_copy, damage, capsys):
+    out, args = run_copy
+    model = out / "model.zip"
+    if damage == "flip":  # the zip still opens and its JSON still reads: only the digest tells
+        data = bytearray(model.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        model.write_bytes(bytes(data))
+    elif damage == "delete":
+        model.unlink()
+    else:
+        (out / "summary.json").write_text("{")
+    assert main(["train", *args, "--resume"]) == 0
+    assert "already finished" in capsys.readouterr().out
+    assert model.read_bytes() == (out / "checkpoint" / "model.zip").read_bytes()
+    assert json.loads((out / "summary.json").read_text())["decisions"] == 192

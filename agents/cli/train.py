@@ -43,7 +43,6 @@ from agents.algorithms import (
     get_spec,
     load_algorithm,
     make_algorithm,
-    read_saved_data,
 )
 from agents.callbacks import (
     CHECKPOINT_DIR,
@@ -51,6 +50,7 @@ from agents.callbacks import (
     REPLAY_BUFFER_FILE,
     MARALoggingCallback,
     RunCheckpointCallback,
+    file_digest,
     find_checkpoint,
     load_replay_buffer,
     read_checkpoint_state,
@@ -311,17 +311,14 @@ def _resume(out: Path, flags: dict[str, dict[str, Any]], *, verbose: int) -> int
             "with --resume it may only be raised."
         )
     checkpoint, problems = find_checkpoint(out)
-    finished = _published_decisions(out)
-    if finished is not None and finished >= wanted.train.total_decisions:
-        # Whatever happened to the checkpoints, a finished model is never trained over
-        published_by = None if checkpoint is None else read_checkpoint_state(checkpoint)["num_timesteps"]
-        if published_by == finished and not (out / SUMMARY_FILE).is_file():
-            _publish(out, saved, checkpoint, resumed=True)  # killed between model.zip and summary.json
-        print(
-            f"{out}: the run is already finished ({finished} of {wanted.train.total_decisions} decisions; the model "
-            f"is {out / MODEL_FILE}). Pass a larger --total-decisions to train further."
-        )
-        return 0
+    done = None if checkpoint is None else int(read_checkpoint_state(checkpoint)["num_timesteps"])
+    if done is not None and done >= wanted.train.total_decisions:
+        if not _is_published(out, checkpoint):  # killed while publishing, or the published files damaged
+            _publish(out, saved, checkpoint, resumed=True)
+        return _say_finished(out, done, wanted)
+    published = _published_decisions(out)
+    if published is not None and published >= wanted.train.total_decisions:
+        return _say_finished(out, published, wanted)  # a finished model is never trained over
     if checkpoint is None:
         if problems or (out / MODEL_FILE).exists():
             # Never advise --overwrite here: it would delete what is intact
@@ -351,23 +348,46 @@ def _resume(out: Path, flags: dict[str, dict[str, Any]], *, verbose: int) -> int
             file=sys.stderr,
         )
     state = read_checkpoint_state(checkpoint)
-    if int(state["num_timesteps"]) >= wanted.train.total_decisions:
-        _publish(out, saved, checkpoint, resumed=True)  # killed after the last checkpoint
-        print(
-            f"{out}: the run is already finished ({state['num_timesteps']} of {wanted.train.total_decisions} "
-            f"decisions; the model is {out / MODEL_FILE})."
-        )
-        return 0
     return train_run(wanted, out, verbose=verbose, checkpoint=checkpoint, state=state, write_config=wanted != saved)
 
 
+def _say_finished(out: Path, done: int, wanted: RunConfig) -> int:
+    print(
+        f"{out}: the run is already finished ({done} of {wanted.train.total_decisions} decisions; the model is "
+        f"{out / MODEL_FILE}). Pass a larger --total-decisions to train further."
+    )
+    return 0
+
+
+def _is_published(out: Path, checkpoint: Path) -> bool:
+    """Whether ``out/model.zip`` and ``summary.json`` are ``checkpoint``'s model and counters, intact."""
+    state = read_checkpoint_state(checkpoint)
+    summary = _read_summary(out)
+    recorded = (state.get("files") or {}).get(MODEL_FILE, {}).get("sha256")
+    return (
+        summary.get("decisions") == state["num_timesteps"]
+        and (out / MODEL_FILE).is_file()
+        and (recorded is None or file_digest(out / MODEL_FILE)["sha256"] == recorded)
+    )
+
+
 def _published_decisions(out: Path) -> int | None:
-    """The decisions the run's published ``model.zip`` was trained for; ``None`` without a readable one."""
-    try:
-        decisions = read_saved_data(out / MODEL_FILE).get("num_timesteps")
-    except (OSError, ValueError):
+    """The decisions of the run's published ``model.zip`` if it is intact (``summary.json`` records its SHA-256)."""
+    summary = _read_summary(out)
+    decisions, digest = summary.get("decisions"), summary.get("model_sha256")
+    if not isinstance(decisions, int) or not (out / MODEL_FILE).is_file():
         return None
-    return decisions if isinstance(decisions, int) else None
+    if digest is not None and file_digest(out / MODEL_FILE)["sha256"] != digest:
+        return None
+    return decisions
+
+
+def _read_summary(out: Path) -> dict[str, Any]:
+    try:
+        summary = json.loads((out / SUMMARY_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return summary if isinstance(summary, dict) else {}
 
 
 def train_run(
@@ -500,6 +520,7 @@ def _publish(out: Path, config: RunConfig, checkpoint: Path, *, resumed: bool) -
         "final": state.get("logging", {}).get("last_means", {}),
         "resumed": resumed,
         "model": MODEL_FILE,
+        "model_sha256": file_digest(out / MODEL_FILE)["sha256"],  # lets --resume tell a damaged model.zip
     }
     tmp = out / "summary.tmp.json"
     tmp.write_text(json.dumps(summary, indent=2), encoding="utf-8")
