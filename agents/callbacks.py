@@ -266,6 +266,7 @@ def write_checkpoint(run_dir: str | Path, model: BaseAlgorithm, state: dict[str,
             state["replay_buffer_transitions"] = int(buffer.size() * buffer.n_envs)
         # Read back, so that the digests describe what reached the file system
         state["files"] = {file.name: file_digest(file) for file in sorted(tmp.iterdir())}
+        state["state_sha256"] = _state_digest(state)  # state.json's own, over the other keys
         (tmp / STATE_FILE).write_text(json.dumps(state, indent=2), encoding="utf-8")
         for file in tmp.iterdir():
             _fsync(file)
@@ -334,9 +335,10 @@ def find_checkpoint(run_dir: str | Path) -> tuple[Path | None, list[str]]:
 def verify_checkpoint(checkpoint: str | Path) -> str | None:
     """What is wrong with a checkpoint folder, naming the file; ``None`` when it is intact.
 
-    ``state.json`` must be a JSON object with ``num_timesteps``; every file it lists must have the
-    size and SHA-256 recorded when it was written (checkpoints of earlier versions record none, so
-    only ``model.zip`` and, for off-policy runs, ``replay_buffer.npz`` must exist).
+    ``state.json`` must be a JSON object with ``num_timesteps`` whose values match its own recorded
+    SHA-256; every file it lists must have the size and SHA-256 recorded when it was written
+    (checkpoints of earlier versions record none, so only ``model.zip`` and, for off-policy runs,
+    ``replay_buffer.npz`` must exist).
     """
     checkpoint = Path(checkpoint)
     state_file = checkpoint / STATE_FILE
@@ -348,6 +350,8 @@ def verify_checkpoint(checkpoint: str | Path) -> str | None:
         return f"{state_file} is damaged ({error})"
     if not isinstance(state, dict) or not isinstance(state.get("num_timesteps"), int):
         return f"{state_file} is damaged (it has no num_timesteps)"
+    if "state_sha256" in state and state["state_sha256"] != _state_digest(state):
+        return f"{state_file} is damaged (its values changed after it was written: the SHA-256 differs)"
     files = state.get("files")
     if not isinstance(files, dict):  # an earlier version's checkpoint: existence only
         needed = [MODEL_FILE] + ([REPLAY_BUFFER_FILE] if state.get("replay_buffer_transitions") is not None else [])
@@ -409,6 +413,12 @@ def _complete(folder: Path) -> bool:
         return all((folder / name).stat().st_size == entry.get("bytes") for name, entry in files.items())
     except (OSError, AttributeError):
         return False
+
+
+def _state_digest(state: dict[str, Any]) -> str:
+    """SHA-256 of a ``state.json``'s values other than this digest itself."""
+    values = {key: value for key, value in state.items() if key != "state_sha256"}
+    return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()
 
 
 def file_digest(path: Path) -> dict[str, Any]:

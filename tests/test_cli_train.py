@@ -503,6 +503,13 @@ def test_a_checkpoint_file_changed_after_writing_is_caught_by_its_digest(run_cop
     path.write_bytes(bytes(data))
     assert verify_checkpoint(out / "checkpoint") == f"{path} is damaged (its contents changed after it was written: " \
         "the SHA-256 differs)"  # fmt: skip
+    state = out / "checkpoint" / "state.json"
+    edited = state.read_text().replace('"episodes": ', '"episodes": 1')  # valid JSON, wrong value
+    (out / "edited").mkdir()
+    shutil.copy(out / "checkpoint" / "model.zip", out / "edited")
+    (out / "edited" / "state.json").write_text(edited)
+    assert "state.json is damaged (its values changed after it was written" in verify_checkpoint(out / "edited")
+    shutil.rmtree(out / "edited")
     assert main(["train", *args, "--resume", "--total-decisions", "256"]) == 0
     assert f"checkpoint/{name} is damaged" in capsys.readouterr().err
     assert load_algorithm(out / "model.zip").num_timesteps == 256
@@ -513,7 +520,7 @@ def test_damaged_files_of_a_checkpoint_without_digests_are_named(run_copy, capsy
     out, args = run_copy
     for folder in ("checkpoint", "checkpoint.prev"):
         state = json.loads((out / folder / "state.json").read_text())
-        del state["files"]
+        del state["files"], state["state_sha256"]
         (out / folder / "state.json").write_text(json.dumps(state))
         (out / folder / "replay_buffer.npz").write_bytes(b"PK\x03\x04 not a zip")
     assert main(["train", *args, "--resume", "--total-decisions", "256"]) == 2

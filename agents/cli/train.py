@@ -445,9 +445,21 @@ def train_run(
 
         # The run starts: from here on the folder changes
         aside = None
-        if replace and out.is_dir() and any(out.iterdir()):
-            aside = _replaced(out)
-            os.replace(out, aside)
+        created = not out.exists()
+        try:
+            if replace and out.is_dir() and any(out.iterdir()):
+                aside = _replaced(out)
+                os.replace(out, aside)
+            out.mkdir(parents=True, exist_ok=True)
+            if write_config:
+                config.dump(out / CONFIG_FILE)
+        except BaseException:  # e.g. a folder that cannot be written: undo, and report it as given
+            if aside is not None:
+                shutil.rmtree(out, ignore_errors=True)
+                os.replace(aside, out)
+            elif created:
+                shutil.rmtree(out, ignore_errors=True)
+            raise
 
         def drop_replaced(_: Path) -> None:
             nonlocal aside
@@ -457,9 +469,6 @@ def train_run(
 
         checkpoint_callback = RunCheckpointCallback(out, train.checkpoint_every, logging_callback, drop_replaced)
         try:
-            out.mkdir(parents=True, exist_ok=True)
-            if write_config:
-                config.dump(out / CONFIG_FILE)
             model.set_logger(make_logger(out, verbose, keep_until=model.num_timesteps if checkpoint else None))
             model.learn(
                 train.total_decisions - model.num_timesteps,
