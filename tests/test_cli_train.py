@@ -657,3 +657,43 @@ def test_a_damaged_published_model_is_restored_from_the_checkpoint(run_copy, dam
     assert "already finished" in capsys.readouterr().out
     assert model.read_bytes() == (out / "checkpoint" / "model.zip").read_bytes()
     assert json.loads((out / "summary.json").read_text())["decisions"] == 192
+
+
+def test_overwrite_that_cannot_move_the_old_run_aside_leaves_it_intact(run_copy, tmp_path, monkeypatch, capsys):
+    """A read-only parent folder: the move fails, and the undo must not touch the old run (it once emptied it)."""
+    out, args = run_copy
+    before = snapshot(out)
+    real_replace = os.replace
+
+    def replace(src, dst):
+        if str(dst).endswith(".overwritten"):
+            raise PermissionError(errno.EACCES, "Permission denied", str(src), None, str(dst))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(train_cli.os, "replace", replace)
+    assert main(["train", *args, "--overwrite", "--top-k", "6"]) == 2
+    assert "Permission denied" in one_line_error(capsys.readouterr().err)
+    assert snapshot(out) == before and not (tmp_path / "run.overwritten").exists()
+
+
+def test_a_background_thread_that_fails_says_one_line(monkeypatch, capsys):
+    import threading
+
+    def fail() -> None:
+        raise PermissionError(errno.EACCES, "Permission denied", "tb/events.out.tfevents")
+
+    def run(args):
+        thread = threading.Thread(target=fail, name="writer")
+        thread.start()
+        thread.join()
+        return 0
+
+    monkeypatch.setattr(train_cli, "run", run)
+    hook = threading.excepthook
+    assert main(["train"]) == 0
+    err = capsys.readouterr().err
+    assert err == (
+        "mara train: warning: a background thread failed: [Errno 13] Permission denied: 'tb/events.out.tfevents'. "
+        "Choose a folder that can be written (e.g. another --out), or fix its permissions\n"
+    )
+    assert threading.excepthook is hook, "restored after the command"

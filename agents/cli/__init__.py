@@ -12,6 +12,7 @@ import errno
 import importlib
 import re
 import sys
+import threading
 import traceback
 import warnings
 from collections.abc import Sequence
@@ -124,11 +125,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     ``mara <command>: error: <what failed and what to do>``, and returns 2 for bad input (a flag, a
     setting, a file) or 1 for a failure while the command ran (:class:`CommandFailed`, or an
     unexpected error, shown with its type). ``--debug`` also prints the traceback. Ctrl-C returns
-    130. Warnings print as one line each, ``mara <command>: warning: <message>``.
+    130. Warnings, and errors of background threads, print as one line each, ``mara <command>: warning: ...``.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     command = _chosen_command(argv)
     debug = "--debug" in argv
+    thread_hook = threading.excepthook
+    if not debug:
+        # A background thread (TensorBoard's writer) that fails prints a traceback; its error reaches
+        # the main thread too, which reports it, so the thread says one line
+        threading.excepthook = lambda hook: print(
+            f"{_prog(command)}: warning: a background thread failed: {describe(hook.exc_value)}", file=sys.stderr
+        )
     with warnings.catch_warnings():
         warnings.showwarning = lambda message, *_, **__: print(f"{_prog(command)}: warning: {message}", file=sys.stderr)
         try:
@@ -149,6 +157,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             hint = " (rerun with --debug for the traceback)" if unexpected and not debug else ""
             print(f"{_prog(command)}: error: {describe(exc)}{hint}", file=sys.stderr)
             return code
+        finally:
+            threading.excepthook = thread_hook
 
 
 def _prog(command: str | None) -> str:

@@ -448,8 +448,8 @@ def train_run(
         created = not out.exists()
         try:
             if replace and out.is_dir() and any(out.iterdir()):
-                aside = _replaced(out)
-                os.replace(out, aside)
+                os.replace(out, _replaced(out))
+                aside = _replaced(out)  # only once it is there: the undo below deletes out
             out.mkdir(parents=True, exist_ok=True)
             if write_config:
                 config.dump(out / CONFIG_FILE)
