@@ -697,3 +697,16 @@ def test_a_background_thread_that_fails_says_one_line(monkeypatch, capsys):
         "Choose a folder that can be written (e.g. another --out), or fix its permissions\n"
     )
     assert threading.excepthook is hook, "restored after the command"
+
+
+def test_as_the_program_a_late_ctrl_c_cannot_change_the_exit_status(monkeypatch):
+    """Run as ``mara`` (no argv), a Ctrl-C after the command ended is ignored; called from Python, nothing changes."""
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        assert main(["train", "--top-k", "many"]) == 2
+        assert signal.getsignal(signal.SIGINT) is handler
+        monkeypatch.setattr(sys, "argv", ["mara", "train", "--top-k", "many"])
+        assert main() == 2
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, handler)

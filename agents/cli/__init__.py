@@ -11,6 +11,7 @@ import argparse
 import errno
 import importlib
 import re
+import signal
 import sys
 import threading
 import traceback
@@ -126,7 +127,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     setting, a file) or 1 for a failure while the command ran (:class:`CommandFailed`, or an
     unexpected error, shown with its type). ``--debug`` also prints the traceback. Ctrl-C returns
     130. Warnings, and errors of background threads, print as one line each, ``mara <command>: warning: ...``.
+    Called without ``argv`` (as the program), it ignores Ctrl-C once the command has finished.
     """
+    program = argv is None  # run as the ``mara`` program, not called from Python
     argv = list(sys.argv[1:] if argv is None else argv)
     command = _chosen_command(argv)
     debug = "--debug" in argv
@@ -159,6 +162,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return code
         finally:
             threading.excepthook = thread_hook
+            if program:
+                # The command is done and has said so: a Ctrl-C while Python shuts down could only turn
+                # its exit status into a kill by SIGINT
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _prog(command: str | None) -> str:

@@ -427,6 +427,7 @@ def train_run(
     out = Path(out)
     train = config.train
     venv = VecMonitor(SB3VecEnv(gym.make_vec(config.env_id, num_envs=train.num_envs, **config.env_kwargs)))
+    logger = None
     try:
         logging_callback = MARALoggingCallback(train.log_every)
         if checkpoint is None:
@@ -469,7 +470,8 @@ def train_run(
 
         checkpoint_callback = RunCheckpointCallback(out, train.checkpoint_every, logging_callback, drop_replaced)
         try:
-            model.set_logger(make_logger(out, verbose, keep_until=model.num_timesteps if checkpoint else None))
+            logger = make_logger(out, verbose, keep_until=model.num_timesteps if checkpoint else None)
+            model.set_logger(logger)
             model.learn(
                 train.total_decisions - model.num_timesteps,
                 callback=[logging_callback, checkpoint_callback],
@@ -496,6 +498,8 @@ def train_run(
         )
         return 0
     finally:
+        if logger is not None:
+            logger.close()  # flushes progress.csv and TensorBoard, whose writer thread ends here
         venv.close()
 
 
