@@ -710,3 +710,21 @@ def test_as_the_program_a_late_ctrl_c_cannot_change_the_exit_status(monkeypatch)
         assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
     finally:
         signal.signal(signal.SIGINT, handler)
+
+
+def test_logs_that_cannot_be_closed_never_hide_the_error(tiny_files, tmp_path, monkeypatch, capsys):
+    """TensorBoard re-raises its writer's error on close; that used to replace the training error (and its advice)."""
+
+    def close(self):
+        raise PermissionError(errno.EACCES, "Permission denied", "tb/events.out.tfevents")
+
+    def train(self, gradient_steps, batch_size=64):
+        raise NonFiniteLossError("DiscreteSAC: non-finite value at gradient step 1.")
+
+    monkeypatch.setattr(Logger, "close", close)
+    monkeypatch.setattr(DiscreteSAC, "train", train)
+    args = ["train", "--out", str(tmp_path / "run"), *env_flags(tiny_files), *SMALL_SAC, "--total-decisions", "128"]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "mara train: warning: the training logs in" in err and "could not be closed: [Errno 13]" in err
+    assert err.rstrip().splitlines()[-1].startswith("mara train: error: training stopped at 80 decisions")

@@ -499,7 +499,10 @@ def train_run(
         return 0
     finally:
         if logger is not None:
-            logger.close()  # flushes progress.csv and TensorBoard, whose writer thread ends here
+            try:
+                logger.close()  # flushes progress.csv and TensorBoard, whose writer thread ends here
+            except Exception as error:  # e.g. a folder made read-only: never hide the error being raised
+                warnings.warn(f"the training logs in {out} could not be closed: {describe(error)}", stacklevel=1)
         venv.close()
 
 
