@@ -11,6 +11,7 @@ A run folder (``--out``, default ``runs/mara-default``)::
     progress.csv       one row per log_every decisions: mara/* means, time/*, rollout/*, train/*
     tb/                TensorBoard event files (the same values)
     checkpoint/        the latest checkpoint (model.zip, replay_buffer.npz, state.json), written atomically
+    checkpoint.prev/   the one before, where --resume continues when checkpoint/ is found damaged
     model.zip          the final model (any registered algorithm; agents.algorithms.load_algorithm reads it)
     summary.json       decisions, episodes, wall seconds, decisions/s, the final means
 
@@ -19,6 +20,9 @@ Examples::
     mara train                                         # the default run
     mara train --algo ppo --out runs/ppo --total-decisions 50000
     mara train --out runs/ppo --resume                 # after Ctrl-C or a kill
+
+Nothing a command does destroys finished work: see :func:`train_run` for ``--overwrite`` and
+``_resume`` for damaged checkpoints.
 """
 
 from __future__ import annotations
