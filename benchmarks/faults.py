@@ -67,7 +67,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -258,6 +258,16 @@ def check_finished(out: Path, total: int) -> None:
         raise Lost(f"left over: {leftovers or [out.name + '.overwritten']}")
 
 
+@contextlib.contextmanager
+def judged(trials: list[Trial], trial: Trial) -> Iterator[Trial]:
+    """Add ``trial`` to ``trials``; a :class:`Lost` raised in the block marks it lost, with the reason."""
+    trials.append(trial)
+    try:
+        yield trial
+    except Lost as lost:
+        trial.outcome, trial.note = "lost", str(lost)
+
+
 def snapshot(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
@@ -298,8 +308,7 @@ def kill_trials(sig: signal.Signals, runs: int, kills: int, max_delay: float, rn
         out = base / f"{sig.name.lower()}-{run_index}" / "run"
         out.parent.mkdir(parents=True)
         flags = train_flags(*files, out, total=KILL_TOTAL)
-        trial = Trial(sig.name, f"run {run_index}: {kills} kills at random moments", injected=0)
-        try:
+        with judged(trials, Trial(sig.name, f"run {run_index}: {kills} kills at random moments", injected=0)) as trial:
             moments = []
             for _ in range(kills):
                 # A quarter of the kills while the command starts (imports, loading), the rest while it trains
@@ -320,9 +329,6 @@ def kill_trials(sig: signal.Signals, runs: int, kills: int, max_delay: float, rn
             finish(trial, flags, out, subprocess_run)
             check_finished(out, KILL_TOTAL)
             trial.outcome, trial.note = "recovered", "kills at " + ", ".join(moments)
-        except Lost as lost:
-            trial.note = str(lost)
-        trials.append(trial)
     return trials
 
 
@@ -350,8 +356,7 @@ def damage_trials(finished: Path, files, base: Path, modes: list[str]) -> list[T
     for index, (fault, names, how) in enumerate(cases):
         out = base / f"damage-{index}" / "run"
         shutil.copytree(finished, out)
-        trial = Trial(fault, f"{names[0]} {how}")
-        try:
+        with judged(trials, Trial(fault, f"{names[0]} {how}")) as trial:
             for name in names:
                 damage(out / "checkpoint" / name, how)
             before = snapshot(out)
@@ -366,16 +371,12 @@ def damage_trials(finished: Path, files, base: Path, modes: list[str]) -> list[T
                     raise Lost(f"not recovered with a named warning: {attempt.last_line}")
                 check_finished(out, TOTAL + 2 * CHECKPOINT_EVERY)
                 trial.outcome = "recovered"
-        except Lost as lost:
-            trial.note = str(lost)
-        trials.append(trial)
 
     for index, (name, how) in enumerate([("model.zip", "byte flipped"), ("model.zip", "deleted"),
                                          ("summary.json", "truncated")]):  # fmt: skip
         out = base / f"published-{index}" / "run"
         shutil.copytree(finished, out)
-        trial = Trial("published file damaged", f"{name} {how}")
-        try:
+        with judged(trials, Trial("published file damaged", f"{name} {how}")) as trial:
             damage(out / name, how)
             attempt = record(trial, in_process([*train_flags(*files, out), "--resume"]))
             if (
@@ -385,9 +386,6 @@ def damage_trials(finished: Path, files, base: Path, modes: list[str]) -> list[T
                 raise Lost(f"the published model was not restored: {attempt.last_line}")
             check_finished(out, TOTAL)
             trial.outcome = "recovered"
-        except Lost as lost:
-            trial.note = str(lost)
-        trials.append(trial)
     return trials
 
 
@@ -404,8 +402,7 @@ def read_only_trials(finished: Path, files, base: Path) -> list[Trial]:
     parent = base / "ro-parent"
     parent.mkdir()
     out = parent / "run"
-    trial = Trial("read-only folder", "--out inside a read-only folder")
-    try:
+    with judged(trials, Trial("read-only folder", "--out inside a read-only folder")) as trial:
         _set_writable(parent, False)
         attempt = record(trial, subprocess_run(train_flags(*files, out), no_dac=True))
         if attempt.returncode != 2 or "Permission denied" not in attempt.last_line or out.exists():
@@ -414,15 +411,11 @@ def read_only_trials(finished: Path, files, base: Path) -> list[Trial]:
         finish(trial, train_flags(*files, out), out, subprocess_run)
         check_finished(out, TOTAL)
         trial.outcome = "recovered"
-    except Lost as lost:
-        trial.note = str(lost)
-    trials.append(trial)
 
     # the run folder made read-only while it trains: the next checkpoint cannot be written
     out = base / "ro-midrun" / "run"
     out.parent.mkdir()
-    trial = Trial("read-only folder", "run folder made read-only after its first checkpoint")
-    try:
+    with judged(trials, Trial("read-only folder", "run folder made read-only after its first checkpoint")) as trial:
         attempt = record(
             trial,
             subprocess_run(
@@ -438,16 +431,12 @@ def read_only_trials(finished: Path, files, base: Path) -> list[Trial]:
         finish(trial, train_flags(*files, out), out, subprocess_run)
         check_finished(out, TOTAL)
         trial.outcome = "recovered"
-    except Lost as lost:
-        trial.note = str(lost)
-    trials.append(trial)
 
     # --overwrite of a finished run whose folder's parent is read-only: the old run cannot be moved aside
     parent = base / "ro-overwrite"
     out = parent / "run"
     shutil.copytree(finished, out)
-    trial = Trial("read-only folder", "--overwrite of a run in a read-only folder")
-    try:
+    with judged(trials, Trial("read-only folder", "--overwrite of a run in a read-only folder")) as trial:
         before = snapshot(out)
         parent.chmod(parent.stat().st_mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
         attempt = record(trial, subprocess_run([*train_flags(*files, out), "--overwrite"], no_dac=True))
@@ -457,9 +446,6 @@ def read_only_trials(finished: Path, files, base: Path) -> list[Trial]:
         record(trial, in_process([*train_flags(*files, out), "--overwrite"]))
         check_finished(out, TOTAL)
         trial.outcome = "recovered"
-    except Lost as lost:
-        trial.note = str(lost)
-    trials.append(trial)
     return trials
 
 
@@ -471,8 +457,7 @@ def disk_full_trials(finished: Path, files, base: Path) -> list[Trial]:
         out = base / f"disk-{detail.split()[0]}" / "run"
         if detail == "resumed run":
             shutil.copytree(finished, out)
-        trial = Trial("file-size limit (disk full)", detail)
-        try:
+        with judged(trials, Trial("file-size limit (disk full)", detail)) as trial:
             total = TOTAL if detail == "fresh run" else TOTAL + 2 * CHECKPOINT_EVERY
             flags = train_flags(*files, out, total=total)
             attempt = record(trial, subprocess_run(next_args(flags, out), file_size=limit))
@@ -481,9 +466,6 @@ def disk_full_trials(finished: Path, files, base: Path) -> list[Trial]:
             finish(trial, flags, out)
             check_finished(out, total)
             trial.outcome = "recovered"
-        except Lost as lost:
-            trial.note = str(lost)
-        trials.append(trial)
     return trials
 
 
@@ -494,16 +476,12 @@ def mistyped_trials(finished: Path, files, base: Path) -> list[Trial]:
     ):
         out = base / f"mistyped-{index}" / "run"
         shutil.copytree(finished, out)
-        trial = Trial("mistyped --overwrite", " ".join(bad))
-        try:
+        with judged(trials, Trial("mistyped --overwrite", " ".join(bad))) as trial:
             before = snapshot(out)
             attempt = record(trial, in_process([*train_flags(*files, out), *bad, "--overwrite"]))
             if attempt.returncode != 2 or snapshot(out) != before:
                 raise Lost(f"the finished run changed, or no named refusal: {attempt.last_line}")
             trial.outcome, trial.note = "refused", attempt.last_line
-        except Lost as lost:
-            trial.note = str(lost)
-        trials.append(trial)
     return trials
 
 
