@@ -8,11 +8,8 @@ Agents for MARA and what is built from them.
   way: ``mara_env`` never imports ``agents``).
 """
 
+from importlib import import_module
 from typing import Any
-
-from agents.authors_format import export_authors_actor, import_authors_actor
-from agents.presets import mara_preset
-from agents.sac_discrete import DiscreteSAC, NonFiniteLossError
 
 __all__ = [
     "ARGSGenerator",
@@ -25,16 +22,22 @@ __all__ = [
     "mara_preset",
 ]
 
+#: Where each export lives. Loaded on first use, so that ``import agents`` (and DiscreteSAC on any
+#: environment) never pulls in ``mara_env``, transformers and the LLM machinery, and so that the
+#: ``mara`` command reaches its error boundary (which turns Ctrl-C into one line) before torch loads.
+_EXPORTS = {
+    "ARGSGenerator": "agents.reward_guided",
+    "DiscreteSAC": "agents.sac_discrete",
+    "Generation": "agents.generation",
+    "MARAGenerator": "agents.generation",
+    "NonFiniteLossError": "agents.sac_discrete",
+    "export_authors_actor": "agents.authors_format",
+    "import_authors_actor": "agents.authors_format",
+    "mara_preset": "agents.presets",
+}
+
 
 def __getattr__(name: str) -> Any:
-    # Loaded on first use so that ``import agents`` (and DiscreteSAC on any environment) never pulls in
-    # ``mara_env``, transformers and the LLM machinery.
-    if name in ("Generation", "MARAGenerator"):
-        from agents import generation
-
-        return getattr(generation, name)
-    if name == "ARGSGenerator":
-        from agents import reward_guided
-
-        return reward_guided.ARGSGenerator
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name]), name)
     raise AttributeError(f"module 'agents' has no attribute {name!r}")

@@ -42,6 +42,8 @@ from sb3_contrib import QRDQN
 from stable_baselines3 import A2C, DQN, PPO
 from stable_baselines3.common.base_class import BaseAlgorithm
 
+from agents.authors_format import weights_error
+from agents.hyperparameters import range_problem
 from agents.presets import mara_preset
 from agents.reference_anchor import AnchoredActorCriticPolicy
 from agents.sac_discrete import DiscreteSAC
@@ -230,7 +232,8 @@ def _did_you_mean(key: str, valid: Any) -> str:
 
 
 def check_overrides(name: str, overrides: Mapping[str, Any]) -> None:
-    """Raise ``ValueError`` for a key that is not a hyperparameter of algorithm ``name``.
+    """Raise ``ValueError`` for a key that is not a hyperparameter of algorithm ``name``, or a value of the
+    wrong type or out of its range (:data:`agents.hyperparameters.RANGES`).
 
     :param name: registry name.
     :param overrides: hyperparameter overrides.
@@ -243,7 +246,7 @@ def check_overrides(name: str, overrides: Mapping[str, Any]) -> None:
             raise ValueError(
                 f"{key!r} is not a hyperparameter of {name} ({spec.cls.__name__}).{_did_you_mean(key, valid)}"
             )
-        expected = _expected_type(key, parameters[key].default, value)
+        expected = _expected_type(key, parameters[key].default, value) or range_problem(key, value)
         if expected is not None:
             raise ValueError(f"Hyperparameter {key!r} of {name} must be {expected}, got {value!r}.")
 
@@ -586,7 +589,12 @@ def load_algorithm(
                 ) from exc
     try:
         return get_spec(name).cls.load(zip_path, env=env, device=device, custom_objects=custom_objects)
-    except (KeyError, RuntimeError, zipfile.BadZipFile) as exc:
+    except (pickle.UnpicklingError, EOFError, RuntimeError) as exc:
+        # The .pth entries, read by SB3 with weights_only=True; a torch stream error means a damaged entry
+        if isinstance(exc, RuntimeError) and "PytorchStreamReader" not in str(exc):
+            raise ValueError(f"{zip_path} could not be loaded as a {name} agent: {exc}") from exc
+        raise weights_error(str(zip_path), exc, what="its weights") from exc
+    except (KeyError, zipfile.BadZipFile) as exc:
         raise ValueError(f"{zip_path} could not be loaded as a {name} agent: {exc}") from exc
 
 

@@ -17,12 +17,15 @@ A :class:`~agents.DiscreteSAC` actor built with ``input_layer_norm=True``, a ReL
 layers and a flattened vector observation has exactly these tensors; their action index is the
 output index, so action 1 is "accept" on both sides.
 
-Files are read with ``torch.load(..., weights_only=True)``: a checkpoint from the internet can carry
-tensors only, never code.
+Files are read with ``torch.load(..., weights_only=True)`` (:func:`load_weights`): a checkpoint from
+the internet can carry tensors only, never code.
 """
 
 import os
+import pickle
+import re
 from collections.abc import Mapping
+from typing import Any
 
 import torch as th
 from stable_baselines3.common.torch_layers import FlattenExtractor
@@ -33,6 +36,46 @@ from agents.sac_discrete.sac_discrete import DiscreteSAC
 
 #: Authors' module names, in the order of the corresponding modules of our actor
 AUTHORS_MODULES = ("ln", "linear1", "linear2", "output_linear")
+
+
+class UnsafeFileError(ValueError, pickle.UnpicklingError):
+    """A file holds pickled objects other than tensors and plain data: loading them could run code."""
+
+
+def weights_error(source: str, error: BaseException, what: str = "it") -> ValueError:
+    """The error to raise when ``torch.load(weights_only=True)`` of ``source`` failed with ``error``.
+
+    :param source: the file, as shown to the user.
+    :param error: what ``torch.load`` raised.
+    :param what: the part of ``source`` that was being read (``"its weights"`` for an entry of a zip).
+    :return: an :class:`UnsafeFileError` for a refused object, else a ``ValueError`` saying the file is damaged.
+    """
+    text = str(error)
+    if isinstance(error, pickle.UnpicklingError) and "Weights only load failed" in text:
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+        held = f"a reference to {found.group(1)}" if found else "objects other than tensors"
+        hold = "holds" if what == "it" else "hold"
+        return UnsafeFileError(
+            f"refusing to load {source}: {what} {hold} {held}, not only tensors and plain data, and loading it could "
+            "run code. Use only agent files from sources you trust."
+        )
+    first = text.strip().splitlines()[0] if text.strip() else type(error).__name__
+    if what == "it":
+        return ValueError(f"{source} is damaged or not a PyTorch file ({first}).")
+    return ValueError(f"{source} is damaged: {what} cannot be read ({first}).")
+
+
+def load_weights(path: str | os.PathLike) -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU, with errors that name the file and the problem.
+
+    :raises FileNotFoundError: no such file.
+    :raises UnsafeFileError: the file holds objects other than tensors and plain data.
+    :raises ValueError: the file is damaged or not a PyTorch file.
+    """
+    try:
+        return th.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as error:
+        raise weights_error(os.fspath(path), error) from error
 
 
 def _authors_modules(actor: DiscreteActor) -> dict[str, nn.Module]:
@@ -113,7 +156,7 @@ def import_authors_actor(
         state_dict = dict(source)
         origin = "the given state dict"
     else:
-        loaded = th.load(source, map_location="cpu", weights_only=True)
+        loaded = load_weights(source)
         origin = f"'{os.fspath(source)}'"
         if not isinstance(loaded, Mapping):
             raise ValueError(f"{origin} holds a {type(loaded).__name__}, not a state dict of tensors.")

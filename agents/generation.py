@@ -51,7 +51,7 @@ from stable_baselines3.common.torch_layers import FlattenExtractor
 from tqdm.auto import tqdm
 from transformers import LogitsProcessor, LogitsProcessorList
 
-from agents.authors_format import import_authors_actor
+from agents.authors_format import import_authors_actor, load_weights
 from agents.sac_discrete.policies import DiscreteActor
 from mara_env.candidates import CandidateConfig, candidate_sets
 from mara_env.config import AUTO_CHUNK_SIZE
@@ -175,7 +175,7 @@ def load_authors_actor(path: str | os.PathLike) -> DiscreteActor:
 
     The layer sizes are read from the file; it is loaded with ``weights_only=True``.
     """
-    state = th.load(path, map_location="cpu", weights_only=True)
+    state = load_weights(path)
     needed = ("ln.weight", "linear1.weight", "linear2.weight", "output_linear.weight")
     if not isinstance(state, dict) or not all(isinstance(state.get(k), th.Tensor) for k in needed):
         raise ValueError(

@@ -41,7 +41,7 @@ import yaml
 
 from agents.algorithms import ALGORITHMS, check_overrides, resolve_kwargs
 from mara_env import VERSIONS
-from mara_env.config import MARAConfig
+from mara_env.config import MARAConfig, type_problem
 
 #: The default run ("main job"): what ``mara train`` does with no options. The embedded
 #: SmolLM2-135M-Instruct (``llm=None``), the default prompt set's train part, sentiment reward,
@@ -97,7 +97,7 @@ class TrainSettings:
     def __post_init__(self) -> None:
         for name in ("total_decisions", "num_envs", "checkpoint_every", "log_every"):
             value = getattr(self, name)
-            if _type_problem("int", value) is None and value < 1:
+            if type_problem("int", value) is None and value < 1:
                 raise ValueError(f"train.{name} must be an integer >= 1, got {value!r}.")
 
 
@@ -136,27 +136,6 @@ def parse_value(text: str) -> Any:
         return yaml.load(text, Loader=_Loader)  # a SafeLoader subclass: no arbitrary objects
     except yaml.YAMLError:
         return text  # e.g. a path with characters YAML reads specially
-
-
-def _type_problem(annotation: str, value: Any) -> str | None:
-    """What ``value`` should have been for a field annotated ``annotation``; ``None`` if it fits."""
-    allowed = {part.strip() for part in annotation.split("|")}
-    if "Any" in allowed:
-        return None
-    checks = {
-        "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
-        "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
-        "bool": lambda v: isinstance(v, bool),
-        "str": lambda v: isinstance(v, str),
-        "None": lambda v: v is None,
-    }
-    if any(checks[name](value) for name in allowed if name in checks):
-        return None
-    words = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string", "None": "none"}
-    order = list(words)
-    return " or ".join(
-        words.get(name, name) for name in sorted(allowed, key=lambda n: order.index(n) if n in order else 9)
-    )
 
 
 _TRAIN_TYPES = {f.name: str(f.type) for f in fields(TrainSettings)}
@@ -247,7 +226,7 @@ class RunConfig:
         for key, value in layer.items():
             if key not in _ENV_TYPES:
                 raise _unknown(key, "env", [ENV_ID, *_ENV_TYPES], source)
-            expected = _type_problem(_ENV_TYPES[key], value)
+            expected = type_problem(_ENV_TYPES[key], value)
             if expected is not None:
                 raise _wrong_type(key, "env", expected, value, source)
             env[key] = value
@@ -278,7 +257,7 @@ class RunConfig:
         for key, value in sections.get("train", {}).items():
             if key not in _TRAIN_TYPES:
                 raise _unknown(key, "train", list(_TRAIN_TYPES), source)
-            expected = _type_problem(_TRAIN_TYPES[key], value)
+            expected = type_problem(_TRAIN_TYPES[key], value)
             if expected is not None:
                 raise _wrong_type(key, "train", expected, value, source)
             train[key] = value

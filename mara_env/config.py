@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import numbers
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -16,7 +17,10 @@ import numpy as np
 import torch
 
 from mara_env.candidates import CandidateConfig
+from mara_env.decoder import DecoderConfig
+from mara_env.llm import check_devices, check_dtype
 from mara_env.observation import ObservationLayout
+from mara_env.prompts import check_test_fraction
 
 #: Values of the ``reward_shaping`` setting.
 REWARD_SHAPINGS = ("none", "potential")
@@ -27,6 +31,31 @@ REWARD_SHAPINGS = ("none", "potential")
 #: 65 decisions/s at C=1, 48 at C=2, 46 at C=4). Accelerators have spare width, so a larger chunk
 #: costs almost nothing and saves forwards after rejections (not yet measured on a GPU).
 AUTO_CHUNK_SIZE = {"cpu": 1, "cuda": 8, "mps": 4, "xpu": 8}
+
+
+def type_problem(annotation: str, value: Any) -> str | None:
+    """What ``value`` should have been for a field annotated ``annotation``; ``None`` if it fits.
+
+    :param annotation: the annotation as text, e.g. ``"int"`` or ``"str | None"`` (``Any`` fits everything).
+    :param value: the given value; NumPy scalars count as numbers, ``True``/``False`` never do.
+    """
+    allowed = {part.strip() for part in annotation.split("|")}
+    if "Any" in allowed:
+        return None
+    checks = {
+        "int": lambda v: isinstance(v, numbers.Integral) and not isinstance(v, (bool, np.bool_)),
+        "float": lambda v: isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_)),
+        "bool": lambda v: isinstance(v, (bool, np.bool_)),
+        "str": lambda v: isinstance(v, str),
+        "None": lambda v: v is None,
+    }
+    if any(checks[name](value) for name in allowed if name in checks):
+        return None
+    words = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string", "None": "none"}
+    order = list(words)
+    return " or ".join(
+        words.get(name, name) for name in sorted(allowed, key=lambda n: order.index(n) if n in order else 9)
+    )
 
 
 @dataclass
@@ -123,7 +152,20 @@ class MARAConfig:
     info_response: bool = False
 
     def __post_init__(self) -> None:
+        # Every setting is checked here, where it is given, rather than where it is first used
+        for f in fields(self):
+            value = getattr(self, f.name)
+            expected = type_problem(str(f.type), value)
+            if expected is not None:
+                raise ValueError(f"{f.name} must be {expected}, got {value!r} ({type(value).__name__}).")
         self.candidates = CandidateConfig(top_k=self.top_k, top_p=self.top_p, temperature=self.temperature)
+        DecoderConfig(candidates=self.candidates, max_new_tokens=self.max_new_tokens)  # validates max_new_tokens
+        check_devices(self.devices)
+        check_dtype(self.dtype)
+        check_test_fraction(self.test_fraction)
+        for name in ("alpha_r", "alpha_c"):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"{name} must be a finite number, got {getattr(self, name)!r}.")
         if not (isinstance(self.kl_coef, (int, float)) and math.isfinite(self.kl_coef) and self.kl_coef >= 0):
             raise ValueError(f"kl_coef must be a finite number >= 0, got {self.kl_coef!r} (paper: 0.1).")
         if self.prompt_overflow not in ("truncate", "error"):

@@ -8,6 +8,7 @@ environment is this machinery with one row).
 
 from __future__ import annotations
 
+import difflib
 import warnings
 from collections.abc import Sequence
 from typing import Any, NamedTuple
@@ -24,6 +25,9 @@ from mara_env.scoring import TerminalReward
 
 #: Consecutive episodes that end without a single decision before reset gives up.
 MAX_DECISION_FREE_EPISODES = 100
+
+#: The keys ``reset(options=...)`` understands.
+RESET_OPTIONS = ("prompt", "prompt_index")
 
 
 class Decisions(NamedTuple):
@@ -115,6 +119,7 @@ class MARACore:
         the agent nothing to decide; it is dropped and a new prompt drawn.
         """
         options = options or {}
+        _check_options(options)
         skipped = dict.fromkeys(rows, 0)
         todo = list(rows)
         while todo:
@@ -263,3 +268,14 @@ class MARACore:
                     )
             self._token_cache[text] = (ids, truncated)
         return self._token_cache[text][0]
+
+
+def _check_options(options: dict[str, Any]) -> None:
+    """A misspelt option would silently give a random prompt; refuse it, and a contradictory pair."""
+    for key in options:
+        if key not in RESET_OPTIONS:
+            close = difflib.get_close_matches(str(key), RESET_OPTIONS, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ValueError(f"reset: unknown reset option {key!r}.{hint} Options: {', '.join(RESET_OPTIONS)}.")
+    if "prompt" in options and "prompt_index" in options:
+        raise ValueError("reset options: give either 'prompt' or 'prompt_index', not both.")

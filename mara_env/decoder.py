@@ -202,8 +202,30 @@ class AcceptRejectDecoder:
         out = np.empty((len(rows), self.replicas[0].hidden_size), dtype=dtype)
         for items in by_device.values():
             host = torch.stack([h for _, h in items]).to("cpu", torch.float32).numpy()
-            out[[i for i, _ in items]] = host
+            with np.errstate(over="ignore"):  # an overflow is reported below, by name
+                out[[i for i, _ in items]] = host
+        # Checked here, before any network sees them: a NaN or inf would surface much later as a
+        # non-finite loss that points at the agent
+        if not np.isfinite(out).all():
+            self._raise_non_finite(rows, out, dtype)
         return out
+
+    def _raise_non_finite(self, rows: Sequence[int], out: np.ndarray, dtype: np.dtype) -> None:
+        i = int(np.flatnonzero(~np.isfinite(out).all(axis=1))[0])
+        st = self.rows[rows[i]]
+        hidden = st.chunk_hidden[st.index - st.chunk_start].to("cpu", torch.float32).numpy()
+        if np.isfinite(hidden).all():
+            limit = np.finfo(dtype).max
+            raise ValueError(
+                f"hidden states reach {np.abs(hidden).max():.4g}, beyond {np.dtype(dtype).name}'s largest value "
+                f"{limit:.0f}, so obs_dtype={np.dtype(dtype).name!r} would turn them into inf: use "
+                "obs_dtype='float32'."
+            )
+        raise ValueError(
+            f"the LLM returned non-finite hidden states (NaN or inf) for the prompt {st.prompt[:60]!r} at response "
+            f"position {len(st.response)}. Load the LLM in another precision (dtype='float32' or 'bfloat16'); "
+            "float16 overflows in many models."
+        )
 
     def close(self) -> None:
         if self._pool is not None:

@@ -119,22 +119,46 @@ def default_dtype(device: torch.device) -> torch.dtype:
     return torch.float32
 
 
+#: Names accepted for the LLM's ``dtype`` (besides ``"auto"``, ``None`` and a ``torch.dtype``).
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
+
+
+def check_dtype(dtype: Any) -> None:
+    """Raise ``ValueError`` unless ``dtype`` is ``None``, ``"auto"``, a ``torch.dtype`` or a name in :data:`DTYPES`."""
+    if not (dtype is None or isinstance(dtype, torch.dtype) or dtype == "auto" or dtype in DTYPES):
+        raise ValueError(f"dtype: {dtype!r} is not one of {sorted(DTYPES)} or 'auto'.")
+
+
 def _parse_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    check_dtype(dtype)
     if dtype is None or dtype == "auto":
         return default_dtype(device)
     if isinstance(dtype, torch.dtype):
         return dtype
-    names = {
-        "float32": torch.float32,
-        "fp32": torch.float32,
-        "bfloat16": torch.bfloat16,
-        "bf16": torch.bfloat16,
-        "float16": torch.float16,
-        "fp16": torch.float16,
-    }
-    if dtype not in names:
-        raise ValueError(f"dtype: {dtype!r} is not one of {sorted(names)} or 'auto'.")
-    return names[dtype]
+    return DTYPES[dtype]
+
+
+def check_devices(devices: Any) -> None:
+    """Raise ``ValueError`` unless ``devices`` is ``None``, one device or a non-empty list of devices.
+
+    Only the form is checked here; :func:`resolve_device` checks that each device exists.
+    """
+    one = (str, torch.device)
+    if devices is None or isinstance(devices, one):
+        return
+    if isinstance(devices, (list, tuple)) and devices and all(isinstance(d, one) for d in devices):
+        return
+    raise ValueError(
+        "devices must be None (the model's own device, else CUDA if present, else CPU), a device name, or a "
+        f"non-empty list of device names such as ['cuda:0', 'cuda:1']; got {devices!r}."
+    )
 
 
 # --------------------------------------------------------------------------------------------- loading
@@ -259,6 +283,7 @@ def _prepare(model: Any, tokenizer: Any, name: str) -> LLMReplica:
         )
     if tokenizer is None:
         raise ValueError("llm: a live model was passed without its tokenizer; pass llm=(model, tokenizer).")
+    _check_vocabulary(model, tokenizer, name)
     model.eval()
     model.requires_grad_(False)
     attn = getattr(model.config, "_attn_implementation", None)
@@ -275,6 +300,26 @@ def _prepare(model: Any, tokenizer: Any, name: str) -> LLMReplica:
     replica = LLMReplica(model=model, tokenizer=tokenizer, name=name)
     replica.eos_token_ids  # noqa: B018 -- validate early: an LLM without EOS cannot end episodes
     return replica
+
+
+def _check_vocabulary(model: Any, tokenizer: Any, name: str) -> None:
+    """Every id the tokenizer can produce must have a row in the model's input embedding.
+
+    An id past the last row fails deep inside torch (``IndexError: index out of range``), and only
+    when a prompt contains that token, e.g. a chat template's role name.
+    """
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    vocab = tokenizer.get_vocab() if hasattr(tokenizer, "get_vocab") else None
+    if embeddings is None or not vocab:
+        return
+    rows = int(embeddings.weight.shape[0])
+    largest = max(vocab.values())
+    if largest >= rows:
+        raise ValueError(
+            f"llm {name!r}: its tokenizer has token ids up to {largest}, but the model's embedding has {rows} rows "
+            f"(ids 0..{rows - 1}), so the tokenizer does not belong to this model. Load the tokenizer saved with "
+            "the model (the same folder or hub id)."
+        )
 
 
 def load_replicas(
@@ -302,6 +347,7 @@ def load_replicas(
     :param trust_remote_code: passed to ``from_pretrained``; off unless you trust the model's repository.
     :return: the replicas, in device order.
     """
+    check_devices(devices)
     if isinstance(llm, LLMReplica):
         llm = [llm]
     if isinstance(llm, list) and llm and all(isinstance(r, LLMReplica) for r in llm):

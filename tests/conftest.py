@@ -11,14 +11,16 @@ import torch
 # Tests never reach a model hub; fail fast instead of retrying.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+# Each word once: a repeated word leaves a hole in the ids and pushes the last id past the model's vocabulary.
+# "system" takes the slot of a duplicate "is" that was here, so every other word keeps the id tests rely on.
 WORDS = (
-    "the a an and or but if then so of to in on at for with by from is are was be it this that i you "
+    "the a an and or but if then so of to in on at for with by from system are was be it this that i you "
     "he she we they me my your our their what how why when where who which can could would should "
     "will do does did not no yes please help write tell explain make give list story poem code "
     "recipe water fire cat dog house tree sun moon star city river book music good bad happy sad "
     "kind safe danger harm weapon money time day night year people world one two three four five "
     "first last new old big small hot cold fast slow red blue green sure sorry cannot here is some "
-    "steps idea plan answer question simple short long user assistant system"
+    "steps idea plan answer question simple short long user assistant"
 ).split()
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }} {{ m['content'] }}<|im_end|> {% endfor %}"

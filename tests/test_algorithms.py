@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import io
 import json
 import pickle
 import zipfile
@@ -121,6 +122,29 @@ def test_unknown_hyperparameter_and_algorithm_are_named(venv):
         make_algorithm("sac-discrete", venv, target_entropy=5.0)
 
 
+@pytest.mark.parametrize(
+    ("algo", "name", "value", "match"),
+    [
+        ("sac-discrete", "batch_size", 0, r"'batch_size' of sac-discrete must be an integer >= 1 .*, got 0"),
+        ("sac-discrete", "buffer_size", 0, r"'buffer_size' .* an integer >= 1"),
+        ("sac-discrete", "tau", 1.5, r"'tau' .* a number in \[0, 1\]"),
+        ("sac-discrete", "gradient_steps", 0, r"'gradient_steps' .* an integer >= 1, or -1"),
+        ("sac-discrete", "train_freq", [0, "step"], r"'train_freq' .* frequency >= 1"),
+        ("sac-discrete", "learning_starts", -5, r"'learning_starts' .* an integer >= 0"),
+        ("dqn", "gamma", 1.5, r"'gamma' of dqn must be a number in \[0, 1\], got 1.5"),
+        ("dqn", "exploration_final_eps", -0.1, r"'exploration_final_eps' .* in \[0, 1\]"),
+        ("dqn", "target_update_interval", 0, r"'target_update_interval' .* an integer >= 1"),
+        ("ppo", "learning_rate", 0.0, r"'learning_rate' of ppo must be a finite number > 0 or a schedule"),
+        ("ppo", "n_epochs", 0, r"'n_epochs' .* an integer >= 1"),
+        ("a2c", "vf_coef", float("nan"), r"'vf_coef' .* a finite number >= 0, got nan"),
+    ],
+)
+def test_hyperparameters_out_of_range_are_named(algo, name, value, match):
+    """Caught where given, not as a 'non-finite loss' (batch_size 0) or a silent no-op later."""
+    with pytest.raises(ValueError, match=r"Hyperparameter " + match):
+        resolve_kwargs(algo, **{name: value})
+
+
 def test_load_algorithm_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="No saved agent"):
         load_algorithm(tmp_path / "missing.zip")
@@ -165,3 +189,24 @@ def test_load_algorithm_refuses_pickled_code(venv, tmp_path):
         load_algorithm(tmp_path / "evil.zip")
     assert not marker.exists()
     assert isinstance(load_algorithm(tmp_path / "agent.zip"), DiscreteSAC)  # the untouched file loads
+
+    # The weights (.pth entries) are pickles too: code there is refused by name, damage is named as such
+    with zipfile.ZipFile(tmp_path / "agent.zip") as archive:
+        entries = {name: archive.read(name) for name in archive.namelist()}
+    for name, content, match in [
+        ("evil_weights", _torch_bytes({"w": _Payload(str(marker))}), r"refusing to load .*its weights hold a "
+         r"reference to getattr.*could run code"),
+        ("damaged_weights", entries["policy.pth"][:100], r"evil_damaged_weights\.zip is damaged: its weights .*"),
+    ]:  # fmt: skip
+        with zipfile.ZipFile(tmp_path / f"evil_{name}.zip", "w") as archive:
+            for entry, value in entries.items():
+                archive.writestr(entry, content if entry == "policy.pth" else value)
+        with pytest.raises(ValueError, match=match):
+            load_algorithm(tmp_path / f"evil_{name}.zip")
+    assert not marker.exists()
+
+
+def _torch_bytes(obj) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()

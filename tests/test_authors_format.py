@@ -160,8 +160,15 @@ class _Payload:
 def test_files_are_loaded_with_weights_only(tmp_path):
     path = tmp_path / "untrusted.pt"
     th.save({"ln.weight": _Payload()}, path)
-    with pytest.raises(pickle.UnpicklingError):
+    with pytest.raises(pickle.UnpicklingError, match=r"refusing to load .*untrusted\.pt.*_Payload.*could run code"):
         import_authors_actor(mara_model(), path)
+    with pytest.raises(ValueError, match=r"refusing to load"):  # also a ValueError, a bad input for the CLI
+        import_authors_actor(mara_model(), path)
+    damaged = tmp_path / "damaged.pt"
+    th.save(export_authors_actor(mara_model()), damaged)
+    damaged.write_bytes(damaged.read_bytes()[:200])
+    with pytest.raises(ValueError, match=r"damaged\.pt is damaged or not a PyTorch file"):
+        import_authors_actor(mara_model(), damaged)
 
 
 def test_model_not_in_the_authors_shape_is_refused():

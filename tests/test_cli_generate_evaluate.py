@@ -44,7 +44,13 @@ def test_evaluate_writes_the_report_and_refuses_to_overwrite_it(tiny_run, capsys
     assert main(args) == 2
     assert "--overwrite" in capsys.readouterr().err
     assert (run / "eval-a" / "report.json").is_file(), "a refused run leaves the old report alone"
+    # An --overwrite that cannot run leaves the old report too: it is replaced only by a finished one
+    before = (run / "eval-a" / "report.json").read_bytes()
+    assert main([*args, "--overwrite", "--prompts", str(run / "typo.txt")]) == 2
+    assert "no such file" in capsys.readouterr().err
+    assert (run / "eval-a" / "report.json").read_bytes() == before
     assert main([*args, "--overwrite"]) == 0
+    assert sorted(p.name for p in run.iterdir() if p.name.startswith("eval-a")) == ["eval-a"], "no staging left"
 
 
 @pytest.mark.parametrize(

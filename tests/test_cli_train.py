@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import errno
 import json
 import os
 import shutil
@@ -21,8 +22,9 @@ from conftest import save_tiny_files
 from stable_baselines3.common.logger import KVWriter, Logger
 from stable_baselines3.common.vec_env import VecMonitor
 
+import agents.callbacks as callbacks
 import agents.cli.train as train_cli
-from agents import DiscreteSAC
+from agents import DiscreteSAC, NonFiniteLossError
 from agents.algorithms import load_algorithm, make_algorithm
 from agents.callbacks import (
     EPISODE_METRICS,
@@ -30,8 +32,9 @@ from agents.callbacks import (
     MARALoggingCallback,
     read_checkpoint_state,
     recover_checkpoint,
+    verify_checkpoint,
 )
-from agents.cli import main
+from agents.cli import describe, main
 from agents.run_config import DEFAULT_RUN, RunConfig
 from mara_env.sb3 import SB3VecEnv
 
@@ -140,6 +143,8 @@ def test_existing_folder_is_refused(tiny_files, tmp_path, capsys):
         ("c.yaml", "agent:\n  algo: sac\n", r"agent.algo 'sac' is not a known algorithm. Did you mean 'sac-discrete'"),
         ("c.json", "{}", r"must end in .toml, .yaml or .yml"),
         ("c.toml", "[env\n", r"not valid TOML"),
+        ("c.yaml", "agent:\n  batch_size: 0\n", r"'batch_size' of sac-discrete must be an integer >= 1"),
+        ("c.yaml", "env:\n  devices: []\n", r"\[env\] devices must be None .* non-empty list"),
     ],
 )
 def test_config_file_errors(name, text, message, tmp_path, capsys):
@@ -238,18 +243,26 @@ def _fake_checkpoint(folder: Path, timesteps: int, complete: bool = True) -> Non
 
 
 def test_recover_checkpoint_after_a_kill_at_each_point_of_the_swap(tmp_path):
-    def state(run: Path) -> int | None:
+    def state(run: Path) -> tuple[int | None, int | None]:
         found = recover_checkpoint(run)
-        leftovers = sorted(p.name for p in run.iterdir() if p.name != "checkpoint")
+        leftovers = sorted(p.name for p in run.iterdir() if p.name not in ("checkpoint", "checkpoint.prev"))
         assert leftovers == [], leftovers
-        return None if found is None else read_checkpoint_state(found)["num_timesteps"]
+        prev = run / "checkpoint.prev"
+        return (
+            None if found is None else read_checkpoint_state(found)["num_timesteps"],
+            read_checkpoint_state(prev)["num_timesteps"] if prev.exists() else None,
+        )
 
+    # (folders left by the kill) -> (the checkpoint, the previous one kept as a fallback)
+    final, tmp, old, prev = "checkpoint", "checkpoint.tmp", "checkpoint.old", "checkpoint.prev"
     cases = {
-        "writing the first": ([("checkpoint.tmp", 1, False)], None),
-        "writing a later one": ([("checkpoint", 1, True), ("checkpoint.tmp", 2, False)], 1),
-        "between the renames": ([("checkpoint.old", 1, True), ("checkpoint.tmp", 2, True)], 2),
-        "before deleting the old": ([("checkpoint", 2, True), ("checkpoint.old", 1, True)], 2),
-        "old only, tmp unfinished": ([("checkpoint.old", 1, True), ("checkpoint.tmp", 2, False)], 1),
+        "writing the first": ([(tmp, 1, False)], (None, None)),
+        "writing a later one": ([(final, 1, True), (tmp, 2, False)], (1, None)),
+        "between the renames": ([(old, 1, True), (tmp, 2, True)], (2, 1)),
+        "before keeping the old": ([(final, 2, True), (old, 1, True)], (2, 1)),
+        "old only, tmp unfinished": ([(old, 1, True), (tmp, 2, False)], (1, None)),
+        "writing with a previous": ([(final, 2, True), (prev, 1, True), (tmp, 3, False)], (2, 1)),
+        "old beside an older previous": ([(final, 3, True), (old, 2, True), (prev, 1, True)], (3, 2)),
     }
     for name, (folders, expected) in cases.items():
         run = tmp_path / name.replace(" ", "_").replace(",", "")
@@ -370,3 +383,348 @@ def test_ctrl_c_keeps_the_checkpoint_and_says_how_to_resume(tiny_files, tmp_path
     assert f"Continue with: mara train --out {out} --resume" in log and "Traceback" not in log
     assert recover_checkpoint(out) is not None
     assert isinstance(load_algorithm(out / "checkpoint" / "model.zip"), DiscreteSAC)
+
+
+# ------------------------------------------------------------------------------------------ reliability
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder``, by relative path: two equal snapshots mean nothing was changed."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def one_line_error(err: str) -> str:
+    """The error line of ``err``, checking that it is the only line and carries no traceback."""
+    # transformers draws a progress bar while it loads weights: not part of the error
+    lines = [line for line in err.splitlines() if line.strip() and not line.startswith("Loading weights")]
+    assert len(lines) == 1 and lines[0].startswith("mara train: error: ") and "Traceback" not in err, err
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tiny_files, tmp_path_factory) -> tuple[Path, list[str]]:
+    """A finished run of 192 decisions with checkpoints at 80, 160 and 192 (so checkpoint.prev/ is at 160)."""
+    out = tmp_path_factory.mktemp("finished") / "run"
+    args = ["--out", str(out), *env_flags(tiny_files), *SMALL_SAC, "--total-decisions", "192"]
+    assert main(["train", *args, "--checkpoint-every", "80", "--log-every", "64"]) == 0
+    return out, args
+
+
+@pytest.fixture
+def run_copy(finished_run, tmp_path) -> tuple[Path, list[str]]:
+    """A copy of :func:`finished_run` to damage, and the flags of ``mara train`` for it."""
+    source, args = finished_run
+    out = tmp_path / "run"
+    shutil.copytree(source, out)
+    return out, [str(out) if arg == str(source) else arg for arg in args]
+
+
+def test_overwrite_that_cannot_start_leaves_the_run_intact(run_copy, tmp_path, capsys):
+    out, args = run_copy
+    before = snapshot(out)
+    for bad in (["--prompts", str(tmp_path / "typo.txt")], ["--devices", "cuda:3"], ["--batch-size", "0"]):
+        assert main(["train", *args, *bad, "--overwrite"]) == 2, bad
+        one_line_error(capsys.readouterr().err)
+        assert snapshot(out) == before, f"--overwrite {bad} changed the run"
+    assert not (tmp_path / "run.overwritten").exists()
+
+
+def test_overwrite_replaces_the_run_only_after_the_new_runs_first_checkpoint(run_copy, tmp_path, monkeypatch, capsys):
+    out, args = run_copy
+    before = snapshot(out)
+    aside = tmp_path / "run.overwritten"
+
+    def stop(exc: BaseException):
+        def on_rollout_end(self):
+            assert aside.is_dir() and not (out / "model.zip").exists(), "the old run waits aside, the new one runs"
+            raise exc
+
+        monkeypatch.setattr(train_cli.RunCheckpointCallback, "_on_rollout_end", on_rollout_end)
+
+    stop(KeyboardInterrupt())
+    assert main(["train", *args, "--overwrite", "--top-k", "6"]) == 130
+    assert "the run that --overwrite replaced is back in" in capsys.readouterr().err
+    assert snapshot(out) == before and not aside.exists()
+
+    stop(RuntimeError("boom"))
+    assert main(["train", *args, "--overwrite", "--top-k", "6"]) == 1
+    line = one_line_error(capsys.readouterr().err)
+    assert "training stopped at" in line and "RuntimeError: boom" in line and "is back in" in line
+    assert snapshot(out) == before and not aside.exists()
+    monkeypatch.undo()
+
+    # A SIGKILL before the first checkpoint leaves the old run aside: the next command puts it back
+    os.replace(out, aside)
+    out.mkdir()
+    (out / "config.yaml").write_bytes(before["config.yaml"])
+    assert main(["train", *args, "--resume"]) == 0
+    captured = capsys.readouterr()
+    assert "the run it replaced is back in" in captured.err and "already finished" in captured.out
+    assert snapshot(out) == before and not aside.exists()
+
+    assert main(["train", *args, "--overwrite", "--top-k", "6"]) == 0
+    assert RunConfig.from_file(out / "config.yaml").env["top_k"] == 6 and not aside.exists()
+
+
+def test_damaged_checkpoint_of_a_finished_run_is_named_and_nothing_is_lost(run_copy, capsys):
+    out, args = run_copy
+    model = (out / "model.zip").read_bytes()
+    (out / "checkpoint" / "state.json").write_text("{garbage")
+    # Finished: said so, whatever the checkpoints hold (the old advice was --overwrite, deleting the model)
+    assert main(["train", *args, "--resume"]) == 0
+    assert "already finished" in capsys.readouterr().out and (out / "model.zip").read_bytes() == model
+    # Training further falls back to the checkpoint before the damaged one, and keeps the damaged copy
+    assert main(["train", *args, "--resume", "--total-decisions", "256"]) == 0
+    err = capsys.readouterr().err
+    assert "checkpoint/state.json is damaged" in err and "continuing from the checkpoint before it (160" in err
+    assert (out / "checkpoint.damaged" / "state.json").read_text() == "{garbage"
+    assert load_algorithm(out / "model.zip").num_timesteps == 256
+
+
+def test_no_intact_checkpoint_is_refused_without_destructive_advice(run_copy, capsys):
+    out, args = run_copy
+    (out / "checkpoint" / "state.json").write_text("{garbage")
+    prev_model = out / "checkpoint.prev" / "model.zip"
+    prev_model.write_bytes(prev_model.read_bytes()[:1000])
+    before = snapshot(out)
+    assert main(["train", *args, "--resume", "--total-decisions", "256"]) == 2
+    line = one_line_error(capsys.readouterr().err)
+    assert "checkpoint/state.json is damaged" in line and "checkpoint.prev/model.zip is damaged (1000 bytes" in line
+    assert "--overwrite" not in line and "nothing was changed" in line and "model.zip is not affected" in line
+    assert snapshot(out) == before
+
+
+@pytest.mark.parametrize("name", ["model.zip", "replay_buffer.npz"])
+def test_a_checkpoint_file_changed_after_writing_is_caught_by_its_digest(run_copy, name, capsys):
+    out, args = run_copy
+    path = out / "checkpoint" / name
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # same size: only the SHA-256 tells
+    path.write_bytes(bytes(data))
+    assert verify_checkpoint(out / "checkpoint") == f"{path} is damaged (its contents changed after it was written: " \
+        "the SHA-256 differs)"  # fmt: skip
+    state = out / "checkpoint" / "state.json"
+    edited = state.read_text().replace('"episodes": ', '"episodes": 1')  # valid JSON, wrong value
+    (out / "edited").mkdir()
+    shutil.copy(out / "checkpoint" / "model.zip", out / "edited")
+    (out / "edited" / "state.json").write_text(edited)
+    assert "state.json is damaged (its values changed after it was written" in verify_checkpoint(out / "edited")
+    shutil.rmtree(out / "edited")
+    assert main(["train", *args, "--resume", "--total-decisions", "256"]) == 0
+    assert f"checkpoint/{name} is damaged" in capsys.readouterr().err
+    assert load_algorithm(out / "model.zip").num_timesteps == 256
+
+
+def test_damaged_files_of_a_checkpoint_without_digests_are_named(run_copy, capsys):
+    """Checkpoints of earlier versions record no digests; a damaged buffer is still named, not a traceback."""
+    out, args = run_copy
+    for folder in ("checkpoint", "checkpoint.prev"):
+        state = json.loads((out / folder / "state.json").read_text())
+        del state["files"], state["state_sha256"]
+        (out / folder / "state.json").write_text(json.dumps(state))
+        (out / folder / "replay_buffer.npz").write_bytes(b"PK\x03\x04 not a zip")
+    assert main(["train", *args, "--resume", "--total-decisions", "256"]) == 2
+    assert "checkpoint/replay_buffer.npz is damaged: it is not a readable .npz file" in one_line_error(
+        capsys.readouterr().err
+    )
+
+
+def test_a_first_start_that_fails_leaves_nothing_behind(tiny_files, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["train", "--out", str(out), *env_flags(tiny_files), "--total-decisions", "64"]
+    assert main([*args, "--devices", "cuda:3"]) == 2
+    assert "'cuda:3' does not exist" in one_line_error(capsys.readouterr().err)
+    assert not out.exists(), "the corrected command must not need --overwrite"
+    assert main(args) == 0
+
+
+def test_ctrl_c_before_the_first_checkpoint_then_resume_starts_over(tiny_files, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+    args = ["--out", str(out), *env_flags(tiny_files), *SMALL_SAC, "--total-decisions", "128"]
+
+    def interrupt(self):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_cli.RunCheckpointCallback, "_on_rollout_end", interrupt)
+    assert main(["train", *args]) == 130
+    assert f"No checkpoint was written yet (the first is due at 5000 decisions); start it again with: mara train " \
+        f"--out {out} --resume" in capsys.readouterr().err  # fmt: skip
+    monkeypatch.undo()
+    assert main(["train", *args]) == 2
+    assert "stopped before its first checkpoint" in one_line_error(capsys.readouterr().err)
+    assert main(["train", *args, "--resume"]) == 0  # the advice works
+    assert "starting it again from decision 0" in capsys.readouterr().err
+    assert load_algorithm(out / "model.zip").num_timesteps == 128
+
+
+def test_a_resume_that_fails_leaves_config_yaml_alone(run_copy, monkeypatch, capsys):
+    out, args = run_copy
+    config = (out / "config.yaml").read_bytes()
+
+    def make_vec(*a, **k):
+        raise ValueError("llm: the folder is gone")
+
+    monkeypatch.setattr(gym, "make_vec", make_vec)
+    assert main(["train", *args, "--resume", "--total-decisions", "256"]) == 2
+    assert "llm: the folder is gone" in one_line_error(capsys.readouterr().err)
+    assert (out / "config.yaml").read_bytes() == config, "--total-decisions is recorded only once the run resumes"
+
+
+def test_a_failure_while_training_is_one_line_with_exit_status_1(tiny_files, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+    args = ["train", "--out", str(out), *env_flags(tiny_files), *SMALL_SAC, "--total-decisions", "128"]
+
+    def train(self, gradient_steps, batch_size=64):
+        raise NonFiniteLossError("DiscreteSAC: non-finite value at gradient step 1: critic_loss=nan.\nCheck the data.")
+
+    monkeypatch.setattr(DiscreteSAC, "train", train)
+    assert main(args) == 1
+    line = one_line_error(capsys.readouterr().err)
+    assert line.startswith("mara train: error: training stopped at ") and "critic_loss=nan. Check the data" in line
+    assert "No checkpoint was written yet" in line
+    assert main(["--debug", *args, "--overwrite"]) == 1
+    assert "Traceback" in capsys.readouterr().err
+
+
+def test_a_checkpoint_that_cannot_be_written_keeps_the_last_one(tiny_files, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+    args = ["--out", str(out), *env_flags(tiny_files), *SMALL_SAC, "--total-decisions", "192"]
+    real_save = callbacks.save_replay_buffer
+    calls = []
+
+    def save(buffer, path):
+        calls.append(path)
+        if len(calls) > 1:  # the disk fills up after the first checkpoint
+            Path(path).write_bytes(b"partial")
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        real_save(buffer, path)
+
+    monkeypatch.setattr(callbacks, "save_replay_buffer", save)
+    assert main(["train", *args, "--checkpoint-every", "80"]) == 1
+    line = one_line_error(capsys.readouterr().err)
+    assert "No space left on device" in line and "Free disk space" in line
+    assert "The last checkpoint (80 decisions) is in" in line
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith("checkpoint")) == ["checkpoint"], "tmp removed"
+    monkeypatch.undo()
+    assert main(["train", *args, "--resume"]) == 0
+    assert load_algorithm(out / "model.zip").num_timesteps == 192
+
+
+def test_usage_and_unexpected_errors_are_one_line(monkeypatch, capsys):
+    assert main(["train", "--top-k", "many"]) == 2
+    line = one_line_error(capsys.readouterr().err)
+    assert "argument --top-k: --top-k expects int, got 'many' (see mara train --help)" in line and "usage:" not in line
+
+    def broken(args):
+        raise AttributeError("'NoneType' object has no attribute 'x'")
+
+    monkeypatch.setattr(train_cli, "run", broken)
+    assert main(["train"]) == 1
+    assert one_line_error(capsys.readouterr().err).endswith(
+        "AttributeError: 'NoneType' object has no attribute 'x' (rerun with --debug for the traceback)"
+    )
+    assert "Choose a folder that can be written" in describe(PermissionError(errno.EACCES, "Permission denied", "x"))
+
+
+def test_a_progress_row_cut_short_by_a_kill_is_dropped_with_a_warning(run_copy, capsys):
+    out, args = run_copy
+    with open(out / "progress.csv", "a") as file:
+        file.write("0.25,19")  # a kill in the middle of writing a row
+    assert main(["train", *args, "--resume", "--total-decisions", "256"]) == 0
+    assert "progress.csv: dropped 1 damaged row" in capsys.readouterr().err
+    steps = [int(float(row["time/total_timesteps"])) for row in read_progress(out / "progress.csv")]
+    assert steps == sorted(set(steps)) and steps[-1] == 256
+
+    (out / "progress.csv").write_bytes(b"\x00\xff not csv")
+    assert main(["train", *args, "--resume", "--total-decisions", "320"]) == 0
+    assert "progress.csv cannot be read (" in capsys.readouterr().err
+    assert (out / "progress.damaged.csv").read_bytes() == b"\x00\xff not csv"
+
+
+@pytest.mark.parametrize("damage", ["flip", "delete", "summary"])
+def test_a_damaged_published_model_is_restored_from_the_checkpoint(run_copy, damage, capsys):
+    out, args = run_copy
+    model = out / "model.zip"
+    if damage == "flip":  # the zip still opens and its JSON still reads: only the digest tells
+        data = bytearray(model.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        model.write_bytes(bytes(data))
+    elif damage == "delete":
+        model.unlink()
+    else:
+        (out / "summary.json").write_text("{")
+    assert main(["train", *args, "--resume"]) == 0
+    assert "already finished" in capsys.readouterr().out
+    assert model.read_bytes() == (out / "checkpoint" / "model.zip").read_bytes()
+    assert json.loads((out / "summary.json").read_text())["decisions"] == 192
+
+
+def test_overwrite_that_cannot_move_the_old_run_aside_leaves_it_intact(run_copy, tmp_path, monkeypatch, capsys):
+    """A read-only parent folder: the move fails, and the undo must not touch the old run (it once emptied it)."""
+    out, args = run_copy
+    before = snapshot(out)
+    real_replace = os.replace
+
+    def replace(src, dst):
+        if str(dst).endswith(".overwritten"):
+            raise PermissionError(errno.EACCES, "Permission denied", str(src), None, str(dst))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(train_cli.os, "replace", replace)
+    assert main(["train", *args, "--overwrite", "--top-k", "6"]) == 2
+    assert "Permission denied" in one_line_error(capsys.readouterr().err)
+    assert snapshot(out) == before and not (tmp_path / "run.overwritten").exists()
+
+
+def test_a_background_thread_that_fails_says_one_line(monkeypatch, capsys):
+    import threading
+
+    def fail() -> None:
+        raise PermissionError(errno.EACCES, "Permission denied", "tb/events.out.tfevents")
+
+    def run(args):
+        thread = threading.Thread(target=fail, name="writer")
+        thread.start()
+        thread.join()
+        return 0
+
+    monkeypatch.setattr(train_cli, "run", run)
+    hook = threading.excepthook
+    assert main(["train"]) == 0
+    err = capsys.readouterr().err
+    assert err == (
+        "mara train: warning: a background thread failed: [Errno 13] Permission denied: 'tb/events.out.tfevents'. "
+        "Choose a folder that can be written (e.g. another --out), or fix its permissions\n"
+    )
+    assert threading.excepthook is hook, "restored after the command"
+
+
+def test_as_the_program_a_late_ctrl_c_cannot_change_the_exit_status(monkeypatch):
+    """Run as ``mara`` (no argv), a Ctrl-C after the command ended is ignored; called from Python, nothing changes."""
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        assert main(["train", "--top-k", "many"]) == 2
+        assert signal.getsignal(signal.SIGINT) is handler
+        monkeypatch.setattr(sys, "argv", ["mara", "train", "--top-k", "many"])
+        assert main() == 2
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, handler)
+
+
+def test_logs_that_cannot_be_closed_never_hide_the_error(tiny_files, tmp_path, monkeypatch, capsys):
+    """TensorBoard re-raises its writer's error on close; that used to replace the training error (and its advice)."""
+
+    def close(self):
+        raise PermissionError(errno.EACCES, "Permission denied", "tb/events.out.tfevents")
+
+    def train(self, gradient_steps, batch_size=64):
+        raise NonFiniteLossError("DiscreteSAC: non-finite value at gradient step 1.")
+
+    monkeypatch.setattr(Logger, "close", close)
+    monkeypatch.setattr(DiscreteSAC, "train", train)
+    args = ["train", "--out", str(tmp_path / "run"), *env_flags(tiny_files), *SMALL_SAC, "--total-decisions", "128"]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "mara train: warning: the training logs in" in err and "could not be closed: [Errno 13]" in err
+    assert err.rstrip().splitlines()[-1].startswith("mara train: error: training stopped at 80 decisions")

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
+import torch
 from conftest import TINY_PROMPTS, build_tiny_llm, build_tokenizer
 
 from mara_env import TokenAcceptRejectEnv, TokenAcceptRejectVectorEnv
@@ -128,6 +131,16 @@ def test_long_prompt_truncated_from_left_or_refused(tiny_kwargs):
         ({"obs_dtype": "int8"}, r"obs_dtype must be"),
         ({"max_new_tokens": 0}, r"max_new_tokens must be"),
         ({"topk": 5}, r"unknown argument 'topk'. Did you mean 'top_k'"),
+        ({"devices": []}, r"devices must be None .* or a non-empty list of device names .*; got \[\]"),
+        ({"devices": ["cpu", 0]}, r"devices must be .* got \['cpu', 0\]"),
+        ({"dtype": "float8"}, r"dtype: 'float8' is not one of .* or 'auto'"),
+        ({"alpha_r": float("nan")}, r"alpha_r must be a finite number, got nan"),
+        ({"alpha_c": "1"}, r"alpha_c must be a number, got '1' \(str\)"),
+        ({"test_fraction": 1.0}, r"test_fraction must be strictly between 0 and 1, got 1.0"),
+        ({"split_seed": 1.5}, r"split_seed must be an integer, got 1.5"),
+        ({"trust_remote_code": "yes"}, r"trust_remote_code must be true or false, got 'yes'"),
+        ({"system_prompt": 3}, r"system_prompt must be a string or none, got 3"),
+        ({"max_new_tokens": 2.5}, r"max_new_tokens must be an integer, got 2.5"),
     ],
 )
 def test_bad_settings(tiny_kwargs, kwargs, match):
@@ -169,6 +182,12 @@ def test_live_model_without_tokenizer():
         load_replicas(model)
 
 
+def test_empty_device_list_for_the_loader():
+    model, tok = build_tiny_llm()
+    with pytest.raises(ValueError, match=r"devices must be None .* non-empty list"):
+        load_replicas((model, tok), devices=[])
+
+
 def test_prompt_choice_options(tiny_kwargs):
     env = TokenAcceptRejectEnv(**tiny_kwargs)
     env.reset(options={"prompt_index": 2})
@@ -177,6 +196,43 @@ def test_prompt_choice_options(tiny_kwargs):
         env.reset(options={"prompt_index": 99})
     with pytest.raises(ValueError, match=r"'prompt' must be a non-empty string"):
         env.reset(options={"prompt": ""})
+    # A misspelt option is an error, not a silently random prompt
+    with pytest.raises(ValueError, match=r"unknown reset option 'promt'. Did you mean 'prompt'\? Options: prompt"):
+        env.reset(options={"promt": "tell me a story"})
+    with pytest.raises(ValueError, match=r"either 'prompt' or 'prompt_index', not both"):
+        env.reset(options={"prompt": "hi", "prompt_index": 1})
+    envs = TokenAcceptRejectVectorEnv(2, **tiny_kwargs)
+    with pytest.raises(ValueError, match=r"unknown reset option 'prompt_idx'"):
+        envs.reset(options={"prompt_idx": 1})
+
+
+def _loud_model():
+    """The tiny model with hidden states scaled past float16's range and logits unchanged."""
+    model, tok = build_tiny_llm()
+    with torch.no_grad():
+        model.model.norm.weight.mul_(1e5)
+        model.lm_head.weight.mul_(1e-5)
+    return model, tok
+
+
+def test_float16_observations_that_overflow_are_refused(tiny_kwargs):
+    env = TokenAcceptRejectEnv(**{**tiny_kwargs, "llm": _loud_model(), "obs_dtype": "float16"})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no NumPy overflow warning on the way
+        with pytest.raises(ValueError, match=r"hidden states reach .*, beyond float16's largest value 65504.*float32"):
+            env.reset(seed=0)
+    obs, _ = TokenAcceptRejectEnv(**{**tiny_kwargs, "llm": _loud_model()}).reset(seed=0)
+    assert np.isfinite(obs).all() and np.abs(obs).max() > 65504, "float32 holds them"
+
+
+def test_non_finite_hidden_states_are_refused(tiny_kwargs, monkeypatch):
+    env = TokenAcceptRejectEnv(**tiny_kwargs)
+    env.reset(seed=0)
+    st = env.unwrapped.row
+    st.chunk_hidden = st.chunk_hidden.clone()
+    st.chunk_hidden[st.index - st.chunk_start, 3] = float("nan")
+    with pytest.raises(ValueError, match=r"the LLM returned non-finite hidden states .* prompt .*dtype"):
+        env.unwrapped.core.observations([0])
 
 
 def test_sliding_window_model_warns(tiny_kwargs):
@@ -184,3 +240,25 @@ def test_sliding_window_model_warns(tiny_kwargs):
     model.config.sliding_window = 64
     with pytest.warns(UserWarning, match=r"sliding-window attention \(window 64\)"):
         TokenAcceptRejectEnv(**{**tiny_kwargs, "llm": (model, tok)})
+
+
+def test_tokenizer_ids_must_fit_the_models_embeddings():
+    model, tok = build_tiny_llm()
+    tok.add_tokens(["zebra"])  # an id past the model's last embedding row
+    with pytest.raises(ValueError, match=r"token ids up to 132, .* embedding has 132 rows .* tokenizer saved with"):
+        load_replicas((model, tok))
+
+
+def test_tiny_tokenizer_ids_are_dense():
+    """Every word once, so the ids are 0 .. len - 1 and all fit the tiny model's embeddings."""
+    tok = build_tokenizer()
+    assert sorted(tok.get_vocab().values()) == list(range(len(tok)))
+
+
+def test_system_prompt_on_the_tiny_model(tiny_kwargs):
+    env = TokenAcceptRejectEnv(**{**tiny_kwargs, "system_prompt": "you are a kind and safe assistant"})
+    env.reset(seed=0, options={"prompt": "tell me a story"})
+    text = env.unwrapped.core.tokenizer.decode(env.unwrapped.row.prompt_ids)
+    assert text.startswith("<|im_start|> system you are a kind and safe assistant <|im_end|>")
+    while not env.step(1)[2]:
+        pass

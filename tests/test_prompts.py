@@ -6,6 +6,7 @@ import importlib.util
 import json
 import sys
 import types
+import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -86,8 +87,58 @@ def test_sequence_is_stripped_deduplicated_and_limited() -> None:
 def test_txt_skips_blank_lines_and_comments(tmp_path: Path) -> None:
     path = tmp_path / "prompts.txt"
     path.write_text("# a comment\nFirst prompt\n\n  Second prompt  \n#another\nFirst prompt\n", encoding="utf-8")
-    assert load_prompts(path) == ["First prompt", "Second prompt"]
-    assert load_prompts(str(path)) == ["First prompt", "Second prompt"]
+    # Skipping is never silent: what was dropped is counted and located (blank lines are not records)
+    skipped = (
+        r"skipped 3 of 5 lines: 2 starting with '#' \(comments: lines 1, 5\), "
+        r"1 duplicate of an earlier prompt \(line 6\)"
+    )
+    with pytest.warns(UserWarning, match=r"prompts: the file '.*prompts\.txt': " + skipped):
+        assert load_prompts(path) == ["First prompt", "Second prompt"]
+    with pytest.warns(UserWarning, match=skipped):
+        assert load_prompts(str(path)) == ["First prompt", "Second prompt"]
+
+
+def test_skipped_records_are_counted_and_located(tmp_path: Path) -> None:
+    path = tmp_path / "data.jsonl"
+    lines = ['{"prompt": "a"}', '{"text2": "b"}', '{"prompt": null}', "", '{"prompt": "  "}', '{"prompt": "a"}']
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with pytest.warns(UserWarning, match=r"skipped 4 of 5 records: 2 without a 'prompt' value \(lines 2, 3\), "
+                      r"1 empty \(line 5\), 1 duplicate of an earlier prompt \(line 6\)"):  # fmt: skip
+        assert load_prompts(path) == ["a"]
+    many = tmp_path / "many.csv"
+    many.write_text("prompt\n" + "kept\n" + "".join(f"p{i}\n" if i < 2 else '""\n' for i in range(9)))
+    with pytest.warns(UserWarning, match=r"7 without a 'prompt' value \(rows 4, 5, 6, 7, 8, \.\.\.\)"):
+        load_prompts(many)
+
+
+def test_builtin_sets_load_without_warnings() -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the benign file has comments, donotanswer a duplicate: both expected
+        load_prompts("benign")
+        load_prompts("donotanswer")
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "match"),
+    [
+        ("p.jsonl", b'{"prompt": "a"}\n{"prompt": "b"}\n{"prompt": "c"\n', r"'.*p\.jsonl' line 3 is not valid JSON "
+         r"\(Expecting ',' delimiter at column 15\); fix or remove that line"),
+        ("p.json", b'[\n  "a",\n  "b"\n  "c"\n]', r"'.*p\.json' is not valid JSON: Expecting ',' delimiter at line 4, "
+         r"column 3"),
+        ("p.txt", b"hello\n#1 tip\nbad \xff byte\n", r"'.*p\.txt' line 3 is not UTF-8 text \(byte 0xff at column 5\); "
+         r"save the file as UTF-8"),
+        ("p.jsonl", b'{"prompt": "caf\xe9"}\n', r"'.*p\.jsonl' line 1 is not UTF-8 text \(byte 0xe9 at column 16\)"),
+        ("p.csv", b"prompt\nfine\nna\xefve\n", r"'.*p\.csv' line 3 is not UTF-8 text \(byte 0xef at column 3\)"),
+        ("p.csv", b'prompt,other\n"open quote,1\n', r"'.*p\.csv' is not a valid CSV file \(.*EOF inside string.*\); "
+         r"check that it was written whole"),
+        ("p.parquet", b"not parquet at all", r"'.*p\.parquet' is not a valid Parquet file"),
+    ],
+)  # fmt: skip
+def test_malformed_files_name_the_file_and_line(tmp_path: Path, name: str, content: bytes, match: str) -> None:
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=r"prompts: " + match):
+        load_prompts(path)
 
 
 ROWS = [
@@ -111,21 +162,25 @@ def test_tables_round_trip(tmp_path: Path, suffix: str) -> None:
     else:
         frame.to_parquet(path)
     # "question" comes before "goal" in the list of usual prompt columns.
-    assert load_prompts(path) == EXPECTED
+    where = {".jsonl": "line 1", ".json": "item 1", ".csv": "row 1", ".parquet": "row 1"}[suffix]
+    with pytest.warns(UserWarning, match=rf"1 duplicate of an earlier prompt \({where.split()[0]} 3\)"):
+        assert load_prompts(path) == EXPECTED
     assert load_prompts(path, column="goal") == ["x", "y", "z"]
     with pytest.raises(ValueError, match=r"no column 'prompt_text'.*\['id', 'question', 'goal'\].*column="):
         load_prompts(path, column="prompt_text")
-    with pytest.raises(ValueError, match=r"item 0 of the file .* is a int.*expected text"):
+    with pytest.raises(ValueError, match=rf"{where} of the file .* is a int.*expected text"):
         load_prompts(path, column="id")
 
 
 def test_json_list_of_strings_and_empty_cells(tmp_path: Path) -> None:
     path = tmp_path / "prompts.json"
     path.write_text(json.dumps(["one", "two", "one"]), encoding="utf-8")
-    assert load_prompts(path) == ["one", "two"]
+    with pytest.warns(UserWarning, match=r"1 duplicate of an earlier prompt \(item 3\)"):
+        assert load_prompts(path) == ["one", "two"]
     csv = tmp_path / "gaps.csv"
     csv.write_text("prompt,other\nfirst,1\n,2\nthird,3\n", encoding="utf-8")
-    assert load_prompts(csv) == ["first", "third"]
+    with pytest.warns(UserWarning, match=r"skipped 1 of 3 records: 1 without a 'prompt' value \(row 2\)"):
+        assert load_prompts(csv) == ["first", "third"]
 
 
 def test_table_without_a_usual_column_asks_for_column(tmp_path: Path) -> None:

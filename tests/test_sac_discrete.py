@@ -425,3 +425,18 @@ def test_critic_warmup_burst_trains_only_the_critics():
     assert not all(th.equal(a, b) for a, b in zip(actor, model.actor.parameters()))
     with pytest.raises(ValueError, match="critic_warmup_steps must be an integer >= 0"):
         DiscreteSAC("MlpPolicy", CueEnv(), critic_warmup_steps=-1)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"batch_size": 0}, r"DiscreteSAC: batch_size must be an integer >= 1 .*, got 0"),
+        ({"gamma": -0.1}, r"DiscreteSAC: gamma must be a number in \[0, 1\]"),
+        ({"learning_rate": float("inf")}, r"DiscreteSAC: learning_rate must be a finite number > 0"),
+        ({"target_update_interval": 0}, r"DiscreteSAC: target_update_interval must be an integer >= 1"),
+    ],
+)
+def test_settings_out_of_range_are_refused_at_construction(kwargs, match):
+    # batch_size=0 used to train on empty batches and fail later with a non-finite loss blaming the data
+    with pytest.raises(ValueError, match=match):
+        DiscreteSAC("MlpPolicy", CueEnv(), **kwargs)

@@ -8,9 +8,14 @@ loads the generation or evaluation code (and ``mara --help`` loads none).
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
+import re
+import signal
 import sys
+import threading
 import traceback
+import warnings
 from collections.abc import Sequence
 from types import ModuleType
 
@@ -23,8 +28,54 @@ SUBCOMMANDS: dict[str, str] = {
 
 #: Exit code for errors in the user's input (as argparse uses).
 USAGE_ERROR = 2
+#: Exit code for a failure while the command runs (training, decoding, writing its results).
+FAILURE = 1
 #: Exit code after Ctrl-C (128 + SIGINT).
 INTERRUPTED = 130
+
+#: Exceptions that mean the input is wrong (a setting, a path, a file's content) when raised before
+#: the command's work starts; the libraries' messages name the value, the valid range and the fix.
+INPUT_ERRORS: tuple[type[BaseException], ...] = (
+    ValueError,  # also agents.authors_format.UnsafeFileError
+    TypeError,
+    FileNotFoundError,
+    FileExistsError,
+    NotADirectoryError,
+    IsADirectoryError,
+    PermissionError,
+    ModuleNotFoundError,
+)
+
+
+class CommandFailed(Exception):
+    """A failure while the command ran (exit status 1). The message says what failed and what to do."""
+
+
+class _UsageError(Exception):
+    """argparse found a wrong flag or value."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose usage errors reach :func:`main` (one line, not the whole usage)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise _UsageError(f"{message} (see {self.prog} --help)")
+
+
+def describe(error: BaseException) -> str:
+    """One line saying what went wrong: the message of the libraries' own errors, else the type too.
+
+    Operating-system errors get what to do (a folder that cannot be written, a full disk).
+    """
+    known = isinstance(error, (*INPUT_ERRORS, CommandFailed, _UsageError))
+    text = str(error) if known else f"{type(error).__name__}: {error}"
+    if isinstance(error, OSError) and not isinstance(error, (FileNotFoundError, FileExistsError)):
+        if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            text += ". Choose a folder that can be written (e.g. another --out), or fix its permissions"
+        elif error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            text += ". Free disk space (or raise the file-size limit), or write to another disk with --out"
+    # Tracebacks of the libraries below often carry newlines and terminal colour codes
+    return " ".join(re.sub(r"\x1b\[[0-9;]*m", "", text).split())
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
@@ -32,7 +83,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
     :param command: the chosen subcommand, or ``None`` for the top-level help.
     """
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="mara", description="MARA: token-level accept/reject alignment of LLMs with reinforcement learning."
     )
     parser.add_argument("--debug", action="store_true", help="show full tracebacks of errors")
@@ -71,28 +122,50 @@ def _chosen_command(argv: Sequence[str]) -> str | None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``mara`` with ``argv`` (default: ``sys.argv[1:]``); returns the exit code.
 
-    Errors in the user's input (``ValueError``, ``FileNotFoundError``, ``FileExistsError``) print
-    ``mara <command>: error: <message>`` and return 2; ``--debug`` also prints the traceback.
-    Ctrl-C returns 130.
+    The one error boundary of the command line: every failure prints one line,
+    ``mara <command>: error: <what failed and what to do>``, and returns 2 for bad input (a flag, a
+    setting, a file) or 1 for a failure while the command ran (:class:`CommandFailed`, or an
+    unexpected error, shown with its type). ``--debug`` also prints the traceback. Ctrl-C returns
+    130. Warnings, and errors of background threads, print as one line each, ``mara <command>: warning: ...``.
+    Called without ``argv`` (as the program), it ignores Ctrl-C once the command has finished.
     """
+    program = argv is None  # run as the ``mara`` program, not called from Python
     argv = list(sys.argv[1:] if argv is None else argv)
     command = _chosen_command(argv)
     debug = "--debug" in argv
-    try:
-        parser = build_parser(command)
+    thread_hook = threading.excepthook
+    if not debug:
+        # A background thread (TensorBoard's writer) that fails prints a traceback; its error reaches
+        # the main thread too, which reports it, so the thread says one line
+        threading.excepthook = lambda hook: print(
+            f"{_prog(command)}: warning: a background thread failed: {describe(hook.exc_value)}", file=sys.stderr
+        )
+    with warnings.catch_warnings():
+        warnings.showwarning = lambda message, *_, **__: print(f"{_prog(command)}: warning: {message}", file=sys.stderr)
         try:
-            args = parser.parse_args(argv)
-        except SystemExit as exc:  # argparse's --help (0) and usage errors (2)
-            return int(exc.code or 0) if not isinstance(exc.code, str) else USAGE_ERROR
-        return int(_load(args.command).run(args))
-    except (ValueError, FileNotFoundError, FileExistsError) as exc:
-        if debug:
-            traceback.print_exc()
-        print(f"{_prog(command)}: error: {exc}", file=sys.stderr)
-        return USAGE_ERROR
-    except KeyboardInterrupt:
-        print(f"{_prog(command)}: interrupted", file=sys.stderr)
-        return INTERRUPTED
+            parser = build_parser(command)
+            try:
+                args = parser.parse_args(argv)
+            except SystemExit as exc:  # --help
+                return int(exc.code or 0) if not isinstance(exc.code, str) else USAGE_ERROR
+            return int(_load(args.command).run(args))
+        except KeyboardInterrupt:
+            print(f"{_prog(command)}: interrupted", file=sys.stderr)
+            return INTERRUPTED
+        except Exception as exc:
+            if debug:
+                traceback.print_exc()
+            code = USAGE_ERROR if isinstance(exc, (_UsageError, *INPUT_ERRORS)) else FAILURE
+            unexpected = code == FAILURE and not isinstance(exc, CommandFailed)
+            hint = " (rerun with --debug for the traceback)" if unexpected and not debug else ""
+            print(f"{_prog(command)}: error: {describe(exc)}{hint}", file=sys.stderr)
+            return code
+        finally:
+            threading.excepthook = thread_hook
+            if program:
+                # The command is done and has said so: a Ctrl-C while Python shuts down could only turn
+                # its exit status into a kill by SIGINT
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _prog(command: str | None) -> str:

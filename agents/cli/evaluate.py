@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -109,10 +110,11 @@ def run(args: argparse.Namespace) -> int:
         agents = {"mara": str(run_agent(args.run)), **agents}
 
     out = args.out if args.out is not None else args.run / "eval"
-    if out.exists() and any(out.iterdir()):
-        if not args.overwrite:
-            raise FileExistsError(f"report folder {out} already exists; pass --overwrite to replace it or --out DIR.")
-        shutil.rmtree(out)
+    if out.exists() and any(out.iterdir()) and not args.overwrite:
+        raise FileExistsError(f"report folder {out} already exists; pass --overwrite to replace it or --out DIR.")
+    # Written beside and swapped in at the end: an evaluation that fails leaves the earlier report
+    staging = out.with_name(out.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
 
     if args.prompts is not None:
         prompts = held_out_prompts(
@@ -147,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
     training_log = args.run / "progress.csv"
     report = run_comparison(
         agents,
-        out,
+        staging,
         prompts=prompts,
         max_new_tokens=max_new,
         seed=args.seed,
@@ -165,6 +167,7 @@ def run(args: argparse.Namespace) -> int:
         meta={"run": str(args.run), "prompts": str(args.prompts or env["prompts"])},
         **settings,
     )
+    _swap_in(staging, out)
     pairs = f" x {samples} samples = {len(prompts) * samples} pairs" if samples > 1 else ""
     print(f"\n{len(prompts)} held-out prompts{pairs}; each system against the base LLM (paper appendix A.2):")
     for name, pref in report["comparisons"].items():
@@ -182,3 +185,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"  {name:>12}: {shown} LLM tokens per answer token, {calls:.1f} scorer calls per answer")
     print(f"report: {out / 'report.md'}")
     return 0
+
+
+def _swap_in(staging: Path, out: Path) -> None:
+    """Put the finished report folder ``staging`` at ``out``; an earlier report there goes only now."""
+    old = out.with_name(out.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if out.exists():
+        os.replace(out, old)
+    os.replace(staging, out)
+    shutil.rmtree(old, ignore_errors=True)

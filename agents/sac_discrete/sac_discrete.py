@@ -14,6 +14,7 @@ from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, ReplayB
 from stable_baselines3.common.utils import get_parameters_by_name, polyak_update
 from torch.nn import functional as F
 
+from agents.hyperparameters import check_ranges
 from agents.sac_discrete.policies import (
     CnnPolicy,
     DiscreteActor,
@@ -192,6 +193,25 @@ class DiscreteSAC(OffPolicyAlgorithm):
         device: th.device | str = "auto",
         _init_setup_model: bool = True,
     ):
+        # Before SB3 allocates anything: out-of-range values would only fail later, and misleadingly
+        check_ranges(
+            "DiscreteSAC",
+            dict(
+                learning_rate=learning_rate,
+                buffer_size=buffer_size,
+                learning_starts=learning_starts,
+                batch_size=batch_size,
+                tau=tau,
+                gamma=gamma,
+                train_freq=train_freq,
+                gradient_steps=gradient_steps,
+                n_steps=n_steps,
+                target_update_interval=target_update_interval,
+                max_grad_norm=max_grad_norm,
+                critic_warmup_steps=critic_warmup_steps,
+                stats_window_size=stats_window_size,
+            ),
+        )
         super().__init__(
             policy,
             env,
@@ -235,8 +255,6 @@ class DiscreteSAC(OffPolicyAlgorithm):
         if warmup not in WARMUPS:
             raise ValueError(f"warmup must be one of {', '.join(map(repr, WARMUPS))}, got {warmup!r}.")
         self.warmup = warmup
-        if isinstance(critic_warmup_steps, bool) or not isinstance(critic_warmup_steps, int) or critic_warmup_steps < 0:
-            raise ValueError(f"critic_warmup_steps must be an integer >= 0, got {critic_warmup_steps!r}.")
         self.critic_warmup_steps = critic_warmup_steps
         self.ent_coef_optimizer: th.optim.Adam | None = None
 
