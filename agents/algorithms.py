@@ -271,14 +271,20 @@ def _expected_type(key: str, default: Any, value: Any) -> str | None:
     return None
 
 
-def env_kl_coef(env: Any) -> float | None:
-    """The KL coefficient of a MARA-v0 environment (plain, vector or SB3-wrapped), else ``None``."""
+def _env_candidates(env: Any, attribute: str) -> list[Any]:
+    """``env``, its unwrapped env and, for an SB3 VecEnv (through wrappers such as VecMonitor), each
+    sub-environment's ``attribute``: where a MARA setting may be found."""
     candidates = [env, getattr(env, "unwrapped", None)]
     try:
-        candidates += env.get_attr("config")  # SB3 VecEnv, through wrappers such as VecMonitor
-    except Exception:  # not an SB3 VecEnv, or an env without a config
+        candidates += env.get_attr(attribute)
+    except Exception:  # not an SB3 VecEnv, or an env without that attribute
         pass
-    for candidate in candidates:
+    return candidates
+
+
+def env_kl_coef(env: Any) -> float | None:
+    """The KL coefficient of a MARA environment (plain, vector or SB3-wrapped), else ``None``."""
+    for candidate in _env_candidates(env, "config"):
         config = getattr(candidate, "config", candidate)
         value = getattr(config, "kl_coef", None)
         if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -291,12 +297,7 @@ def env_observation_layout(env: Any) -> Any:
 
     Read by duck typing (``observation_layout`` with ``reference_logits``), so this module never imports ``mara_env``.
     """
-    candidates = [env, getattr(env, "unwrapped", None)]
-    try:
-        candidates += env.get_attr("observation_layout")  # SB3 VecEnv, through wrappers such as VecMonitor
-    except Exception:  # not an SB3 VecEnv, or an env without a layout
-        pass
-    for candidate in candidates:
+    for candidate in _env_candidates(env, "observation_layout"):
         layout = getattr(candidate, "observation_layout", candidate)
         if hasattr(layout, "has_reference"):
             return layout
