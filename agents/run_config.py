@@ -42,6 +42,7 @@ import yaml
 from agents.algorithms import ALGORITHMS, check_overrides, resolve_kwargs
 from mara_env import VERSIONS
 from mara_env.config import MARAConfig, type_problem
+from mara_env.hints import did_you_mean
 
 #: The default run ("main job"): what ``mara train`` does with no options. The embedded
 #: SmolLM2-135M-Instruct (``llm=None``), the default prompt set's train part, sentiment reward,
@@ -147,8 +148,7 @@ ENV_ID = "env_id"
 
 
 def _unknown(key: str, section: str, valid: list[str], source: str) -> ValueError:
-    close = difflib.get_close_matches(key, valid, n=1)
-    hint = f" Did you mean {close[0]!r}?" if close else f" Valid keys: {', '.join(valid)}."
+    hint = did_you_mean(key, valid, f" Valid keys: {', '.join(valid)}.")
     return ValueError(f"{source}: unknown key {key!r} in section [{section}].{hint}")
 
 
@@ -204,8 +204,7 @@ class RunConfig:
             raise ValueError(f"{source}: expected sections {', '.join(SECTIONS)}, got {type(sections).__name__}.")
         for name, section in sections.items():
             if name not in SECTIONS:
-                close = difflib.get_close_matches(str(name), SECTIONS, n=1)
-                hint = f" Did you mean {close[0]!r}?" if close else ""
+                hint = did_you_mean(name, SECTIONS)
                 raise ValueError(f"{source}: unknown section {name!r}.{hint} Sections: {', '.join(SECTIONS)}.")
             if not isinstance(section, Mapping):
                 raise ValueError(f"{source}: section [{name}] must be a table of key = value, got {section!r}.")
@@ -214,8 +213,7 @@ class RunConfig:
         layer = dict(sections.get("env", {}))
         env_id = layer.pop(ENV_ID, env.pop(ENV_ID, None) or "MARA-v0")
         if env_id not in VERSIONS:
-            close = difflib.get_close_matches(str(env_id), list(VERSIONS), n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
+            hint = did_you_mean(env_id, list(VERSIONS))
             raise ValueError(
                 f"{source}: env.{ENV_ID} {env_id!r} is not a MARA version.{hint} Versions: {', '.join(VERSIONS)}."
             )

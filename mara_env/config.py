@@ -7,7 +7,6 @@ Both :class:`~mara_env.env.TokenAcceptRejectEnv` and
 
 from __future__ import annotations
 
-import difflib
 import math
 import numbers
 from dataclasses import dataclass, fields
@@ -18,6 +17,7 @@ import torch
 
 from mara_env.candidates import CandidateConfig
 from mara_env.decoder import DecoderConfig
+from mara_env.hints import did_you_mean
 from mara_env.llm import check_devices, check_dtype
 from mara_env.observation import ObservationLayout
 from mara_env.prompts import check_test_fraction
@@ -174,8 +174,7 @@ class MARAConfig:
             raise ValueError(f"prompt_split must be 'train', 'test' or 'all', got {self.prompt_split!r}.")
         ObservationLayout(self.observation, 1)  # validates the name
         if self.reward_shaping not in REWARD_SHAPINGS:
-            close = difflib.get_close_matches(str(self.reward_shaping), REWARD_SHAPINGS, n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
+            hint = did_you_mean(self.reward_shaping, REWARD_SHAPINGS)
             raise ValueError(
                 f"reward_shaping must be 'none' or 'potential' (prefix-score potential shaping), "
                 f"got {self.reward_shaping!r}.{hint}"
@@ -200,8 +199,7 @@ class MARAConfig:
         names = [f.name for f in fields(cls)]
         for key in kwargs:
             if key not in names:
-                close = difflib.get_close_matches(key, names, n=1)
-                hint = f" Did you mean {close[0]!r}?" if close else f" Valid arguments: {', '.join(names)}."
+                hint = did_you_mean(key, names, f" Valid arguments: {', '.join(names)}.")
                 raise TypeError(f"MARA got an unknown argument {key!r}.{hint}")
         return cls(**kwargs)
 

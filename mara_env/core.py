@@ -8,7 +8,6 @@ environment is this machinery with one row).
 
 from __future__ import annotations
 
-import difflib
 import warnings
 from collections.abc import Sequence
 from typing import Any, NamedTuple
@@ -18,6 +17,7 @@ from gymnasium.utils import seeding
 
 from mara_env.config import MARAConfig
 from mara_env.decoder import AcceptRejectDecoder, DecoderConfig, Phase
+from mara_env.hints import did_you_mean
 from mara_env.llm import PromptFormat, default_max_prompt_tokens, load_replicas
 from mara_env.observation import ObservationLayout, observe
 from mara_env.prompts import PromptSet
@@ -274,8 +274,7 @@ def _check_options(options: dict[str, Any]) -> None:
     """A misspelt option would silently give a random prompt; refuse it, and a contradictory pair."""
     for key in options:
         if key not in RESET_OPTIONS:
-            close = difflib.get_close_matches(str(key), RESET_OPTIONS, n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
+            hint = did_you_mean(key, RESET_OPTIONS)
             raise ValueError(f"reset: unknown reset option {key!r}.{hint} Options: {', '.join(RESET_OPTIONS)}.")
     if "prompt" in options and "prompt_index" in options:
         raise ValueError("reset options: give either 'prompt' or 'prompt_index', not both.")

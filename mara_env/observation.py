@@ -39,12 +39,13 @@ Example::
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
+
+from mara_env.hints import did_you_mean
 
 if TYPE_CHECKING:
     from mara_env.decoder import AcceptRejectDecoder
@@ -81,8 +82,7 @@ class ObservationLayout:
 
     def __post_init__(self) -> None:
         if self.mode not in OBSERVATIONS:
-            close = difflib.get_close_matches(str(self.mode), OBSERVATIONS, n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
+            hint = did_you_mean(self.mode, OBSERVATIONS)
             raise ValueError(
                 f"observation must be 'hidden' (the paper's, MARA-v0) or 'hidden+ref' (hidden state plus the "
                 f"reference's features, MARA-v1), got {self.mode!r}.{hint}"
@@ -118,8 +118,7 @@ class ObservationLayout:
                 "observation='hidden+ref' (the default of MARA-v1)."
             )
         if name not in REFERENCE_FEATURES:
-            close = difflib.get_close_matches(name, REFERENCE_FEATURES, n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
+            hint = did_you_mean(name, REFERENCE_FEATURES)
             raise KeyError(f"no reference feature {name!r}.{hint} Features: {', '.join(REFERENCE_FEATURES)}.")
         return self.hidden_size + self.features.index(name)
 

@@ -23,7 +23,6 @@ Example::
 
 from __future__ import annotations
 
-import difflib
 import json
 import math
 import numbers
@@ -34,6 +33,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 import numpy as np
+
+from mara_env.hints import did_you_mean
 
 if TYPE_CHECKING:
     import torch
@@ -376,8 +377,7 @@ def _model_location(spec: str | os.PathLike[str], role: str) -> str:
     if isinstance(spec, str) and _HUB_ID.match(text):
         return text
     if isinstance(spec, str) and "/" not in text and os.sep not in text:
-        close = difflib.get_close_matches(text.lower(), BUILTIN_SCORERS, n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
+        hint = did_you_mean(text.lower(), BUILTIN_SCORERS)
         raise ValueError(
             f"{role}={text!r} is not a built-in scorer ({', '.join(BUILTIN_SCORERS)}), a model folder "
             f"or a hub id ('org/name').{hint}"

@@ -53,8 +53,9 @@ Example::
 from __future__ import annotations
 
 import copy
-import difflib
 from typing import Any
+
+from mara_env.hints import did_you_mean
 
 __all__ = ["VARIANTS", "variant_settings"]
 
@@ -105,7 +106,6 @@ def variant_settings(variant_id: str) -> dict[str, Any]:
     :raises ValueError: an unknown id; the message lists the ids and the closest one.
     """
     if variant_id not in VARIANTS:
-        close = difflib.get_close_matches(str(variant_id), list(VARIANTS), n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
+        hint = did_you_mean(variant_id, list(VARIANTS))
         raise ValueError(f"Unknown MARA-v0 variant {variant_id!r}.{hint} Variants: {', '.join(VARIANTS)}.")
     return copy.deepcopy(VARIANTS[variant_id])
