@@ -27,7 +27,9 @@ import difflib
 import inspect
 import io
 import json
+import math
 import pickle
+import warnings
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -51,6 +53,11 @@ from agents.sac_discrete.policies import DiscreteSACPolicy
 
 #: ``ent_coef`` value meaning "the environment's KL coefficient" (resolved by :func:`make_algorithm`)
 KL_COEF = "kl_coef"
+
+#: ``gamma`` value meaning "the discount under which the environment's reward shaping keeps the optimum"
+#: (resolved by :func:`make_algorithm`): the env's ``shaping_gamma`` with ``reward_shaping="potential"``
+#: (MARA-v1), 1.0 without shaping (finite episodes: the undiscounted return is the exact objective).
+SHAPING_GAMMA = "shaping_gamma"
 
 #: ``policy_kwargs["reference_logits"]`` values resolved from the environment's observation layout by
 #: :func:`make_algorithm`: ``"auto"`` anchors the policy when the observation carries the reference's
@@ -163,7 +170,10 @@ ALGORITHMS: dict[str, AlgorithmSpec] = {
                     n_steps=128,  # per env: 2,048 decisions per rollout with 16 envs (SB3's default size)
                     batch_size=256,  # 8 minibatches per rollout (SB3's 64 would be 32 small CPU steps)
                     n_epochs=4,  # fewer passes than SB3's 10: the rollouts are expensive, the updates not
-                    gamma=1.0,  # episodes are short and finite; undiscounted is the exact KL-regularised return
+                    # Potential shaping gamma_s Phi(s') - Phi(s) telescopes only under the agent's own discount
+                    # gamma_s: with gamma 1 on MARA-v1 the shaped return is R - Phi(s_0) - (1 - gamma_s) sum_t Phi(s_t),
+                    # which pays for long episodes (many rejections) where Phi < 0. Without shaping: 1.0.
+                    gamma=SHAPING_GAMMA,
                     gae_lambda=0.95,
                     ent_coef=0.0,  # the per-decision KL reward already anchors the policy to the reference
                     # wider than [64, 64]; anchored to the reference on MARA-v1 (AnchoredActorCriticPolicy)
@@ -182,7 +192,7 @@ ALGORITHMS: dict[str, AlgorithmSpec] = {
                 dict(
                     learning_rate=7e-4,  # SB3's default
                     n_steps=8,  # per env: 128 decisions per update with 16 envs
-                    gamma=1.0,  # as for PPO: finite episodes, exact objective
+                    gamma=SHAPING_GAMMA,  # as for PPO: the discount that keeps the shaped optimum
                     gae_lambda=0.95,  # some bias for much less variance than Monte-Carlo returns
                     ent_coef=0.0,  # as for PPO
                     policy_kwargs=dict(net_arch=dict(pi=[256, 256], vf=[256, 256]), reference_logits="auto"),
@@ -246,6 +256,8 @@ def check_overrides(name: str, overrides: Mapping[str, Any]) -> None:
             raise ValueError(
                 f"{key!r} is not a hyperparameter of {name} ({spec.cls.__name__}).{_did_you_mean(key, valid)}"
             )
+        if key == "gamma" and value == SHAPING_GAMMA:
+            continue
         expected = _expected_type(key, parameters[key].default, value) or range_problem(key, value)
         if expected is not None:
             raise ValueError(f"Hyperparameter {key!r} of {name} must be {expected}, got {value!r}.")
@@ -290,6 +302,19 @@ def env_kl_coef(env: Any) -> float | None:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
     return None
+
+
+def env_shaping_gamma(env: Any) -> float | None:
+    """The discount of a MARA environment's potential shaping (``None``: no shaping, or not a MARA env)."""
+    for candidate in _env_candidates(env, "config"):
+        config = getattr(candidate, "config", candidate)
+        if getattr(config, "reward_shaping", None) is not None:
+            return float(config.shaping_gamma) if config.reward_shaping == "potential" else None
+    return None
+
+
+def _is_mara_env(env: Any) -> bool:
+    return env_kl_coef(env) is not None
 
 
 def env_observation_layout(env: Any) -> Any:
@@ -400,6 +425,18 @@ def make_algorithm(
     kl = env_kl_coef(env) if kl_coef is None else kl_coef
     if kwargs.get("ent_coef") == KL_COEF:
         kwargs["ent_coef"] = float(kl) if kl is not None and kl > 0 else "auto_0.01"
+    shaping_gamma = env_shaping_gamma(env)
+    if kwargs.get("gamma") == SHAPING_GAMMA:
+        # not a MARA env: SB3's usual 0.99
+        kwargs["gamma"] = shaping_gamma if shaping_gamma is not None else (1.0 if _is_mara_env(env) else 0.99)
+    elif shaping_gamma is not None and "gamma" in kwargs and not math.isclose(kwargs["gamma"], shaping_gamma):
+        warnings.warn(
+            f"{name} discounts with gamma={kwargs['gamma']} but the environment shapes its rewards with "
+            f"shaping_gamma={shaping_gamma}: potential shaping keeps the optimal policy only when the two are equal "
+            f"(otherwise the return gains (1 - shaping_gamma) * Phi per decision). Set gamma={shaping_gamma} or "
+            f"'{SHAPING_GAMMA}', or create the environment with shaping_gamma={kwargs['gamma']}.",
+            stacklevel=2,
+        )
     policy = _resolve_reference(name, env, kwargs, kl)
     spec = get_spec(name)
     try:

@@ -30,7 +30,7 @@ setting                  quick  standard      full
 ``--decisions``          96     6,000         200,000
 ``--seeds``              0      0 1           0 1 2 3 4
 ``--num-envs``           8      16            64
-``--eval-every``         96     2,000         10,000
+``--eval-every``         96     3,000         10,000
 ``--eval-prompts``       4      16            64
 ``--compare-prompts``    4      32            all held-out
 ``--max-new-tokens``     8      variant (48)  256
@@ -183,7 +183,7 @@ BUDGETS: dict[str, Budget] = {
         decisions=6_000,
         seeds=(0, 1),
         num_envs=16,
-        eval_every=2_000,
+        eval_every=3_000,
         eval_prompts=16,
         compare_prompts=32,
         max_new_tokens=None,

@@ -354,3 +354,22 @@ def test_run_config_versions():
 def test_registered_versions():
     assert set(mara_env.VERSIONS) == {"MARA-v0", "MARA-v1"}
     assert gym.spec("MARA-v1").kwargs == mara_env.MARA_V1
+
+
+@pytest.mark.parametrize("algo", ["ppo", "a2c"])
+def test_on_policy_discount_follows_the_shaping(tiny_kwargs, algo):
+    # Potential shaping keeps the optimum only under the shaping's own discount
+    assert make_algorithm(algo, _venv(tiny_kwargs), seed=0).gamma == pytest.approx(0.99)
+    assert make_algorithm(algo, _venv(tiny_kwargs, shaping_gamma=0.9), seed=0).gamma == pytest.approx(0.9)
+    # No shaping: the undiscounted return of a finite episode
+    assert make_algorithm(algo, _venv(tiny_kwargs, reward_shaping="none"), seed=0).gamma == 1.0
+    assert make_algorithm(algo, _venv(tiny_kwargs, "MARA-v0"), seed=0).gamma == 1.0
+    with pytest.warns(UserWarning, match=r"shaping_gamma=0\.99.*Set gamma=0\.99"):
+        model = make_algorithm(algo, _venv(tiny_kwargs), seed=0, gamma=1.0)
+    assert model.gamma == 1.0  # the user's value is kept
+
+
+def test_sac_default_discount_matches_the_default_shaping(tiny_kwargs, recwarn):
+    model = make_algorithm("sac-discrete", _venv(tiny_kwargs), seed=0)
+    assert model.gamma == pytest.approx(gym.spec("MARA-v1").kwargs["shaping_gamma"])
+    assert not [w for w in recwarn if "shaping_gamma" in str(w.message)]
