@@ -2,8 +2,8 @@
 Aligned generation: an LLM's answers decoded under a trained accept/reject agent.
 
 :class:`MARAGenerator` runs the same decoder as the ``MARA-v1`` / ``MARA-v0`` environments
-(:class:`mara_env.decoder.AcceptRejectDecoder`) and builds the agent's observation the same way
-(:func:`mara_env.observation.observe`, the layout read from the agent's input size), with the same prompt format
+(:class:`mara_env.AcceptRejectDecoder`) and builds the agent's observation the same way
+(:func:`mara_env.observe`, the layout read from the agent's input size), with the same prompt format
 (:class:`mara_env.PromptFormat`), the same candidate sets and the same forced last candidate, so an
 agent decides at generation time exactly as it did in training. Many prompts are decoded at once:
 each of ``batch_size`` rows takes the next prompt as soon as its answer ends.
@@ -24,46 +24,48 @@ and seeded per batch): the base system of every comparison and the draws of best
 Example::
 
     >>> from agents import MARAGenerator
-    >>> gen = MARAGenerator(llm=None, agent="runs/mara-default/model.zip", top_k=50, top_p=0.95)
-    >>> out = gen.generate(["How do I pick a lock?"], max_new_tokens=64, seed=0)
-    >>> out[0].text, out[0].num_decisions, out[0].accept_position_counts()
-    >>> raw = gen.generate_raw(["How do I pick a lock?"], max_new_tokens=64, seed=0)  # the LLM alone
-    >>> for piece in gen.stream("Tell me a story", max_new_tokens=64):
+    >>> gen = MARAGenerator(llm=None, agent="runs/mara-default/model.zip", top_k=50, top_p=0.95)  # doctest: +SKIP
+    >>> out = gen.generate(["How do I pick a lock?"], max_new_tokens=64, seed=0)  # doctest: +SKIP
+    >>> out[0].text, out[0].num_decisions, out[0].accept_position_counts()  # doctest: +SKIP
+    >>> raw = gen.generate_raw(["How do I pick a lock?"], max_new_tokens=64, seed=0)  # doctest: +SKIP
+    >>> for piece in gen.stream("Tell me a story", max_new_tokens=64):  # doctest: +SKIP
     ...     print(piece, end="", flush=True)
+
+(Not run by the test suite: it needs a trained agent and the embedded model's weights.)
 """
 
 from __future__ import annotations
 
-import os
 import time
-import warnings
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch as th
-from gymnasium import spaces
-from stable_baselines3.common.base_class import BaseAlgorithm
-from stable_baselines3.common.torch_layers import FlattenExtractor
 from tqdm.auto import tqdm
 from transformers import LogitsProcessor, LogitsProcessorList
 
-from agents.authors_format import import_authors_actor, load_weights
-from agents.sac_discrete.policies import DiscreteActor
-from mara_env.candidates import CandidateConfig, candidate_sets
-from mara_env.config import AUTO_CHUNK_SIZE
-from mara_env.decoder import AcceptRejectDecoder, DecoderConfig, Phase
-from mara_env.llm import LLMReplica, PromptFormat, default_max_prompt_tokens, load_replicas
-from mara_env.observation import ObservationLayout, observe
+from agents.accept import AcceptFunction, as_accept_function, kl_increment
+from agents.evaluation.statistics import ACCEPT_POSITION_BINS, accept_position_counts
+from mara_env import (
+    AcceptRejectDecoder,
+    CandidateConfig,
+    DecoderConfig,
+    LLMReplica,
+    ObservationLayout,
+    Phase,
+    PromptEncoder,
+    PromptFormat,
+    candidate_sets,
+    default_max_prompt_tokens,
+    load_replicas,
+    observe,
+    resolve_chunk_size,
+)
 
-#: A function from observations ``(n, hidden)`` to accept probabilities (or 0/1 decisions) ``(n,)``.
-AcceptFunction = Callable[[np.ndarray], np.ndarray]
-
-#: File suffixes read as an actor in the authors' state-dict layout.
-AUTHORS_SUFFIXES = (".pt", ".pth", ".bin")
+__all__ = ["Generation", "GenerationStats", "MARAGenerator", "Rescore", "batched_generate"]
 
 
 @dataclass
@@ -99,14 +101,14 @@ class Generation:
     def num_tokens(self) -> int:
         return len(self.token_ids)
 
-    def accept_position_counts(self, max_rank: int = 10) -> np.ndarray:
-        """How many answer tokens were the 1st, 2nd, ... candidate, over positions with a choice.
+    def accept_position_counts(self, max_rank: int = ACCEPT_POSITION_BINS) -> np.ndarray:
+        """How many answer tokens were the 1st, 2nd, ... candidate: :func:`agents.evaluation.accept_position_counts`
+        of this answer, the definition of every report.
 
-        Positions whose set held a single token are left out (nothing was decided there); the last
-        bin pools ranks ``>= max_rank``.
+        Every answer token counts, a token forced from a single-candidate set too (as rank 0: it was the
+        first candidate); the last bin pools ranks ``>= max_rank - 1``.
         """
-        ranks = [min(r, max_rank - 1) for r, n in zip(self.accepted_ranks, self.set_sizes) if n > 1]
-        return np.bincount(np.asarray(ranks, dtype=np.int64), minlength=max_rank)
+        return accept_position_counts([self.accepted_ranks], max_rank=max_rank)
 
 
 @dataclass
@@ -131,133 +133,6 @@ class GenerationStats:
         return self.answer_tokens / self.wall_seconds if self.wall_seconds > 0 else float("nan")
 
 
-# --------------------------------------------------------------------------------------------- agents
-
-
-def _layout_for(size: int, hidden_size: int, observation: str, what: str) -> ObservationLayout:
-    """The observation layout an agent that reads vectors of ``size`` needs on an LLM of ``hidden_size``."""
-    try:
-        found = ObservationLayout.for_size(size, hidden_size)
-    except ValueError:
-        raise ValueError(
-            f"{what} observes vectors of size {size}, which fits no observation of this LLM (hidden size "
-            f"{hidden_size}: {hidden_size} for 'hidden', {ObservationLayout('hidden+ref', hidden_size).size} for "
-            "'hidden+ref'). An agent transfers only between LLMs with the same hidden size (the paper's Table 3); "
-            "train one on this LLM or pick an LLM of the agent's hidden size."
-        ) from None
-    if observation not in ("auto", found.mode):
-        raise ValueError(
-            f"{what} was trained on observation={found.mode!r} (vectors of size {size}), but observation="
-            f"{observation!r} was asked for. "
-            + (
-                "Actors in the authors' layout, and agents trained on MARA-v0, read hidden states only: "
-                if found.mode == "hidden"
-                else "This agent needs the reference's features (MARA-v1): "
-            )
-            + f"pass observation={found.mode!r} or 'auto'."
-        )
-    return found
-
-
-def _actor_accept(actor: DiscreteActor) -> AcceptFunction:
-    actor.set_training_mode(False)
-
-    def accept(obs: np.ndarray) -> np.ndarray:
-        with th.no_grad():
-            probs, _ = actor.action_probs(th.as_tensor(obs, dtype=th.float32, device=actor.device))
-        return probs[:, 1].double().cpu().numpy()
-
-    return accept
-
-
-def load_authors_actor(path: str | os.PathLike) -> DiscreteActor:
-    """Build an actor from a checkpoint in the authors' layout (``ln``, ``linear1``, ``linear2``, ``output_linear``).
-
-    The layer sizes are read from the file; it is loaded with ``weights_only=True``.
-    """
-    state = load_weights(path)
-    needed = ("ln.weight", "linear1.weight", "linear2.weight", "output_linear.weight")
-    if not isinstance(state, dict) or not all(isinstance(state.get(k), th.Tensor) for k in needed):
-        raise ValueError(
-            f"'{os.fspath(path)}' is not an agent checkpoint: expected an SB3 .zip save or an actor state dict in "
-            f"the authors' layout with keys {list(needed)}."
-        )
-    hidden = int(state["ln.weight"].shape[0])
-    net_arch = [int(state["linear1.weight"].shape[0]), int(state["linear2.weight"].shape[0])]
-    obs_space = spaces.Box(-np.inf, np.inf, shape=(hidden,), dtype=np.float32)
-    actor = DiscreteActor(
-        obs_space,
-        spaces.Discrete(int(state["output_linear.weight"].shape[0])),
-        net_arch=net_arch,
-        features_extractor=FlattenExtractor(obs_space),
-        features_dim=hidden,
-        input_layer_norm=True,
-    )
-    import_authors_actor(actor, state)
-    return actor
-
-
-def as_accept_function(
-    agent: Any, hidden_size: int, device: str | th.device = "auto", observation: str = "auto"
-) -> tuple[AcceptFunction, ObservationLayout]:
-    """Turn any supported agent into a function from observations to accept probabilities.
-
-    :param agent: a trained SB3 model (``DiscreteSAC``, PPO, A2C, DQN, QR-DQN); the path of a saved SB3
-        ``.zip`` of one of those; the path of an actor in the authors' layout (``.pt``/``.pth``/``.bin``);
-        a :class:`~agents.sac_discrete.policies.DiscreteActor`; or a callable mapping an ``(n, size)``
-        float32 array to ``n`` accept probabilities (0/1 decisions are probabilities too).
-    :param hidden_size: the LLM's hidden size; an agent for another size is refused.
-    :param device: device for models loaded from files.
-    :param observation: the observation the agent reads (:mod:`mara_env.observation`): ``"hidden"``,
-        ``"hidden+ref"``, or ``"auto"``, which reads it off the agent's input size (a callable: ``"hidden"``).
-    :return: the function and the observation layout to feed it.
-    """
-    # agents.algorithms imports every SB3 algorithm class; only needed for SB3 models and their files.
-    if isinstance(agent, (str, os.PathLike)):
-        path = Path(agent)
-        if not path.is_file():
-            raise FileNotFoundError(f"agent checkpoint '{path}' does not exist.")
-        if path.suffix.lower() in AUTHORS_SUFFIXES:
-            agent = load_authors_actor(path)
-        else:
-            from agents.algorithms import load_algorithm
-
-            agent = load_algorithm(path, device=device)
-    if isinstance(agent, BaseAlgorithm):
-        shape = agent.observation_space.shape
-        if not isinstance(agent.action_space, spaces.Discrete) or agent.action_space.n != 2 or len(shape) != 1:
-            raise ValueError(
-                f"{type(agent).__name__} was trained on observations {shape} and actions {agent.action_space}; "
-                "a MARA agent observes one vector and has two actions (reject, accept)."
-            )
-        layout = _layout_for(shape[0], hidden_size, observation, f"The {type(agent).__name__} agent")
-        from agents.algorithms import accept_probabilities
-
-        model = agent
-        return (lambda obs: accept_probabilities(model, obs)), layout
-    if isinstance(agent, DiscreteActor):
-        layout = _layout_for(agent.observation_space.shape[0], hidden_size, observation, "The actor")
-        return _actor_accept(agent), layout
-    if callable(agent):
-        fn = agent
-
-        def checked(obs: np.ndarray) -> np.ndarray:
-            out = np.asarray(fn(obs), dtype=np.float64).reshape(-1)
-            if out.shape != (obs.shape[0],) or not np.all((out >= 0) & (out <= 1)):
-                raise ValueError(
-                    f"the agent callable must return {obs.shape[0]} accept probabilities in [0, 1] for an "
-                    f"observation batch of shape {obs.shape}; it returned {np.asarray(fn(obs)).shape} values "
-                    f"(min {np.nanmin(out) if out.size else 'n/a'})."
-                )
-            return out
-
-        return checked, ObservationLayout("hidden" if observation == "auto" else observation, hidden_size)
-    raise TypeError(
-        f"agent: cannot use a {type(agent).__name__}. Pass a trained SB3 model, the path of its .zip, an actor in "
-        "the authors' layout (.pt), or a callable observations -> accept probabilities."
-    )
-
-
 # --------------------------------------------------------------------------------------------- generator
 
 
@@ -266,7 +141,7 @@ class MARAGenerator:
 
     :param llm: the LLM, in any form ``MARA-v0`` accepts (``None``: the embedded SmolLM2-135M-Instruct,
         a hub id or folder, ``(model, tokenizer)``, a list of replicas or devices).
-    :param agent: the agent (see :func:`as_accept_function`). ``None`` decodes with the reference's own
+    :param agent: the agent (see :func:`agents.accept.as_accept_function`). ``None`` decodes with the reference's own
         accept probabilities ``p_ref(accept | k)``, which samples the candidate-set distribution ``q``
         exactly: raw decoding through the accept/reject machinery.
     :param devices: devices for the LLM replicas (rows are split across them).
@@ -304,8 +179,6 @@ class MARAGenerator:
         deterministic: bool = False,
         observation: str = "auto",
     ) -> None:
-        if prompt_overflow not in ("truncate", "error"):
-            raise ValueError(f"prompt_overflow must be 'truncate' or 'error', got {prompt_overflow!r}.")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}.")
         self.candidates = CandidateConfig(top_k=top_k, top_p=top_p, temperature=temperature)
@@ -316,14 +189,9 @@ class MARAGenerator:
         self.tokenizer = first.tokenizer
         self.hidden_size = first.hidden_size
         self.prompt_format = PromptFormat(first.tokenizer, system_prompt)
-        if chunk_size == "all":
-            self.chunk_size = top_k
-        elif chunk_size == "auto":
-            self.chunk_size = AUTO_CHUNK_SIZE.get(first.device.type, 4)
-        elif isinstance(chunk_size, int) and not isinstance(chunk_size, bool) and chunk_size >= 1:
-            self.chunk_size = chunk_size
-        else:
-            raise ValueError(f"chunk_size must be an integer >= 1, 'all' or 'auto', got {chunk_size!r}.")
+        # open-ended prompts: no cache of their ids
+        self.prompt_encoder = PromptEncoder(self.prompt_format, prompt_overflow)
+        self.chunk_size = resolve_chunk_size(chunk_size, first.device, top_k)
         self.max_prompt_tokens = max_prompt_tokens
         self.prompt_overflow = prompt_overflow
         self.batch_size = batch_size
@@ -336,7 +204,6 @@ class MARAGenerator:
                 agent, self.hidden_size, device=first.device, observation=observation
             )
         self.last_stats = GenerationStats()
-        self._warned: set[str] = set()
 
     # ----------------------------------------------------------------------------------- aligned
 
@@ -446,17 +313,7 @@ class MARAGenerator:
         return default_max_prompt_tokens(self.replicas[0].model, max_new_tokens, self.chunk_size)
 
     def _prompt_ids(self, prompt: str, limit: int | None) -> tuple[list[int], bool]:
-        ids, truncated = self.prompt_format.token_ids(prompt, limit)
-        if truncated:
-            if self.prompt_overflow == "error":
-                raise ValueError(
-                    f"prompt exceeds max_prompt_tokens={limit}: {prompt[:80]!r}... Shorten it, lower "
-                    "max_new_tokens, or use prompt_overflow='truncate'."
-                )
-            if prompt not in self._warned:
-                self._warned.add(prompt)
-                warnings.warn(f"A prompt exceeds {limit} tokens; its start was cut off: {prompt[:60]!r}", stacklevel=4)
-        return ids, truncated
+        return self.prompt_encoder.encode(prompt, limit)
 
     def _decode(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=True)
@@ -541,14 +398,11 @@ class MARAGenerator:
             else:
                 u = np.array([rngs[r].random() for r in ready])
                 actions = (u < p_accept).astype(np.int64)
-            # log pi(a | s) of the decision taken; a deterministic decision has probability 1.
-            if deterministic:
-                logp_pi = np.zeros(len(ready))
-            else:
-                logp_pi = np.log(np.where(actions == 1, p_accept, 1.0 - p_accept))
+            # a deterministic decision has probability 1 under the policy that took it
+            p_taken = actions.astype(np.float64) if deterministic else p_accept
             logp_ref = decoder.decide(ready, actions)
-            for row, lp, lr in zip(ready, logp_pi, logp_ref):
-                kl[row] += float(lp - lr)
+            for row, term in zip(ready, kl_increment(p_taken, actions, logp_ref)):
+                kl[row] += float(term)
             # waiting rows advanced in the same call may have ended too (a forced EOS)
             ended = [r for r in owner if decoder.rows[r].phase is Phase.DONE]
             for r in ended:

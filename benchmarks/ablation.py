@@ -1,6 +1,6 @@
 """Which part of MARA-v1 does what: the default run with reference features, anchored policy and shaping on and off.
 
-Each variant is the default ``mara train`` run (:data:`agents.run_config.DEFAULT_RUN`: DiscreteSAC,
+Each variant is the default ``mara train`` run (:data:`agents.training.run_config.DEFAULT_RUN`: DiscreteSAC,
 the embedded SmolLM2-135M-Instruct, the default prompt set's train part, 48-token answers, the same
 number of decisions and seed) with some of MARA-v1's three parts turned off:
 
@@ -46,9 +46,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from agents.cli.train import CONFIG_FILE, MODEL_FILE, train_run
-from agents.comparison import held_out_prompts, run_comparison
-from agents.run_config import RunConfig
+from agents.evaluation import held_out_prompts, run_comparison
+from agents.training.run_config import RunConfig
+from agents.training.runner import CONFIG_FILE, MODEL_FILE, train_run
 
 RESULTS = Path(__file__).resolve().parent / "results" / "ablation"
 

@@ -1,20 +1,20 @@
 """Every registered RL algorithm on one MARA task variant: learning curves, preference rate, speed.
 
-Each algorithm of :data:`agents.algorithms.ALGORITHMS` (or those named with ``--algos``) trains on
+Each algorithm of :data:`agents.registry.ALGORITHMS` (or those named with ``--algos``) trains on
 the same task (``--variant``, see :mod:`mara_env.variants`) for the same number of environment
 decisions, once per seed. One (algorithm, seed) pair:
 
 1. builds ``VecMonitor(SB3VecEnv(gym.make_vec(env_id, num_envs=N, **variant)))`` (``--env-id``,
    default ``MARA-v1``) on the LLM
    replicas loaded once for the whole benchmark, and the algorithm with its MARA defaults
-   (:func:`agents.algorithms.make_algorithm`); only schedules that would not fit the budget are
+   (:func:`agents.registry.make_algorithm`); only schedules that would not fit the budget are
    shortened (see :func:`fit_to_budget`, recorded in ``results.json``);
-2. trains, logging ``mara/*`` episode means to ``progress.csv`` (``agents.callbacks.MARALoggingCallback``)
+2. trains, logging ``mara/*`` episode means to ``progress.csv`` (``agents.training.callbacks.MARALoggingCallback``)
    and, every ``eval_every`` decisions (and at 0 and at the end), decoding a fixed subset of the
    held-out prompts with :class:`agents.MARAGenerator` under the model being trained and scoring the
    answers with :class:`mara_env.scoring.TerminalReward`: the evaluation learning curves;
 3. compares the trained agent with the base LLM on the held-out prompts
-   (:func:`agents.comparison.run_comparison`, no best-of-N): preference rate with a bootstrap 95%
+   (:func:`agents.evaluation.run_comparison`, no best-of-N): preference rate with a bootstrap 95%
    interval, mean reward and cost scores, mean KL to the reference, accepted-position distribution.
 
 Training speed (decisions/s) counts training only: evaluation time is measured and taken out. A
@@ -83,50 +83,36 @@ import platform
 import shutil
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import gymnasium as gym
 import numpy as np
 import torch as th
 
 # Runnable as a script from anywhere in the repository
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from stable_baselines3.common.base_class import BaseAlgorithm
-from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import configure
-from stable_baselines3.common.vec_env import VecMonitor
 from tqdm.auto import tqdm
 
 import mara_env
-from agents.algorithms import ALGORITHMS, get_spec, resolve_kwargs
-from agents.algorithms import make_algorithm as build_algorithm
-from agents.comparison import held_out_prompts, run_comparison
-from agents.evaluation import accept_position_counts
-from agents.generation import Generation, MARAGenerator
-from mara_env.config import MARAConfig
-from mara_env.llm import LLMReplica, load_replicas
-from mara_env.sb3 import SB3VecEnv
-from mara_env.scoring import TerminalReward
+from agents.cli.common import DECODING_KEYS, LLM_KEYS
+from agents.evaluation import held_out_prompts, run_comparison, summarize_generations
+from agents.files import jsonable, write_json_atomic
+from agents.generation import MARAGenerator
+from agents.registry import ALGORITHMS, get_spec, resolve_kwargs
+from agents.registry import make_algorithm as build_algorithm
+from agents.training.callbacks import EvaluationCallback, MARALoggingCallback
+from agents.training.runner import learn, make_env
+from mara_env import LLMReplica, MARAConfig, TerminalReward, load_replicas
+from mara_env.prompts import held_out_part
 from mara_env.variants import VARIANTS, variant_settings
-
-try:  # the logging callback is optional: without it progress.csv has no mara/* columns
-    from agents.callbacks import MARALoggingCallback
-except ImportError:  # pragma: no cover - only while agents.callbacks is missing
-    MARALoggingCallback = None
 
 RESULTS = Path(__file__).resolve().parent / "results" / "algorithms"
 
-#: Environment settings that place the LLM: used to load the replicas once, not passed to each env.
-LLM_KEYS = ("llm", "devices", "dtype", "trust_remote_code")
-#: Environment settings the generator must repeat so that evaluation decodes as training did.
-DECODING_KEYS = ("top_k", "top_p", "temperature", "system_prompt", "chunk_size", "max_prompt_tokens", "prompt_overflow")
-#: Accepted-position bins: positions 1 .. 9 and "10 or later" (as the comparison report's figure).
-ACCEPT_BINS = 10
 RESULT_FILE = "result.json"
 
 
@@ -219,7 +205,7 @@ def fit_to_budget(algo: str, decisions: int, num_envs: int) -> dict[str, Any]:
     :param algo: registry name.
     :param decisions: training decisions per run.
     :param num_envs: sub-environments.
-    :return: overrides for :func:`agents.algorithms.make_algorithm` (empty when the defaults fit).
+    :return: overrides for :func:`agents.registry.make_algorithm` (empty when the defaults fit).
     """
     spec = get_spec(algo)
     defaults = resolve_kwargs(algo)
@@ -242,105 +228,11 @@ def fit_to_budget(algo: str, decisions: int, num_envs: int) -> dict[str, Any]:
     return out
 
 
-# --------------------------------------------------------------------------------------------- evaluation
-
-
-def _mean(values: Sequence[float] | np.ndarray) -> float:
-    array = np.asarray(values, dtype=np.float64)
-    return float(array.mean()) if array.size else float("nan")
-
-
-def summarize_generations(answers: Sequence[Generation], terminal: TerminalReward) -> dict[str, Any]:
-    """Score answers and summarise them: one point of a learning curve.
-
-    :param answers: answers of one evaluation, in prompt order.
-    :param terminal: the task's reward and cost models.
-    :return: ``reward``, ``cost``, ``terminal`` (``alpha_r R - alpha_c C``), ``kl`` (nats), ``tokens``
-        (means over answers), ``accept_first`` (share of answer tokens that were the first candidate)
-        and ``accept_positions`` (shares of positions 1 .. 9 and 10+).
-    """
-    scores = terminal([a.prompt for a in answers], [a.text for a in answers])
-    counts = accept_position_counts([a.accepted_ranks for a in answers], max_rank=ACCEPT_BINS)
-    total = int(counts.sum())
-    shares = (counts / total).tolist() if total else [float("nan")] * ACCEPT_BINS
-    return {
-        "reward": _mean(scores.reward_score),
-        "cost": _mean(scores.cost_score),
-        "terminal": _mean(scores.reward),
-        "kl": _mean([a.kl for a in answers]),
-        "tokens": _mean([a.num_tokens for a in answers]),
-        "accept_first": shares[0],
-        "accept_positions": shares,
-    }
-
-
-class EvaluationCallback(BaseCallback):
-    """Evaluate the model being trained at the start, every ``every`` decisions before ``total``, and at the end.
-
-    Periodic evaluations stop short of ``total`` because training runs a little past it (to the end
-    of a rollout or a ``train_freq`` period), where the final evaluation comes anyway. Also drives a
-    progress bar over decisions. The time spent evaluating is kept in :attr:`seconds` so that
-    training speed can leave it out.
-
-    :param evaluate: model -> summary dict (:func:`summarize_generations` of its answers).
-    :param every: decisions between evaluations.
-    :param total: the training budget in decisions.
-    :param bar: a tqdm bar over decisions, or ``None``.
-    """
-
-    def __init__(
-        self, evaluate: Callable[[BaseAlgorithm], dict[str, Any]], every: int, total: int, bar: Any = None
-    ) -> None:
-        super().__init__()
-        self.evaluate = evaluate
-        self.every = int(every)
-        self.total = int(total)
-        self.bar = bar
-        self.points: list[dict[str, Any]] = []
-        self.seconds = 0.0
-        self._next = 0
-
-    def _run(self) -> None:
-        start = time.perf_counter()
-        point = {"decisions": int(self.num_timesteps), **self.evaluate(self.model)}
-        point["seconds"] = time.perf_counter() - start
-        self.seconds += point["seconds"]
-        self.points.append(point)
-        if self.bar is not None:
-            self.bar.set_postfix(reward=f"{point['reward']:.3f}", cost=f"{point['cost']:.3f}", refresh=False)
-
-    def _on_training_start(self) -> None:
-        self._run()  # the untrained policy: where every curve starts
-        self._next = (self.num_timesteps // self.every + 1) * self.every
-
-    def _on_step(self) -> bool:
-        if self.bar is not None:
-            self.bar.update(self.num_timesteps - self.bar.n)
-        if self._next <= self.num_timesteps and self._next < self.total:
-            self._run()
-            self._next = (self.num_timesteps // self.every + 1) * self.every
-        return True
-
-    def _on_training_end(self) -> None:
-        if self.points[-1]["decisions"] < self.num_timesteps:
-            self._run()
-
-
 # --------------------------------------------------------------------------------------------- the benchmark
 
 
-def _jsonable(value: Any) -> Any:
-    """Plain JSON data: numbers (non-finite -> None), strings, lists, dicts; anything else by name."""
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, (bool, str)) or value is None:
-        return value
-    if isinstance(value, (int, np.integer)):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        return float(value) if math.isfinite(value) else None
+def _name(value: Any) -> Any:
+    """How :func:`_jsonable` writes what JSON has no type for: the LLM and devices by name, classes by name."""
     if isinstance(value, LLMReplica):
         return value.name
     if isinstance(value, (th.device, th.dtype, os.PathLike)):
@@ -348,11 +240,14 @@ def _jsonable(value: Any) -> Any:
     return getattr(value, "__name__", None) or type(value).__name__
 
 
+def _jsonable(value: Any) -> Any:
+    """Plain JSON data: numbers (non-finite -> None), strings, lists, dicts; anything else by name."""
+    return jsonable(value, default=_name)
+
+
 def _write_json(path: Path, data: Any) -> None:
     """Write JSON through a temporary file and a rename, so a kill never leaves half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(_jsonable(data), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_json_atomic(path, data, default=_name)
 
 
 def machine_info(replicas: Sequence[LLMReplica]) -> dict[str, Any]:
@@ -370,11 +265,6 @@ def machine_info(replicas: Sequence[LLMReplica]) -> dict[str, Any]:
         "torch": th.__version__,
         "platform": platform.platform(),
     }
-
-
-def _held_out_part(prompt_split: str) -> str:
-    # Evaluate on the part of the split that training never draws (both parts if it draws all).
-    return {"train": "test", "test": "train"}.get(prompt_split, "all")
 
 
 @dataclass
@@ -433,8 +323,7 @@ def run_pair(algo: str, seed: int, ctx: _Context, folder: Path) -> dict[str, Any
     budget = ctx.budget
     fitted = fit_to_budget(algo, budget.decisions, budget.num_envs)
     overrides = {**fitted, **ctx.hyperparameters.get(algo, {})}
-    vec = gym.make_vec(ctx.env_id, num_envs=budget.num_envs, **ctx.env_kwargs())
-    venv = VecMonitor(SB3VecEnv(vec))
+    venv = make_env(ctx.env_id, budget.num_envs, **ctx.env_kwargs())
     try:
         model = build_algorithm(algo, venv, seed=seed, device=ctx.device, **overrides)
         model.set_logger(configure(str(folder), ["csv"]))
@@ -442,13 +331,9 @@ def run_pair(algo: str, seed: int, ctx: _Context, folder: Path) -> dict[str, Any
             total=budget.decisions, desc=f"{algo} seed {seed}", unit="dec", leave=False, disable=not ctx.progress
         )
         evaluation = EvaluationCallback(lambda m: ctx.evaluate(m, seed), budget.eval_every, budget.decisions, bar)
-        callbacks: list[BaseCallback] = [evaluation]
-        log_callback = MARALoggingCallback(budget.log_every) if MARALoggingCallback is not None else None
-        if log_callback is not None:
-            callbacks.insert(0, log_callback)
+        log_callback = MARALoggingCallback(budget.log_every)
         learn_start = time.perf_counter()
-        # log_interval=None: progress.csv rows come from the logging callback only, every log_every decisions
-        model.learn(budget.decisions, callback=callbacks, log_interval=None, progress_bar=False)
+        learn(model, budget.decisions, log_callback, [evaluation])
         learn_seconds = time.perf_counter() - learn_start
         bar.close()
     finally:
@@ -471,7 +356,7 @@ def run_pair(algo: str, seed: int, ctx: _Context, folder: Path) -> dict[str, Any
         alpha_r=ctx.config.alpha_r,
         alpha_c=ctx.config.alpha_c,
         scorer_device=ctx.config.scorer_device,
-        training_log=progress_csv if log_callback is not None and _has_rows(progress_csv) else None,
+        training_log=progress_csv if _has_rows(progress_csv) else None,
         meta={"algorithm": algo, "seed": seed, "decisions": decisions},
         progress=False,
         batch_size=budget.num_envs,
@@ -510,7 +395,7 @@ def run_pair(algo: str, seed: int, ctx: _Context, folder: Path) -> dict[str, Any
         "curve": evaluation.points,
         "hyperparameters": resolve_kwargs(algo, **overrides),
         "budget_overrides": fitted,
-        "training_log_last": dict(log_callback.last_means) if log_callback is not None else {},
+        "training_log_last": dict(log_callback.last_means),
         "fingerprint": ctx.fingerprint(algo),
         "finished": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
@@ -651,7 +536,7 @@ def run_benchmark(
     replicas = load_replicas(
         config.llm, devices=config.devices, dtype=config.dtype, trust_remote_code=config.trust_remote_code
     )
-    part = _held_out_part(config.prompt_split)
+    part = held_out_part(config.prompt_split)
     split = dict(
         part=part,
         test_fraction=config.test_fraction,
@@ -891,7 +776,7 @@ def plot_learning_curves(
 
 
 def _key_values(items: Sequence[str], flag: str) -> dict[str, Any]:
-    from agents.run_config import parse_value
+    from agents.training.run_config import parse_value
 
     out = {}
     for item in items:

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from agents.comparison import BASE, held_out_prompts, run_comparison
+from agents.evaluation import BASE, held_out_prompts, run_comparison
 from agents.reward_guided import args_name
 
 RESULTS = Path(__file__).parent / "results"

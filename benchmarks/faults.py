@@ -77,8 +77,8 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from conftest import save_tiny_files  # noqa: E402  (the test suite's tiny model, built in code)
 
-from agents.algorithms import read_saved_data  # noqa: E402
 from agents.cli import main  # noqa: E402
+from agents.loading import read_saved_data  # noqa: E402
 
 #: Decisions of every run, and between its checkpoints: several checkpoints per run, each ~13 MB.
 TOTAL, CHECKPOINT_EVERY = 256, 32

@@ -16,38 +16,75 @@ Importing this package registers two versions of the task::
 
 Every setting can still be given to either id; the id only sets these defaults.
 ``gym.make("mara_env:MARA-v1")`` imports the package itself.
+
+**Public API.** Everything in :data:`__all__`, which includes what code outside the package (the
+``agents`` generator, evaluation and CLI) builds on: the decoder that both environments run
+(:class:`AcceptRejectDecoder`, :class:`DecoderConfig`, :class:`Phase`), the observation of a decision
+(:func:`observe`, :class:`ObservationLayout`), the prompt format and its length rule
+(:class:`PromptFormat`, :class:`PromptEncoder`, :func:`default_max_prompt_tokens`), candidate sets, the
+chunk-size rule (:func:`resolve_chunk_size`), the scorers (:class:`TerminalReward`) and the prompt sets
+(:class:`PromptSet`, :func:`held_out_prompts`). Other module attributes are internals.
 """
+
+from importlib.metadata import PackageNotFoundError, version
 
 from gymnasium.envs.registration import register, registry
 
 from mara_env.candidates import CandidateConfig, CandidateSet, candidate_sets
-from mara_env.config import MARAConfig
+from mara_env.config import AUTO_CHUNK_SIZE, MARAConfig, resolve_chunk_size, type_problem
+from mara_env.decoder import AcceptRejectDecoder, DecoderConfig, Phase
 from mara_env.env import TokenAcceptRejectEnv
-from mara_env.llm import EMBEDDED_LLM, LLMReplica, PromptFormat, load_replicas
-from mara_env.observation import REFERENCE_FEATURES, ObservationLayout
+from mara_env.llm import (
+    EMBEDDED_LLM,
+    LLMReplica,
+    PromptEncoder,
+    PromptFormat,
+    default_max_prompt_tokens,
+    load_replicas,
+)
+from mara_env.observation import REFERENCE_FEATURES, ObservationLayout, observe
+from mara_env.prompts import PromptSet, held_out_prompts
+from mara_env.scoring import TerminalReward, TerminalScores
 from mara_env.variants import VARIANTS, variant_settings
 from mara_env.vector_env import TokenAcceptRejectVectorEnv
 
 __all__ = [
+    "AUTO_CHUNK_SIZE",
     "EMBEDDED_LLM",
     "MARA_V1",
     "REFERENCE_FEATURES",
     "VARIANTS",
     "VERSIONS",
+    "AcceptRejectDecoder",
     "CandidateConfig",
     "CandidateSet",
+    "DecoderConfig",
     "LLMReplica",
     "MARAConfig",
     "ObservationLayout",
+    "Phase",
+    "PromptEncoder",
     "PromptFormat",
+    "PromptSet",
+    "TerminalReward",
+    "TerminalScores",
     "TokenAcceptRejectEnv",
     "TokenAcceptRejectVectorEnv",
     "candidate_sets",
+    "default_max_prompt_tokens",
+    "held_out_prompts",
     "load_replicas",
+    "observe",
+    "resolve_chunk_size",
+    "type_problem",
     "variant_settings",
 ]
 
-__version__ = "0.1.0"
+try:
+    #: The installed distribution's version (``pyproject.toml`` is the one place it is written).
+    __version__ = version("mara-rl")
+except PackageNotFoundError:  # a source tree that was never installed
+    __version__ = "0+unknown"
 
 #: The settings that ``MARA-v1`` changes from ``MARA-v0`` (whose defaults are :class:`MARAConfig`'s).
 MARA_V1: dict[str, object] = {"observation": "hidden+ref", "reward_shaping": "potential", "shaping_gamma": 0.99}

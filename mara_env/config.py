@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -31,6 +31,47 @@ REWARD_SHAPINGS = ("none", "potential")
 #: 65 decisions/s at C=1, 48 at C=2, 46 at C=4). Accelerators have spare width, so a larger chunk
 #: costs almost nothing and saves forwards after rejections (not yet measured on a GPU).
 AUTO_CHUNK_SIZE = {"cpu": 1, "cuda": 8, "mps": 4, "xpu": 8}
+
+
+def setting_help(cls: type) -> dict[str, str]:
+    """Each dataclass field's help text (its ``metadata["help"]``), by field name: what ``--help`` shows.
+
+    >>> setting_help(MARAConfig)["top_p"]
+    'nucleus mass in (0, 1] (paper: 0.95).'
+    """
+    return {f.name: f.metadata["help"] for f in fields(cls) if "help" in f.metadata}
+
+
+def chunk_size_problem(chunk_size: Any) -> str | None:
+    """What a ``chunk_size`` setting should have been; ``None`` if it is valid."""
+    if chunk_size in ("auto", "all") or (
+        isinstance(chunk_size, int) and not isinstance(chunk_size, bool) and chunk_size >= 1
+    ):
+        return None
+    return f"chunk_size must be an integer >= 1, 'all' or 'auto', got {chunk_size!r}."
+
+
+def resolve_chunk_size(chunk_size: int | str, device: torch.device, set_cap: int) -> int:
+    """Candidates per forward on ``device``: ``"all"`` is the set-size cap ``top_k``, ``"auto"`` per device
+    (:data:`AUTO_CHUNK_SIZE`).
+
+    :param chunk_size: an integer >= 1, ``"all"`` or ``"auto"``.
+    :param device: the LLM's device.
+    :param set_cap: the candidate-set size cap (``top_k``).
+    :raises ValueError: another value.
+
+    >>> import torch
+    >>> resolve_chunk_size("auto", torch.device("cpu"), 50), resolve_chunk_size("all", torch.device("cpu"), 50)
+    (1, 50)
+    """
+    problem = chunk_size_problem(chunk_size)
+    if problem is not None:
+        raise ValueError(problem)
+    if chunk_size == "all":
+        return set_cap
+    if chunk_size == "auto":
+        return AUTO_CHUNK_SIZE.get(device.type, 4)
+    return int(chunk_size)
 
 
 def type_problem(annotation: str, value: Any) -> str | None:
@@ -62,94 +103,149 @@ def type_problem(annotation: str, value: Any) -> str | None:
 class MARAConfig:
     """Settings of the token accept/reject environment.
 
-    LLM
-        :param llm: the reference LLM: ``None`` (embedded SmolLM2-135M-Instruct), a hub id or local
-            folder, ``(model, tokenizer)``, a list of such pairs (one replica each), or a list of
-            device names (the embedded model on each). See :func:`mara_env.llm.load_replicas`.
-        :param devices: devices for the replicas (one replica per entry; repeat a name for several
-            replicas on one device). ``None``: the model's own device, else CUDA if present, else CPU.
-        :param dtype: ``"auto"`` (float32 on CPU, bfloat16 on CUDA), ``"float32"``, ``"bfloat16"``, ``"float16"``.
-        :param trust_remote_code: allow model repositories' own code (off by default).
-        :param system_prompt: optional system message for the chat template.
-
-    Candidate sets and episodes
-        :param top_k: candidates considered per position (paper: 50; the authors' code: 40).
-        :param top_p: nucleus mass in (0, 1] (paper: 0.95).
-        :param temperature: applied to logits before the top-k/top-p cuts.
-        :param max_new_tokens: response-length limit; reaching it ends the episode (paper: 512).
-        :param max_prompt_tokens: longest formatted prompt; ``None``: the model's context minus
-            ``max_new_tokens`` and one chunk.
-        :param prompt_overflow: what to do with a longer prompt: ``"truncate"`` (cut the user text
-            from the left, with a warning once per prompt) or ``"error"``.
-
-    Rewards
-        :param kl_coef: lambda, the weight of the per-decision reference log-probability reward.
-        :param reward_model: R: ``"sentiment"``, ``"toxicity"``, ``"length"``, ``"zero"``, a path or id of a
-            reward model (sequence classifier or beaver score model), or a callable ``(prompts, responses) -> scores``.
-        :param cost_model: C, same forms (default ``"toxicity"``); ``None`` for no cost.
-        :param alpha_r: weight of R.
-        :param alpha_c: weight of C.
-        :param scorer_device: device for reward/cost models given by name (default: the first replica's).
-        :param reward_shaping: ``"none"`` or ``"potential"``: dense credit that leaves the optimal policy
-            unchanged (Ng, Harada and Russell, 1999). After every decision the committed prefix
-            ``y_<=t`` is scored, ``Phi(s) = alpha_r R(x, y_<=t) - alpha_c C(x, y_<=t)`` (``Phi = 0`` at the
-            terminal state), and the decision's reward gains ``shaping_gamma * Phi(s') - Phi(s)``.
-            Costs one batched call of each scorer per step (on the rows whose prefix grew).
-        :param shaping_gamma: the discount of the shaping term, in (0, 1]; use the agent's ``gamma``
-            for exact policy invariance of the discounted objective (1.0: an episode's shaping terms
-            add up to ``-Phi(s_0)``, a constant per prompt start).
-
-    Prompts
-        :param prompts: a list of strings, a file (txt, jsonl, json, csv, parquet), a Hugging Face
-            dataset id, or a built-in name (see :data:`mara_env.prompts.BUILTIN_PROMPT_SETS`).
-        :param prompt_column: column/field holding the prompt (files and datasets).
-        :param dataset_split: split of a Hugging Face dataset.
-        :param prompt_split: which part of the deterministic train/test split to draw from:
-            ``"train"``, ``"test"`` or ``"all"``.
-        :param test_fraction: share of prompts held out as the test part.
-        :param split_seed: seed of the train/test split (independent of episode seeds).
-
-    Observations and speed
-        :param observation: ``"hidden"`` (the candidate's hidden state, the paper's) or ``"hidden+ref"``
-            (followed by the reference's features of the decision: ``log q_k``, ``log p_ref(accept|k)``,
-            ``log p_ref(reject|k)``, rank, set size, remaining mass, set entropy, position; see
-            :mod:`mara_env.observation`). ``MARA-v1`` defaults to ``"hidden+ref"``.
-        :param chunk_size: candidates whose hidden states are computed per forward: an integer
-            ``>= 1`` (1 = lazy), ``"all"`` (the whole set at once), or ``"auto"`` (per device, see
-            :data:`AUTO_CHUNK_SIZE`).
-        :param obs_dtype: ``"float32"`` or ``"float16"`` (halves replay-buffer memory).
-        :param info_response: put the response text so far in every step's ``info`` (costs a decode per step).
+    Each field's help text is beside it, in ``dataclasses.fields(MARAConfig)[i].metadata["help"]``
+    (:func:`setting_help`), where ``mara train --help`` reads it. The groups: the LLM (``llm`` ..
+    ``system_prompt``), candidate sets and episodes (``top_k`` .. ``prompt_overflow``), rewards
+    (``kl_coef`` .. ``shaping_gamma``), prompts (``prompts`` .. ``split_seed``), observations and
+    speed (``observation`` .. ``info_response``).
     """
 
-    llm: Any = None
-    devices: Any = None
-    dtype: Any = "auto"
-    trust_remote_code: bool = False
-    system_prompt: str | None = None
-    top_k: int = 50
-    top_p: float = 0.95
-    temperature: float = 1.0
-    max_new_tokens: int = 512
-    max_prompt_tokens: int | None = None
-    prompt_overflow: str = "truncate"
-    kl_coef: float = 0.1
-    reward_model: Any = "sentiment"
-    cost_model: Any = "toxicity"
-    alpha_r: float = 1.0
-    alpha_c: float = 1.0
-    scorer_device: Any = None
-    reward_shaping: str = "none"
-    shaping_gamma: float = 0.99
-    prompts: Any = "default"
-    prompt_column: str | None = None
-    dataset_split: str = "train"
-    prompt_split: str = "train"
-    test_fraction: float = 0.2
-    split_seed: int = 0
-    observation: str = "hidden"
-    chunk_size: int | str = "auto"
-    obs_dtype: str = "float32"
-    info_response: bool = False
+    llm: Any = field(
+        default=None,
+        metadata={
+            "help": (
+                "the reference LLM: None (embedded SmolLM2-135M-Instruct), a hub id or local folder, (model, "
+                "tokenizer), a list of such pairs (one replica each), or a list of device names (the embedded model "
+                "on each). See mara_env.llm.load_replicas."
+            )
+        },
+    )
+    devices: Any = field(
+        default=None,
+        metadata={
+            "help": (
+                "devices for the replicas (one replica per entry; repeat a name for several replicas on one device). "
+                "None: the model's own device, else CUDA if present, else CPU."
+            )
+        },
+    )
+    dtype: Any = field(
+        default="auto",
+        metadata={"help": '"auto" (float32 on CPU, bfloat16 on CUDA), "float32", "bfloat16", "float16".'},
+    )
+    trust_remote_code: bool = field(
+        default=False, metadata={"help": "allow model repositories' own code (off by default)."}
+    )
+    system_prompt: str | None = field(default=None, metadata={"help": "optional system message for the chat template."})
+    top_k: int = field(
+        default=50, metadata={"help": "candidates considered per position (paper: 50; the authors' code: 40)."}
+    )
+    top_p: float = field(default=0.95, metadata={"help": "nucleus mass in (0, 1] (paper: 0.95)."})
+    temperature: float = field(default=1.0, metadata={"help": "applied to logits before the top-k/top-p cuts."})
+    max_new_tokens: int = field(
+        default=512, metadata={"help": "response-length limit; reaching it ends the episode (paper: 512)."}
+    )
+    max_prompt_tokens: int | None = field(
+        default=None,
+        metadata={"help": "longest formatted prompt; None: the model's context minus max_new_tokens and one chunk."},
+    )
+    prompt_overflow: str = field(
+        default="truncate",
+        metadata={
+            "help": (
+                'what to do with a longer prompt: "truncate" (cut the user text from the left, with a warning once '
+                'per prompt) or "error".'
+            )
+        },
+    )
+    kl_coef: float = field(
+        default=0.1, metadata={"help": "lambda, the weight of the per-decision reference log-probability reward."}
+    )
+    reward_model: Any = field(
+        default="sentiment",
+        metadata={
+            "help": (
+                'R: "sentiment", "toxicity", "length", "zero", a path or id of a reward model (sequence classifier or'
+                " beaver score model), or a callable (prompts, responses) -> scores."
+            )
+        },
+    )
+    cost_model: Any = field(
+        default="toxicity", metadata={"help": 'C, same forms (default "toxicity"); None for no cost.'}
+    )
+    alpha_r: float = field(default=1.0, metadata={"help": "weight of R."})
+    alpha_c: float = field(default=1.0, metadata={"help": "weight of C."})
+    scorer_device: Any = field(
+        default=None, metadata={"help": "device for reward/cost models given by name (default: the first replica's)."}
+    )
+    reward_shaping: str = field(
+        default="none",
+        metadata={
+            "help": (
+                '"none" or "potential": dense credit that leaves the optimal policy unchanged (Ng, Harada and '
+                "Russell, 1999). After every decision the committed prefix y_<=t is scored, Phi(s) = alpha_r R(x, "
+                "y_<=t) - alpha_c C(x, y_<=t) (Phi = 0 at the terminal state), and the decision's reward gains "
+                "shaping_gamma * Phi(s') - Phi(s). Costs one batched call of each scorer per step (on the rows whose "
+                "prefix grew)."
+            )
+        },
+    )
+    shaping_gamma: float = field(
+        default=0.99,
+        metadata={
+            "help": (
+                "the discount of the shaping term, in (0, 1]; use the agent's gamma for exact policy invariance of "
+                "the discounted objective (1.0: an episode's shaping terms add up to -Phi(s_0), a constant per prompt"
+                " start)."
+            )
+        },
+    )
+    prompts: Any = field(
+        default="default",
+        metadata={
+            "help": (
+                "a list of strings, a file (txt, jsonl, json, csv, parquet), a Hugging Face dataset id, or a built-in"
+                " name (see mara_env.prompts.BUILTIN_PROMPT_SETS)."
+            )
+        },
+    )
+    prompt_column: str | None = field(
+        default=None, metadata={"help": "column/field holding the prompt (files and datasets)."}
+    )
+    dataset_split: str = field(default="train", metadata={"help": "split of a Hugging Face dataset."})
+    prompt_split: str = field(
+        default="train",
+        metadata={"help": 'which part of the deterministic train/test split to draw from: "train", "test" or "all".'},
+    )
+    test_fraction: float = field(default=0.2, metadata={"help": "share of prompts held out as the test part."})
+    split_seed: int = field(
+        default=0, metadata={"help": "seed of the train/test split (independent of episode seeds)."}
+    )
+    observation: str = field(
+        default="hidden",
+        metadata={
+            "help": (
+                '"hidden" (the candidate\'s hidden state, the paper\'s) or "hidden+ref" (followed by the reference\'s '
+                "features of the decision: log q_k, log p_ref(accept|k), log p_ref(reject|k), rank, set size, "
+                'remaining mass, set entropy, position; see mara_env.observation). MARA-v1 defaults to "hidden+ref".'
+            )
+        },
+    )
+    chunk_size: int | str = field(
+        default="auto",
+        metadata={
+            "help": (
+                'candidates whose hidden states are computed per forward: an integer >= 1 (1 = lazy), "all" (the '
+                'whole set at once), or "auto" (per device, see AUTO_CHUNK_SIZE).'
+            )
+        },
+    )
+    obs_dtype: str = field(
+        default="float32", metadata={"help": '"float32" or "float16" (halves replay-buffer memory).'}
+    )
+    info_response: bool = field(
+        default=False, metadata={"help": "put the response text so far in every step's info (costs a decode per step)."}
+    )
 
     def __post_init__(self) -> None:
         # Every setting is checked here, where it is given, rather than where it is first used
@@ -186,8 +282,8 @@ class MARAConfig:
             )
         if self.obs_dtype not in ("float32", "float16"):
             raise ValueError(f"obs_dtype must be 'float32' or 'float16', got {self.obs_dtype!r}.")
-        if not (self.chunk_size in ("auto", "all") or (isinstance(self.chunk_size, int) and self.chunk_size >= 1)):
-            raise ValueError(f"chunk_size must be an integer >= 1, 'all' or 'auto', got {self.chunk_size!r}.")
+        if chunk_size_problem(self.chunk_size) is not None:
+            raise ValueError(chunk_size_problem(self.chunk_size))
         if self.max_prompt_tokens is not None and (
             not isinstance(self.max_prompt_tokens, int) or self.max_prompt_tokens < 1
         ):
@@ -204,12 +300,8 @@ class MARAConfig:
         return cls(**kwargs)
 
     def resolved_chunk_size(self, device: torch.device, set_cap: int) -> int:
-        """The chunk size to use on ``device``; ``"all"`` becomes ``top_k``."""
-        if self.chunk_size == "all":
-            return set_cap
-        if self.chunk_size == "auto":
-            return AUTO_CHUNK_SIZE.get(device.type, 4)
-        return int(self.chunk_size)
+        """The chunk size to use on ``device``; ``"all"`` becomes ``top_k`` (:func:`resolve_chunk_size`)."""
+        return resolve_chunk_size(self.chunk_size, device, set_cap)
 
     @property
     def np_obs_dtype(self) -> np.dtype:

@@ -8,7 +8,6 @@ environment is this machinery with one row).
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -18,7 +17,7 @@ from gymnasium.utils import seeding
 from mara_env.config import MARAConfig
 from mara_env.decoder import AcceptRejectDecoder, DecoderConfig, Phase
 from mara_env.hints import did_you_mean
-from mara_env.llm import PromptFormat, default_max_prompt_tokens, load_replicas
+from mara_env.llm import PromptEncoder, PromptFormat, default_max_prompt_tokens, load_replicas
 from mara_env.observation import ObservationLayout, observe
 from mara_env.prompts import PromptSet
 from mara_env.scoring import TerminalReward
@@ -102,8 +101,8 @@ class MARACore:
         self.shaping = config.reward_shaping == "potential"
         #: Phi(s) of each row's current state under potential shaping (0 otherwise).
         self.potential = np.zeros(num_rows)
-        self._token_cache: dict[str, tuple[list[int], bool]] = {}
-        self._warned_truncation: set[str] = set()
+        # the prompt set is fixed: each prompt is tokenised once
+        self.prompt_encoder = PromptEncoder(self.prompt_format, config.prompt_overflow, cache=True)
 
     # ----------------------------------------------------------------------------------- episodes
 
@@ -124,10 +123,10 @@ class MARACore:
         todo = list(rows)
         while todo:
             texts = [self._choose_prompt(row, options) for row in todo]
-            ids = [self._prompt_ids(text) for text in texts]
-            self.decoder.start(todo, texts, ids)
-            for row, text in zip(todo, texts):
-                self.decoder.rows[row].prompt_truncated = self._token_cache[text][1]
+            encoded = [self.prompt_encoder.encode(text, self.max_prompt_tokens) for text in texts]
+            self.decoder.start(todo, texts, [ids for ids, _ in encoded])
+            for row, (_, truncated) in zip(todo, encoded):
+                self.decoder.rows[row].prompt_truncated = truncated
             again = [row for row in todo if self.decoder.rows[row].phase is Phase.DONE]
             for row in again:
                 skipped[row] += 1
@@ -248,26 +247,6 @@ class MARACore:
                 raise ValueError(f"reset options: 'prompt_index' must be in [0, {len(self.prompts)}), got {index!r}.")
             return self.prompts[int(index)]
         return self.prompts[int(self.rngs[row].integers(len(self.prompts)))]
-
-    def _prompt_ids(self, text: str) -> list[int]:
-        if text not in self._token_cache:
-            ids, truncated = self.prompt_format.token_ids(text, self.max_prompt_tokens)
-            if truncated:
-                if self.config.prompt_overflow == "error":
-                    raise ValueError(
-                        f"prompt of {len(self.prompt_format.token_ids(text)[0])} tokens exceeds max_prompt_tokens="
-                        f"{self.max_prompt_tokens} (model context minus max_new_tokens): {text[:80]!r}... "
-                        "Shorten it, lower max_new_tokens, or pass prompt_overflow='truncate'."
-                    )
-                if text not in self._warned_truncation:
-                    self._warned_truncation.add(text)
-                    warnings.warn(
-                        f"A prompt exceeds max_prompt_tokens={self.max_prompt_tokens}; its start was cut off: "
-                        f"{text[:60]!r}...",
-                        stacklevel=4,
-                    )
-            self._token_cache[text] = (ids, truncated)
-        return self._token_cache[text][0]
 
 
 def _check_options(options: dict[str, Any]) -> None:

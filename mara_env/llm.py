@@ -483,6 +483,58 @@ class PromptFormat:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
+#: Values of the ``prompt_overflow`` setting.
+PROMPT_OVERFLOWS = ("truncate", "error")
+
+
+class PromptEncoder:
+    """Prompts to the LLM's input ids under a length limit: the one rule of the environments and the generator.
+
+    A formatted prompt longer than the limit is cut from the left of its user text
+    (:meth:`PromptFormat.token_ids`) with one warning per prompt, or refused with ``overflow="error"``.
+
+    :param prompt_format: how a prompt becomes the LLM's input.
+    :param overflow: ``"truncate"`` or ``"error"`` (:data:`PROMPT_OVERFLOWS`).
+    :param cache: keep each prompt's ids (a fixed prompt set, as in training); off for open-ended input.
+    """
+
+    def __init__(self, prompt_format: PromptFormat, overflow: str = "truncate", *, cache: bool = False) -> None:
+        if overflow not in PROMPT_OVERFLOWS:
+            raise ValueError(f"prompt_overflow must be 'truncate' or 'error', got {overflow!r}.")
+        self.prompt_format = prompt_format
+        self.overflow = overflow
+        self._cache: dict[tuple[str, int | None], tuple[list[int], bool]] | None = {} if cache else None
+        self._warned: set[str] = set()
+
+    def encode(self, prompt: str, max_tokens: int | None) -> tuple[list[int], bool]:
+        """The prompt's input ids, and whether its user text was cut to fit ``max_tokens``.
+
+        :param prompt: the user prompt.
+        :param max_tokens: the longest formatted prompt (``None``: no limit; see :func:`default_max_prompt_tokens`).
+        :raises ValueError: the prompt is too long and ``overflow="error"``.
+        """
+        key = (prompt, max_tokens)
+        if self._cache is not None and key in self._cache:
+            return self._cache[key]
+        ids, truncated = self.prompt_format.token_ids(prompt, max_tokens)
+        if truncated:
+            if self.overflow == "error":
+                raise ValueError(
+                    f"prompt of {len(self.prompt_format.token_ids(prompt)[0])} tokens exceeds max_prompt_tokens="
+                    f"{max_tokens} (model context minus max_new_tokens): {prompt[:80]!r}... "
+                    "Shorten it, lower max_new_tokens, or pass prompt_overflow='truncate'."
+                )
+            if prompt not in self._warned:
+                self._warned.add(prompt)
+                warnings.warn(
+                    f"A prompt exceeds max_prompt_tokens={max_tokens}; its start was cut off: {prompt[:60]!r}...",
+                    stacklevel=4,
+                )
+        if self._cache is not None:
+            self._cache[key] = (ids, truncated)
+        return ids, truncated
+
+
 def model_context_length(model: Any) -> int | None:
     """The model's maximum number of positions, if its config says."""
     for attr in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):

@@ -539,3 +539,52 @@ _BUILTIN_LOADERS: dict[str, Callable[[], list[Any]]] = {
     "benign": _benign,
     "default": _default,
 }
+
+
+def held_out_part(prompt_split: str) -> str:
+    """The part of the split that training on ``prompt_split`` never draws: ``"test"`` for ``"train"``,
+    ``"train"`` for ``"test"``, ``"all"`` when training drew from every prompt (none is held out)."""
+    return {"train": "test", "test": "train"}.get(prompt_split, "all")
+
+
+def held_out_prompts(
+    prompts: Any = "default",
+    *,
+    part: str = "test",
+    test_fraction: float = 0.2,
+    split_seed: int = 0,
+    prompt_column: str | None = None,
+    dataset_split: str = "train",
+    num_prompts: int | None = None,
+) -> list[str]:
+    """The evaluation prompts: the ``part`` of the prompt set's deterministic split, in order.
+
+    The one selection of evaluation prompts (``mara evaluate``, the comparison's default, the benchmarks).
+    Use the same ``test_fraction`` and ``split_seed`` as training so no evaluation prompt was trained on,
+    and ``part=held_out_part(prompt_split)``.
+
+    :param prompts: the prompt source, as for ``MARA-v0``'s ``prompts``.
+    :param part: ``"test"``, ``"train"`` or ``"all"``.
+    :param test_fraction: the split's test fraction.
+    :param split_seed: the split's seed.
+    :param prompt_column: the column of a table or dataset.
+    :param dataset_split: the split of a Hugging Face dataset.
+    :param num_prompts: keep the first ``num_prompts`` (``None``: all).
+    :raises ValueError: an empty part, or ``num_prompts < 1``.
+
+    >>> held_out_prompts(["a", "b", "c", "d", "e"], test_fraction=0.4)
+    ['a', 'd']
+    """
+    found = PromptSet.from_source(
+        prompts, part=part, test_fraction=test_fraction, seed=split_seed, column=prompt_column, split=dataset_split
+    )
+    if len(found) == 0:
+        raise ValueError(
+            f"the {part!r} part of the prompt set {prompts!r} is empty; lower test_fraction or add prompts."
+        )
+    out = [found[i] for i in range(len(found))]
+    if num_prompts is not None:
+        if num_prompts < 1:
+            raise ValueError(f"num_prompts must be >= 1, got {num_prompts}.")
+        out = out[:num_prompts]
+    return out

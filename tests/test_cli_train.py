@@ -22,8 +22,9 @@ from conftest import save_tiny_files
 from stable_baselines3.common.logger import KVWriter, Logger
 from stable_baselines3.common.vec_env import VecMonitor
 
-import agents.callbacks as callbacks
 import agents.cli.train as train_cli
+import agents.training.checkpoints as checkpoints
+import agents.training.runner as runner
 from agents import DiscreteSAC, NonFiniteLossError
 from agents.algorithms import load_algorithm, make_algorithm
 from agents.callbacks import (
@@ -311,7 +312,7 @@ def test_kill_and_resume_continues_from_the_checkpoint(tiny_files, tmp_path, mon
     saved_buffer = np.load(reference / "replay_buffer.npz")
 
     seen = {}
-    real_load = train_cli.load_algorithm
+    real_load = runner.load_algorithm
 
     def spying_load(*a, **k):
         model = real_load(*a, **k)
@@ -338,7 +339,7 @@ def test_kill_and_resume_continues_from_the_checkpoint(tiny_files, tmp_path, mon
         model.learn = learn
         return model
 
-    monkeypatch.setattr(train_cli, "load_algorithm", spying_load)
+    monkeypatch.setattr(runner, "load_algorithm", spying_load)
     assert main(["train", *args, "--resume"]) == 0
 
     # Continued from the checkpoint, not from 0, with everything SB3 does not rebuild restored
@@ -439,7 +440,7 @@ def test_overwrite_replaces_the_run_only_after_the_new_runs_first_checkpoint(run
             assert aside.is_dir() and not (out / "model.zip").exists(), "the old run waits aside, the new one runs"
             raise exc
 
-        monkeypatch.setattr(train_cli.RunCheckpointCallback, "_on_rollout_end", on_rollout_end)
+        monkeypatch.setattr(runner.RunCheckpointCallback, "_on_rollout_end", on_rollout_end)
 
     stop(KeyboardInterrupt())
     assert main(["train", *args, "--overwrite", "--top-k", "6"]) == 130
@@ -545,7 +546,7 @@ def test_ctrl_c_before_the_first_checkpoint_then_resume_starts_over(tiny_files, 
     def interrupt(self):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(train_cli.RunCheckpointCallback, "_on_rollout_end", interrupt)
+    monkeypatch.setattr(runner.RunCheckpointCallback, "_on_rollout_end", interrupt)
     assert main(["train", *args]) == 130
     assert f"No checkpoint was written yet (the first is due at 5000 decisions); start it again with: mara train " \
         f"--out {out} --resume" in capsys.readouterr().err  # fmt: skip
@@ -589,7 +590,7 @@ def test_a_failure_while_training_is_one_line_with_exit_status_1(tiny_files, tmp
 def test_a_checkpoint_that_cannot_be_written_keeps_the_last_one(tiny_files, tmp_path, monkeypatch, capsys):
     out = tmp_path / "run"
     args = ["--out", str(out), *env_flags(tiny_files), *SMALL_SAC, "--total-decisions", "192"]
-    real_save = callbacks.save_replay_buffer
+    real_save = checkpoints.save_replay_buffer
     calls = []
 
     def save(buffer, path):
@@ -599,7 +600,7 @@ def test_a_checkpoint_that_cannot_be_written_keeps_the_last_one(tiny_files, tmp_
             raise OSError(errno.ENOSPC, "No space left on device", str(path))
         real_save(buffer, path)
 
-    monkeypatch.setattr(callbacks, "save_replay_buffer", save)
+    monkeypatch.setattr(checkpoints, "save_replay_buffer", save)
     assert main(["train", *args, "--checkpoint-every", "80"]) == 1
     line = one_line_error(capsys.readouterr().err)
     assert "No space left on device" in line and "Free disk space" in line
@@ -670,7 +671,7 @@ def test_overwrite_that_cannot_move_the_old_run_aside_leaves_it_intact(run_copy,
             raise PermissionError(errno.EACCES, "Permission denied", str(src), None, str(dst))
         real_replace(src, dst)
 
-    monkeypatch.setattr(train_cli.os, "replace", replace)
+    monkeypatch.setattr(runner.os, "replace", replace)
     assert main(["train", *args, "--overwrite", "--top-k", "6"]) == 2
     assert "Permission denied" in one_line_error(capsys.readouterr().err)
     assert snapshot(out) == before and not (tmp_path / "run.overwritten").exists()

@@ -10,8 +10,10 @@ from gymnasium import spaces
 from stable_baselines3.common.torch_layers import FlattenExtractor
 
 from agents import generation
+from agents.accept import as_accept_function
 from agents.authors_format import export_authors_actor
-from agents.generation import MARAGenerator, as_accept_function, load_authors_actor
+from agents.generation import MARAGenerator
+from agents.loading import load_authors_actor
 from agents.sac_discrete.policies import DiscreteActor
 from mara_env import TokenAcceptRejectEnv
 from mara_env.decoder import AcceptRejectDecoder

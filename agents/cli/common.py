@@ -17,7 +17,7 @@ LLM_KEYS = ("llm", "devices", "dtype", "trust_remote_code")
 
 def run_env_settings(run: Path | None) -> dict[str, Any]:
     """The ``env`` section of a run's ``config.yaml`` (all ``MARA-v0`` settings), or the defaults."""
-    from agents.run_config import RunConfig
+    from agents.training.run_config import RunConfig
 
     if run is None:
         return dict(RunConfig.default().env)

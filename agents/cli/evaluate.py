@@ -80,7 +80,7 @@ def _args_setting(args: argparse.Namespace) -> dict[str, Any] | None:
     """The ARGS setting the flags ask for, or ``None`` when no ARGS flag is given."""
     if args.args_weight is None and args.args_k is None and not args.args_sample:
         return None
-    from agents.comparison import ARGS_DEFAULTS
+    from agents.evaluation.pipeline import ARGS_DEFAULTS
 
     weight = ARGS_DEFAULTS["weight"] if args.args_weight is None else args.args_weight
     k = ARGS_DEFAULTS["k"] if args.args_k is None else args.args_k
@@ -92,7 +92,7 @@ def _args_setting(args: argparse.Namespace) -> dict[str, Any] | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from agents.comparison import held_out_prompts, run_comparison
+    from agents.evaluation.pipeline import held_out_prompts, run_comparison
 
     samples = _samples_per_prompt(args.samples_per_prompt)
     args_setting = _args_setting(args)

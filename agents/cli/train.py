@@ -1,96 +1,49 @@
 """``mara train``: train an agent on MARA-v1 (or MARA-v0), with checkpoints, TensorBoard logs and resumption.
 
-Settings come from :data:`agents.run_config.DEFAULT_RUN`, then ``--config FILE``, then flags:
+Settings come from :data:`agents.training.run_config.DEFAULT_RUN`, then ``--config FILE``, then flags:
 every :class:`mara_env.MARAConfig` field (``--top-k``, ``--kl-coef``, ``--llm``, ...), every
 hyperparameter of the registered algorithms (``--learning-rate``, ``--buffer-size``, ...) and the
-train settings (``--total-decisions``, ``--num-envs``, ...).
-
-A run folder (``--out``, default ``runs/mara-default``)::
-
-    config.yaml        the fully resolved settings: `mara train --config config.yaml` repeats the run
-    progress.csv       one row per log_every decisions: mara/* means, time/*, rollout/*, train/*
-    tb/                TensorBoard event files (the same values)
-    checkpoint/        the latest checkpoint (model.zip, replay_buffer.npz, state.json), written atomically
-    checkpoint.prev/   the one before, where --resume continues when checkpoint/ is found damaged
-    model.zip          the final model (any registered algorithm; agents.algorithms.load_algorithm reads it)
-    summary.json       decisions, episodes, wall seconds, decisions/s, the final means
+train settings (``--total-decisions``, ``--num-envs``, ...). This module parses the flags; the run
+itself (its folder, checkpoints, resumption) is :mod:`agents.training.runner`.
 
 Examples::
 
     mara train                                         # the default run
     mara train --algo ppo --out runs/ppo --total-decisions 50000
     mara train --out runs/ppo --resume                 # after Ctrl-C or a kill
-
-Nothing a command does destroys finished work: see :func:`train_run` for ``--overwrite`` and
-``_resume`` for damaged checkpoints.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
-import json
-import os
-import re
-import shutil
-import sys
-import warnings
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from stable_baselines3.common.logger import CSVOutputFormat, HumanOutputFormat, Logger, make_output_format
-
-from agents.algorithms import (
-    ALGORITHMS,
-    NON_HYPERPARAMETERS,
-    get_spec,
-    load_algorithm,
-    make_algorithm,
+from agents.registry import ALGORITHMS, NON_HYPERPARAMETERS
+from agents.training.run_config import (
+    DEFAULT_RUN,
+    ENV_ID,
+    RunConfig,
+    TrainSettings,
+    check_agent_flags,
+    hyperparameter_owners,
+    parse_value,
 )
-from agents.callbacks import (
-    CHECKPOINT_DIR,
-    MODEL_FILE,
-    REPLAY_BUFFER_FILE,
-    MARALoggingCallback,
-    RunCheckpointCallback,
-    file_digest,
-    find_checkpoint,
-    load_replay_buffer,
-    read_checkpoint_state,
-    recover_checkpoint,
-    set_aside_damaged,
-)
-from agents.cli import CommandFailed, describe
-from agents.run_config import DEFAULT_RUN, ENV_ID, RunConfig, TrainSettings, parse_value
-from mara_env import MARA_V1, VERSIONS
-from mara_env.config import MARAConfig
+from agents.training.runner import CONFIG_FILE, check_out, put_back_replaced, resume_run, train_run
+from mara_env import MARA_V1, VERSIONS, MARAConfig
+from mara_env.config import setting_help
 
 DEFAULT_OUT = "runs/mara-default"
-CONFIG_FILE = "config.yaml"
-PROGRESS_FILE = "progress.csv"
-SUMMARY_FILE = "summary.json"
-TENSORBOARD_DIR = "tb"
-#: ``<out>`` + this: where ``--overwrite`` keeps the replaced run until the new run's first checkpoint.
-REPLACED_SUFFIX = ".overwritten"
-
-# Settings that --resume may change: the run's length and how progress is shown.
-_RESUMABLE_CHANGES = {"train.total_decisions", "train.progress_bar"}
 _ENV, _AGENT, _TRAIN = "env__", "agent__", "train__"
 
 
 # ------------------------------------------------------------------------------------------ arguments
 
 
-def _param_docs(cls: type) -> dict[str, str]:
-    """``:param name: text`` entries of a class docstring, each joined into one line."""
-    docs: dict[str, str] = {}
-    for match in re.finditer(r":param (\w+):(.*?)(?=:param |\n\s*\n|\Z)", cls.__doc__ or "", re.S):
-        text = " ".join(match.group(2).split())
-        # reST markup reads badly in --help: ``x`` -> x, :func:`x` -> x
-        text = re.sub(r":\w+:`~?([^`]+)`", r"\1", text).replace("``", "")
-        docs[match.group(1)] = text.replace("%", "%%")
-    return docs
+def _help(cls: type) -> dict[str, str]:
+    """Each setting's help text (its field's metadata), ``%`` escaped for argparse."""
+    return {name: text.replace("%", "%%") for name, text in setting_help(cls).items()}
 
 
 def _typed(annotation: str, flag: str) -> Any:
@@ -116,17 +69,6 @@ def _typed(annotation: str, flag: str) -> Any:
     return convert
 
 
-def agent_hyperparameters() -> dict[str, list[str]]:
-    """Every hyperparameter offered as a flag -> the algorithms that have it."""
-    owners: dict[str, list[str]] = {}
-    for name, spec in ALGORITHMS.items():
-        for parameter in spec.hyperparameters:
-            # Classes cannot be named on a command line
-            if not parameter.endswith("_class"):
-                owners.setdefault(parameter, []).append(name)
-    return owners
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags of ``mara train``."""
     parser.description = (__doc__ or "").split("\n\n")[0]
@@ -141,7 +83,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("-v", "--verbose", action="count", default=0, help="print SB3's log table (-vv: debug)")
 
     train = parser.add_argument_group("training")
-    train_docs = _param_docs(TrainSettings)
+    train_docs = _help(TrainSettings)
     for field in fields(TrainSettings):
         if field.name == "progress_bar":
             continue
@@ -168,7 +110,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=argparse.SUPPRESS,
         help=f"task version; it sets the defaults of {', '.join(sorted(MARA_V1))} (default: {default_id})",
     )
-    env_docs = _param_docs(MARAConfig)
+    env_docs = _help(MARAConfig)
     for field in fields(MARAConfig):
         flag = "--" + field.name.replace("_", "-")
         default = DEFAULT_RUN["env"].get(field.name, VERSIONS[default_id].get(field.name, field.default))
@@ -181,10 +123,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     agent = parser.add_argument_group(
         "agent hyperparameters (values read as YAML: 1e-3, none, [64, 64], {net_arch: [256]}; "
-        "defaults in agents/algorithms.py)"
+        "defaults in agents/registry.py)"
     )
     env_names = {field.name for field in fields(MARAConfig)}
-    for name, owners in sorted(agent_hyperparameters().items()):
+    for name, owners in sorted(hyperparameter_owners().items()):
         assert name not in env_names and name not in NON_HYPERPARAMETERS, name  # one flag, one meaning
         applies = "all algorithms" if len(owners) == len(ALGORITHMS) else ", ".join(owners)
         agent.add_argument(
@@ -209,18 +151,6 @@ def _flag_sections(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     return sections
 
 
-def _check_agent_flags(flags: dict[str, Any], algo: str) -> None:
-    """A hyperparameter flag of another algorithm is an error that names who has it."""
-    owners = agent_hyperparameters()
-    valid = get_spec(algo).hyperparameters
-    for name in flags:
-        if name != "algo" and name not in valid:
-            raise ValueError(
-                f"--{name.replace('_', '-')} does not apply to --algo {algo}: it is a hyperparameter of "
-                f"{', '.join(owners.get(name, ['no registered algorithm']))}."
-            )
-
-
 # ------------------------------------------------------------------------------------------ command
 
 
@@ -233,391 +163,12 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError("--resume continues the run in --out and --overwrite deletes it: pass only one.")
         if args.config:
             raise ValueError(f"--resume reads the run's own {out / CONFIG_FILE}; do not pass --config.")
-    _put_back_replaced(out)
+    put_back_replaced(out)
     if args.resume:
-        return _resume(out, flags, verbose=args.verbose)
+        return resume_run(out, flags, verbose=args.verbose)
 
     config = RunConfig.from_file(args.config) if args.config else RunConfig.default()
-    _check_agent_flags(flags["agent"], flags["agent"].get("algo", config.agent.algo))
+    check_agent_flags(flags["agent"], flags["agent"].get("algo", config.agent.algo))
     config = RunConfig.from_sections(flags, source="command line", base=config)
-    _check_out(out, overwrite=args.overwrite)
+    check_out(out, overwrite=args.overwrite)
     return train_run(config, out, verbose=args.verbose, replace=args.overwrite)
-
-
-def _check_out(out: Path, *, overwrite: bool) -> None:
-    """Refuse an ``--out`` that a new run may not use; changes nothing."""
-    if out.exists() and not out.is_dir():
-        raise FileExistsError(f"--out {out} is a file, not a folder.")
-    if not (out.is_dir() and any(out.iterdir())):
-        return
-    if overwrite:
-        if not (out / CONFIG_FILE).is_file():  # --overwrite replaces a folder; only ever one that a run made
-            raise FileExistsError(
-                f"--overwrite only replaces run folders (with {CONFIG_FILE}); {out} is not one. Choose another --out."
-            )
-        return
-    never_saved = not any(out.glob(CHECKPOINT_DIR + "*")) and not (out / MODEL_FILE).exists()
-    if (out / CONFIG_FILE).is_file() and never_saved:
-        raise FileExistsError(
-            f"{out} holds a run that stopped before its first checkpoint (it has no trained model): pass --resume to "
-            "start it again with its own settings, --overwrite to replace it with these, or choose another --out."
-        )
-    raise FileExistsError(
-        f"{out} already exists and is not empty: pass --overwrite to replace it, --resume to continue the run in it, "
-        "or choose another --out."
-    )
-
-
-def _replaced(out: Path) -> Path:
-    """Where ``--overwrite`` keeps the run it replaces until the new run's first checkpoint."""
-    return out.with_name(out.name + REPLACED_SUFFIX)
-
-
-def _put_back_replaced(out: Path) -> None:
-    """Finish what a killed ``--overwrite`` left: drop the replaced run, or put it back if the new one never started.
-
-    The replaced run is deleted right after the new run's first checkpoint; a kill before that leaves
-    it in ``<out>.overwritten``, and since the new run then holds nothing to resume, the old one comes back.
-    """
-    aside = _replaced(out)
-    if not aside.is_dir():
-        return
-    if out.is_dir() and recover_checkpoint(out) is not None:
-        shutil.rmtree(aside)  # killed between the first checkpoint and the deletion
-        return
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(aside, out)
-    print(
-        f"mara train: note: an earlier --overwrite of {out} stopped before the new run's first checkpoint; the run it "
-        f"replaced is back in {out}.",
-        file=sys.stderr,
-    )
-
-
-def _resume(out: Path, flags: dict[str, dict[str, Any]], *, verbose: int) -> int:
-    config_path = out / CONFIG_FILE
-    if not config_path.is_file():
-        raise FileNotFoundError(f"--resume: {out} has no {CONFIG_FILE}, so it is not a run folder to continue.")
-    saved = RunConfig.from_file(config_path)
-    _check_agent_flags(flags["agent"], flags["agent"].get("algo", saved.agent.algo))
-    wanted = RunConfig.from_sections(flags, source="command line", base=saved)
-    changed = [name for name in wanted.changes_from(saved) if name not in _RESUMABLE_CHANGES]
-    if changed:
-        raise ValueError(
-            f"--resume continues the run as configured in {config_path}, but the flags change "
-            f"{', '.join(changed)}. Only --total-decisions (and --no-progress) may be given with --resume; "
-            "start a new run in another --out folder to change settings."
-        )
-    if wanted.train.total_decisions < saved.train.total_decisions:
-        raise ValueError(
-            f"--total-decisions {wanted.train.total_decisions} is below the run's {saved.train.total_decisions}; "
-            "with --resume it may only be raised."
-        )
-    checkpoint, problems = find_checkpoint(out)
-    done = None if checkpoint is None else int(read_checkpoint_state(checkpoint)["num_timesteps"])
-    if done is not None and done >= wanted.train.total_decisions:
-        if not _is_published(out, checkpoint):  # killed while publishing, or the published files damaged
-            _publish(out, saved, checkpoint, resumed=True)
-        return _say_finished(out, done, wanted)
-    published = _published_decisions(out)
-    if published is not None and published >= wanted.train.total_decisions:
-        return _say_finished(out, published, wanted)  # a finished model is never trained over
-    if checkpoint is None:
-        if problems or (out / MODEL_FILE).exists():
-            # Never advise --overwrite here: it would delete what is intact
-            kept = (
-                f"The run's model {out / MODEL_FILE} is not affected (mara evaluate --run {out} reads it). "
-                if (out / MODEL_FILE).is_file()
-                else ""
-            )
-            what = "; ".join(problems) if problems else f"{out} has a model but no checkpoint"
-            raise ValueError(
-                f"--resume: {what}, and no intact earlier checkpoint is left to continue from; nothing was changed. "
-                f"{kept}To train again with these settings, start a new run: mara train --config {config_path} "
-                "--out NEW_FOLDER."
-            )
-        print(
-            f"mara train: note: {out} has no checkpoint yet (the run stopped before its first, due at "
-            f"{saved.train.checkpoint_every} decisions): starting it again from decision 0 with {config_path}.",
-            file=sys.stderr,
-        )
-        return train_run(wanted, out, verbose=verbose, write_config=wanted != saved)
-    if problems:
-        damaged = set_aside_damaged(out)
-        checkpoint = out / CHECKPOINT_DIR
-        print(
-            f"mara train: warning: {problems[0]}; continuing from the checkpoint before it "
-            f"({read_checkpoint_state(checkpoint)['num_timesteps']} decisions). The damaged copy is kept in {damaged}.",
-            file=sys.stderr,
-        )
-    state = read_checkpoint_state(checkpoint)
-    return train_run(wanted, out, verbose=verbose, checkpoint=checkpoint, state=state, write_config=wanted != saved)
-
-
-def _say_finished(out: Path, done: int, wanted: RunConfig) -> int:
-    print(
-        f"{out}: the run is already finished ({done} of {wanted.train.total_decisions} decisions; the model is "
-        f"{out / MODEL_FILE}). Pass a larger --total-decisions to train further."
-    )
-    return 0
-
-
-def _is_published(out: Path, checkpoint: Path) -> bool:
-    """Whether ``out/model.zip`` and ``summary.json`` are ``checkpoint``'s model and counters, intact."""
-    state = read_checkpoint_state(checkpoint)
-    summary = _read_summary(out)
-    recorded = (state.get("files") or {}).get(MODEL_FILE, {}).get("sha256")
-    return (
-        summary.get("decisions") == state["num_timesteps"]
-        and (out / MODEL_FILE).is_file()
-        and (recorded is None or file_digest(out / MODEL_FILE)["sha256"] == recorded)
-    )
-
-
-def _published_decisions(out: Path) -> int | None:
-    """The decisions of the run's published ``model.zip`` if it is intact (``summary.json`` records its SHA-256)."""
-    summary = _read_summary(out)
-    decisions, digest = summary.get("decisions"), summary.get("model_sha256")
-    if not isinstance(decisions, int) or not (out / MODEL_FILE).is_file():
-        return None
-    if digest is not None and file_digest(out / MODEL_FILE)["sha256"] != digest:
-        return None
-    return decisions
-
-
-def _read_summary(out: Path) -> dict[str, Any]:
-    try:
-        summary = json.loads((out / SUMMARY_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return summary if isinstance(summary, dict) else {}
-
-
-def train_run(
-    config: RunConfig,
-    out: str | Path,
-    *,
-    verbose: int = 0,
-    checkpoint: Path | None = None,
-    state: dict[str, Any] | None = None,
-    write_config: bool = True,
-    replace: bool = False,
-) -> int:
-    """Train as ``config`` says in the run folder ``out``; resume from ``checkpoint`` if given.
-
-    Nothing in ``out`` changes until the run is known to start: the environment (LLM, prompts,
-    scorers) and the model (or the checkpoint) are loaded first, so a run that cannot start leaves
-    the folder as it was.
-
-    :param config: the run's settings.
-    :param out: the run folder.
-    :param verbose: 0 quiet, 1 SB3's log table on stdout, 2 debug.
-    :param checkpoint: a checkpoint folder to continue from (see :func:`agents.callbacks.write_checkpoint`).
-    :param state: that checkpoint's ``state.json``.
-    :param write_config: write ``config`` to ``out/config.yaml`` once the run starts.
-    :param replace: ``out`` holds a run to replace: it is moved to ``<out>.overwritten`` when the new
-        run starts and deleted after the new run's first checkpoint; if the new run stops before
-        that, the old run is put back.
-    :return: 0, or 130 after Ctrl-C.
-    :raises CommandFailed: training stopped with an error (the message says what is left and how to go on).
-    """
-    import gymnasium as gym
-    from stable_baselines3.common.vec_env import VecMonitor
-
-    import mara_env  # noqa: F401  (registers MARA-v0)
-    from mara_env.sb3 import SB3VecEnv
-
-    out = Path(out)
-    train = config.train
-    venv = VecMonitor(SB3VecEnv(gym.make_vec(config.env_id, num_envs=train.num_envs, **config.env_kwargs)))
-    logger = None
-    try:
-        logging_callback = MARALoggingCallback(train.log_every)
-        if checkpoint is None:
-            model = make_algorithm(
-                config.agent.algo,
-                venv,
-                seed=train.seed,
-                verbose=verbose,
-                kl_coef=config.env["kl_coef"],
-                device=train.device,
-                **config.agent.hyperparameters,
-            )
-        else:
-            model = _load_checkpoint(config, checkpoint, venv, verbose)
-            logging_callback.load_state_dict((state or {}).get("logging", {}))
-
-        # The run starts: from here on the folder changes
-        aside = None
-        created = not out.exists()
-        try:
-            if replace and out.is_dir() and any(out.iterdir()):
-                os.replace(out, _replaced(out))
-                aside = _replaced(out)  # only once it is there: the undo below deletes out
-            out.mkdir(parents=True, exist_ok=True)
-            if write_config:
-                config.dump(out / CONFIG_FILE)
-        except BaseException:  # e.g. a folder that cannot be written: undo, and report it as given
-            if aside is not None:
-                shutil.rmtree(out, ignore_errors=True)
-                os.replace(aside, out)
-            elif created:
-                shutil.rmtree(out, ignore_errors=True)
-            raise
-
-        def drop_replaced(_: Path) -> None:
-            nonlocal aside
-            if aside is not None:  # the new run can be resumed now: the replaced one may go
-                shutil.rmtree(aside)
-                aside = None
-
-        checkpoint_callback = RunCheckpointCallback(out, train.checkpoint_every, logging_callback, drop_replaced)
-        try:
-            logger = make_logger(out, verbose, keep_until=model.num_timesteps if checkpoint else None)
-            model.set_logger(logger)
-            model.learn(
-                train.total_decisions - model.num_timesteps,
-                callback=[logging_callback, checkpoint_callback],
-                log_interval=None,  # rows come from MARALoggingCallback, every log_every decisions
-                reset_num_timesteps=checkpoint is None,
-                progress_bar=train.progress_bar,
-            )
-            # The final checkpoint lets a larger --total-decisions continue from the end
-            summary = _publish(out, config, checkpoint_callback.save(), resumed=checkpoint is not None)
-        except (Exception, KeyboardInterrupt) as exc:
-            if aside is not None:
-                shutil.rmtree(out, ignore_errors=True)
-                os.replace(aside, out)
-            where = _where(out, config, put_back=aside is not None)
-            if isinstance(exc, KeyboardInterrupt):
-                print(f"\nmara train: interrupted at {model.num_timesteps} decisions. {where}", file=sys.stderr)
-                return 130
-            raise CommandFailed(
-                f"training stopped at {model.num_timesteps} decisions: {describe(exc).rstrip('.')}. {where}"
-            ) from exc
-        print(
-            f"Trained {config.agent.algo} for {summary['decisions']} decisions ({summary['episodes']} episodes) in "
-            f"{summary['wall_seconds']:.0f} s; model: {out / MODEL_FILE}"
-        )
-        return 0
-    finally:
-        if logger is not None:
-            try:
-                logger.close()  # flushes progress.csv and TensorBoard, whose writer thread ends here
-            except Exception as error:  # e.g. a folder made read-only: never hide the error being raised
-                warnings.warn(f"the training logs in {out} could not be closed: {describe(error)}", stacklevel=1)
-        venv.close()
-
-
-def _where(out: Path, config: RunConfig, *, put_back: bool) -> str:
-    """What is left after training stopped early, and how to go on."""
-    if put_back:
-        return f"The new run had no checkpoint yet, so the run that --overwrite replaced is back in {out}."
-    saved = recover_checkpoint(out)
-    if saved is None:
-        return (
-            f"No checkpoint was written yet (the first is due at {config.train.checkpoint_every} decisions); "
-            f"start it again with: mara train --out {out} --resume"
-        )
-    done = read_checkpoint_state(saved)["num_timesteps"]
-    return f"The last checkpoint ({done} decisions) is in {saved}. Continue with: mara train --out {out} --resume"
-
-
-def _publish(out: Path, config: RunConfig, checkpoint: Path, *, resumed: bool) -> dict[str, Any]:
-    """Put the checkpoint's model at ``out/model.zip`` and write ``summary.json``, each atomically."""
-    state = read_checkpoint_state(checkpoint)
-    tmp = out / "model.tmp.zip"
-    shutil.copyfile(checkpoint / MODEL_FILE, tmp)
-    os.replace(tmp, out / MODEL_FILE)
-    wall = float(state.get("wall_seconds") or 0.0)
-    summary = {
-        "algo": config.agent.algo,
-        "decisions": int(state["num_timesteps"]),
-        "episodes": state.get("episodes"),
-        "wall_seconds": round(wall, 2),
-        "decisions_per_second": round(state["num_timesteps"] / wall, 3) if wall > 0 else None,
-        "final": state.get("logging", {}).get("last_means", {}),
-        "resumed": resumed,
-        "model": MODEL_FILE,
-        "model_sha256": file_digest(out / MODEL_FILE)["sha256"],  # lets --resume tell a damaged model.zip
-    }
-    tmp = out / "summary.tmp.json"
-    tmp.write_text(json.dumps(summary, indent=2), encoding="utf-8")
-    os.replace(tmp, out / SUMMARY_FILE)
-    return summary
-
-
-def _load_checkpoint(config: RunConfig, checkpoint: Path, venv: Any, verbose: int) -> Any:
-    """The checkpoint's model on ``venv``, with its replay buffer, reseeded for the next episodes."""
-    model = load_algorithm(checkpoint / MODEL_FILE, env=venv, algo=config.agent.algo, device=config.train.device)
-    model.verbose = verbose
-    if not get_spec(config.agent.algo).on_policy:
-        buffer_file = checkpoint / REPLAY_BUFFER_FILE
-        if not buffer_file.is_file():
-            raise FileNotFoundError(f"{checkpoint} is incomplete: {REPLAY_BUFFER_FILE} is missing.")
-        load_replay_buffer(model.replay_buffer, buffer_file)
-    if config.train.seed is not None:
-        # New episodes and exploration, reproducibly, rather than a replay of the run's start
-        model.set_random_seed(config.train.seed + model.num_timesteps)
-    return model
-
-
-# ------------------------------------------------------------------------------------------ logging
-
-
-def make_logger(out: Path, verbose: int, *, keep_until: int | None = None) -> Logger:
-    """SB3 logger writing ``out/progress.csv`` and ``out/tb/`` (and stdout when ``verbose``).
-
-    :param keep_until: when resuming, keep the rows of ``progress.csv`` up to this many decisions
-        (the checkpoint's) and append after them; rows logged after the checkpoint are redone.
-    """
-    formats = [
-        _ResumableCSVOutputFormat(out / PROGRESS_FILE, keep_until),
-        make_output_format("tensorboard", str(out / TENSORBOARD_DIR)),
-    ]
-    if verbose:
-        formats.append(HumanOutputFormat(sys.stdout))
-    return Logger(folder=str(out), output_formats=formats)
-
-
-class _ResumableCSVOutputFormat(CSVOutputFormat):
-    """SB3's CSV writer (which truncates its file), starting from the kept rows of an earlier segment."""
-
-    def __init__(self, filename: Path, keep_until: int | None) -> None:
-        header: list[str] = []
-        rows: list[list[str]] = []
-        table: list[list[str]] = []
-        if keep_until is not None and filename.is_file():
-            try:
-                with open(filename, newline="", encoding="utf-8") as file:
-                    table = list(csv.reader(file))
-            except (csv.Error, UnicodeDecodeError) as error:
-                aside = filename.with_name(f"{filename.stem}.damaged{filename.suffix}")
-                os.replace(filename, aside)
-                warnings.warn(f"{filename} cannot be read ({error}); kept as {aside}, a new one begins.", stacklevel=2)
-        if table and "time/total_timesteps" in table[0]:
-            header, column = table[0], table[0].index("time/total_timesteps")
-            damaged = 0
-            for row in filter(None, table[1:]):
-                decisions = _number(row[column]) if len(row) == len(header) else None
-                if decisions is None:
-                    damaged += 1  # e.g. the last row, cut short by a kill
-                elif decisions <= keep_until:
-                    rows.append(row)
-            if damaged:
-                warnings.warn(f"{filename}: dropped {damaged} damaged row(s), e.g. cut short by a kill.", stacklevel=2)
-        super().__init__(str(filename))
-        if header:
-            writer = csv.writer(self.file, lineterminator="\n")
-            writer.writerow(header)
-            writer.writerows(rows)
-            self.file.flush()
-            self.keys = header
-
-
-def _number(text: str) -> float | None:
-    try:
-        return float(text)
-    except ValueError:
-        return None

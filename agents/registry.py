@@ -1,0 +1,457 @@
+"""The algorithm registry: every agent that trains on MARA, with its default hyperparameters.
+
+:data:`ALGORITHMS` is the one table of which algorithms ``mara train`` knows and what each one's
+MARA defaults are; :func:`make_algorithm` builds one (defaults < ``overrides``). Saved agents are
+read by :mod:`agents.loading`; what an agent decides is read by :mod:`agents.accept`.
+
+Like every algorithm module this one works on any Gymnasium environment with a ``Discrete`` action
+space and never imports ``mara_env``: a MARA environment's settings are read by duck typing. Example,
+on a classic-control task::
+
+    >>> import gymnasium as gym
+    >>> from stable_baselines3.common.vec_env import DummyVecEnv
+    >>> venv = DummyVecEnv([lambda: gym.make("CartPole-v1")])
+    >>> model = make_algorithm("sac-discrete", venv, seed=0, learning_starts=32, batch_size=32, buffer_size=256)
+    >>> model.ent_coef                   # no MARA kl_coef to fix it to: learned, from the authors' 0.01
+    'auto_0.01'
+    >>> model.learn(64).num_timesteps
+    64
+
+On MARA (``gym.make_vec("MARA-v1", ...)`` wrapped in ``VecMonitor(SB3VecEnv(...))``) the same call fixes
+``ent_coef`` to the environment's ``kl_coef`` and anchors the policy to the reference.
+
+The defaults assume a vector env of about 16 sub-environments on a CPU (the default run of
+``mara train``): the schedules that count environment steps (``train_freq``, ``n_steps``) are per
+vector step, so each one collects ``value * num_envs`` decisions.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import math
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+from sb3_contrib import QRDQN
+from stable_baselines3 import A2C, DQN, PPO
+from stable_baselines3.common.base_class import BaseAlgorithm
+
+from agents.hints import did_you_mean
+from agents.hyperparameters import range_problem
+from agents.presets import mara_preset
+from agents.reference_anchor import AnchoredActorCriticPolicy
+from agents.sac_discrete import DiscreteSAC
+from agents.sac_discrete.policies import DiscreteSACPolicy
+
+__all__ = [
+    "ALGORITHMS",
+    "KL_COEF",
+    "NON_HYPERPARAMETERS",
+    "REFERENCE_LOGITS",
+    "SHAPING_GAMMA",
+    "AlgorithmSpec",
+    "check_overrides",
+    "env_kl_coef",
+    "env_observation_layout",
+    "env_shaping_gamma",
+    "get_spec",
+    "make_algorithm",
+    "resolve_kwargs",
+]
+
+
+#: ``ent_coef`` value meaning "the environment's KL coefficient" (resolved by :func:`make_algorithm`)
+KL_COEF = "kl_coef"
+
+#: ``gamma`` value meaning "the discount under which the environment's reward shaping keeps the optimum"
+#: (resolved by :func:`make_algorithm`): the env's ``shaping_gamma`` with ``reward_shaping="potential"``
+#: (MARA-v1), 1.0 without shaping (finite episodes: the undiscounted return is the exact objective).
+SHAPING_GAMMA = "shaping_gamma"
+
+#: ``policy_kwargs["reference_logits"]`` values resolved from the environment's observation layout by
+#: :func:`make_algorithm`: ``"auto"`` anchors the policy when the observation carries the reference's
+#: log-probabilities (MARA-v1) and leaves it plain otherwise (MARA-v0); ``"observation"`` requires them.
+REFERENCE_LOGITS = ("auto", "observation")
+
+#: Constructor parameters that are not hyperparameters: the caller or the run supplies them.
+NON_HYPERPARAMETERS = frozenset(
+    {"self", "policy", "env", "verbose", "tensorboard_log", "_init_setup_model", "seed", "device"}
+)
+
+
+@dataclass(frozen=True)
+class AlgorithmSpec:
+    """One registered algorithm.
+
+    :param name: registry name (``mara train --algo <name>``).
+    :param cls: the Stable-Baselines3-style algorithm class.
+    :param defaults: keyword arguments for ``cls`` on MARA-v0, before user overrides.
+    :param on_policy: whether it learns from fresh rollouts only (no replay buffer).
+    :param description: one line for ``--help`` and reports.
+    :param save_keys: keys of a saved zip's ``data`` that tell this algorithm apart from others
+        with the same policy class (PPO and A2C share ``ActorCriticPolicy``).
+    :param anchored_policy: the policy class used when ``policy_kwargs["reference_logits"]`` is set
+        (actions anchored to the reference, :mod:`agents.reference_anchor`); ``None``: not supported.
+    """
+
+    name: str
+    cls: type[BaseAlgorithm]
+    defaults: Mapping[str, Any]
+    on_policy: bool
+    description: str
+    save_keys: frozenset[str] = field(default_factory=frozenset)
+    anchored_policy: type | None = None
+
+    @property
+    def hyperparameters(self) -> list[str]:
+        """The constructor parameters a user may override, in signature order."""
+        return [p for p in inspect.signature(self.cls.__init__).parameters if p not in NON_HYPERPARAMETERS]
+
+    @property
+    def policy_modules(self) -> frozenset[str]:
+        """Modules of its policy classes (``"MlpPolicy"`` and the anchored one), as recorded in saved zips."""
+        classes = [self.cls.policy_aliases["MlpPolicy"], self.anchored_policy]
+        return frozenset(c.__module__ for c in classes if c is not None)
+
+
+# Off-policy defaults shared by DQN and QR-DQN (see the table below for why).
+_Q_LEARNING_DEFAULTS: dict[str, Any] = dict(
+    learning_rate=1e-4,  # SB3's DQN default; Q-learning on 576-d hidden states is touchy at higher rates
+    buffer_size=100_000,  # more than a 30k-decision default run; 230 MB of float32 576-d observations
+    learning_starts=2_000,  # ~24 episodes of random accept/reject before the first update (SB3: 100)
+    batch_size=256,  # as sac-discrete; ~10 ms per update on one CPU thread
+    gamma=0.99,  # bootstrapped targets need a discount < 1 to stay bounded while Q is wrong
+    train_freq=4,  # vector steps between updates: 64 decisions with 16 envs
+    gradient_steps=8,  # 8 updates per 64 decisions, as sac-discrete (~10 per 85-decision episode)
+    target_update_interval=1_000,  # decisions between target copies; SB3's 10,000 is a third of a default run
+    exploration_fraction=0.2,  # epsilon decays over the first 20% of training...
+    exploration_final_eps=0.05,  # ...to 5% random decisions
+    policy_kwargs=dict(net_arch=[256, 256]),  # SB3's [64, 64] is narrow for 576-d inputs
+)
+
+ALGORITHMS: dict[str, AlgorithmSpec] = {
+    spec.name: spec
+    for spec in (
+        AlgorithmSpec(
+            name="sac-discrete",
+            cls=DiscreteSAC,
+            # The authors' agent (agents.presets): network [H, 1024, 256] with input LayerNorm,
+            # lr 3e-4, tau 0.005, gamma 0.99, target entropy 0.6 ln 2, grad clip 0.5.
+            # Adapted to a vector env on a CPU:
+            defaults=MappingProxyType(
+                mara_preset(
+                    "authors",
+                    # The authors' 65,536 random transitions would be twice a default run; 2,000 is
+                    # ~24 episodes.
+                    learning_starts=2_000,
+                    # 1024 is the paper's GPU batch: ~0.35 s per update on one CPU thread, 256 ~0.1 s.
+                    batch_size=256,
+                    # 1e6 transitions of 576 floats would reserve 4.6 GB for a 30k-decision run.
+                    buffer_size=100_000,
+                    # SB3 counts episodic train_freq only with one env: update every 4 vector steps
+                    # (64 decisions with 16 envs) instead.
+                    train_freq=4,
+                    # The authors update 10 times per episode, ~0.12 updates per decision for a
+                    # 48-token SmolLM2 episode of ~85 decisions (8 per 64). On MARA-v1 (episodes of
+                    # ~165 decisions: the anchored agent examines candidates as the reference does)
+                    # 16 per 64 did better on training prompts (+27% vs +24% preference, 96 prompts x 2).
+                    gradient_steps=16,
+                    # Fixed to the env's kl_coef (mara_preset(kl_coef=...)): with the env's per-decision
+                    # reward kl_coef * log p_ref, SAC then optimises E[R] - kl_coef * KL(pi || ref) exactly.
+                    ent_coef=KL_COEF,
+                    # MARA-v1: actor logits log p_ref(.|k) + f(s), f = 0 at the start (the untrained agent
+                    # is the LLM's own sampling, KL 0), and the warm-up follows that policy.
+                    # The critics as kl_coef * log p_ref(a|k) + g(s, a): the immediate KL reward is known
+                    # exactly (+34% vs +27% with plain critics on training prompts, same settings).
+                    policy_kwargs=dict(reference_logits="auto", critic_reference_scale=KL_COEF),
+                )
+            ),
+            on_policy=False,
+            description="discrete Soft Actor-Critic with the MARA authors' network and settings (the paper's agent)",
+            anchored_policy=DiscreteSACPolicy,
+        ),
+        AlgorithmSpec(
+            name="ppo",
+            cls=PPO,
+            defaults=MappingProxyType(
+                dict(
+                    learning_rate=3e-4,  # SB3's default, the usual PPO rate
+                    n_steps=128,  # per env: 2,048 decisions per rollout with 16 envs (SB3's default size)
+                    batch_size=256,  # 8 minibatches per rollout (SB3's 64 would be 32 small CPU steps)
+                    n_epochs=4,  # fewer passes than SB3's 10: the rollouts are expensive, the updates not
+                    # Potential shaping gamma_s Phi(s') - Phi(s) telescopes only under the agent's own discount
+                    # gamma_s: with gamma 1 on MARA-v1 the shaped return is R - Phi(s_0) - (1 - gamma_s) sum_t Phi(s_t),
+                    # which pays for long episodes (many rejections) where Phi < 0. Without shaping: 1.0.
+                    gamma=SHAPING_GAMMA,
+                    gae_lambda=0.95,
+                    ent_coef=0.0,  # the per-decision KL reward already anchors the policy to the reference
+                    # wider than [64, 64]; anchored to the reference on MARA-v1 (AnchoredActorCriticPolicy)
+                    policy_kwargs=dict(net_arch=dict(pi=[256, 256], vf=[256, 256]), reference_logits="auto"),
+                )
+            ),
+            on_policy=True,
+            description="Proximal Policy Optimization (stable-baselines3)",
+            save_keys=frozenset({"clip_range", "n_epochs"}),
+            anchored_policy=AnchoredActorCriticPolicy,
+        ),
+        AlgorithmSpec(
+            name="a2c",
+            cls=A2C,
+            defaults=MappingProxyType(
+                dict(
+                    learning_rate=7e-4,  # SB3's default
+                    n_steps=8,  # per env: 128 decisions per update with 16 envs
+                    gamma=SHAPING_GAMMA,  # as for PPO: the discount that keeps the shaped optimum
+                    gae_lambda=0.95,  # some bias for much less variance than Monte-Carlo returns
+                    ent_coef=0.0,  # as for PPO
+                    policy_kwargs=dict(net_arch=dict(pi=[256, 256], vf=[256, 256]), reference_logits="auto"),
+                )
+            ),
+            on_policy=True,
+            description="Advantage Actor-Critic (stable-baselines3)",
+            anchored_policy=AnchoredActorCriticPolicy,
+        ),
+        AlgorithmSpec(
+            name="dqn",
+            cls=DQN,
+            defaults=MappingProxyType(copy.deepcopy(_Q_LEARNING_DEFAULTS)),
+            on_policy=False,
+            description="Deep Q-Network with epsilon-greedy exploration (stable-baselines3)",
+        ),
+        AlgorithmSpec(
+            name="qrdqn",
+            cls=QRDQN,
+            defaults=MappingProxyType(
+                {
+                    **copy.deepcopy(_Q_LEARNING_DEFAULTS),
+                    # 50 quantiles instead of sb3-contrib's 200: a quarter of the head's cost on a CPU
+                    "policy_kwargs": dict(net_arch=[256, 256], n_quantiles=50),
+                }
+            ),
+            on_policy=False,
+            description="Quantile-Regression DQN, distributional Q-learning (sb3-contrib)",
+        ),
+    )
+}
+
+
+def get_spec(name: str) -> AlgorithmSpec:
+    """The registry entry called ``name``; an unknown name raises ``ValueError`` with a suggestion."""
+    if name not in ALGORITHMS:
+        raise ValueError(f"Unknown algorithm {name!r}.{_hint(name, ALGORITHMS)}")
+    return ALGORITHMS[name]
+
+
+def _hint(key: str, valid: Any) -> str:
+    names = sorted(valid)
+    # A prefix ("sac" for "sac-discrete") is a better guess than the closest spelling
+    return f"{did_you_mean(key, names, prefix=True)} Valid: {', '.join(names)}."
+
+
+def check_overrides(name: str, overrides: Mapping[str, Any]) -> None:
+    """Raise ``ValueError`` for a key that is not a hyperparameter of algorithm ``name``, or a value of the
+    wrong type or out of its range (:data:`agents.hyperparameters.RANGES`).
+
+    :param name: registry name.
+    :param overrides: hyperparameter overrides.
+    """
+    spec = get_spec(name)
+    valid = spec.hyperparameters
+    parameters = inspect.signature(spec.cls.__init__).parameters
+    for key, value in overrides.items():
+        if key not in valid:
+            raise ValueError(f"{key!r} is not a hyperparameter of {name} ({spec.cls.__name__}).{_hint(key, valid)}")
+        if key == "gamma" and value == SHAPING_GAMMA:
+            continue
+        expected = _expected_type(key, parameters[key].default, value) or range_problem(key, value)
+        if expected is not None:
+            raise ValueError(f"Hyperparameter {key!r} of {name} must be {expected}, got {value!r}.")
+
+
+def _expected_type(key: str, default: Any, value: Any) -> str | None:
+    """What ``value`` should have been, judged by the parameter's default; ``None`` if it fits."""
+    if isinstance(default, bool):
+        return None if isinstance(value, bool) else "true or false"
+    if isinstance(value, bool) and isinstance(default, (int, float)):
+        return "a number"
+    if isinstance(default, int):
+        # train_freq also takes (frequency, "step" | "episode")
+        if isinstance(value, int) or (key == "train_freq" and isinstance(value, (list, tuple)) and len(value) == 2):
+            return None
+        return "an integer" if key != "train_freq" else 'an integer or [frequency, "step" | "episode"]'
+    if isinstance(default, float):
+        # schedules (learning_rate, clip_range) may be callables of the remaining progress
+        return None if isinstance(value, (int, float)) or callable(value) else "a number"
+    if isinstance(default, str):
+        # ent_coef / target_entropy: "auto..." or a number
+        return None if isinstance(value, (str, int, float)) else "a string or a number"
+    return None
+
+
+def _env_candidates(env: Any, attribute: str) -> list[Any]:
+    """``env``, its unwrapped env and, for an SB3 VecEnv (through wrappers such as VecMonitor), each
+    sub-environment's ``attribute``: where a MARA setting may be found."""
+    candidates = [env, getattr(env, "unwrapped", None)]
+    try:
+        candidates += env.get_attr(attribute)
+    except Exception:  # not an SB3 VecEnv, or an env without that attribute
+        pass
+    return candidates
+
+
+def env_kl_coef(env: Any) -> float | None:
+    """The KL coefficient of a MARA environment (plain, vector or SB3-wrapped), else ``None``."""
+    for candidate in _env_candidates(env, "config"):
+        config = getattr(candidate, "config", candidate)
+        value = getattr(config, "kl_coef", None)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    return None
+
+
+def env_shaping_gamma(env: Any) -> float | None:
+    """The discount of a MARA environment's potential shaping (``None``: no shaping, or not a MARA env)."""
+    for candidate in _env_candidates(env, "config"):
+        config = getattr(candidate, "config", candidate)
+        if getattr(config, "reward_shaping", None) is not None:
+            return float(config.shaping_gamma) if config.reward_shaping == "potential" else None
+    return None
+
+
+def _is_mara_env(env: Any) -> bool:
+    return env_kl_coef(env) is not None
+
+
+def env_observation_layout(env: Any) -> Any:
+    """The observation layout of a MARA environment (plain, vector or SB3-wrapped), else ``None``.
+
+    Read by duck typing (``observation_layout`` with ``reference_logits``), so this module never imports ``mara_env``.
+    """
+    for candidate in _env_candidates(env, "observation_layout"):
+        layout = getattr(candidate, "observation_layout", candidate)
+        if hasattr(layout, "has_reference"):
+            return layout
+    return None
+
+
+def _resolve_reference(name: str, env: Any, kwargs: dict[str, Any], kl: float | None) -> Any:
+    """Resolve ``reference_logits`` / ``critic_reference_scale`` in ``kwargs["policy_kwargs"]``; return the policy."""
+    spec = get_spec(name)
+    policy_kwargs = dict(kwargs.get("policy_kwargs") or {})
+    value = policy_kwargs.get("reference_logits")
+    if isinstance(value, str):
+        if value not in REFERENCE_LOGITS:
+            raise ValueError(
+                f"policy_kwargs.reference_logits={value!r} is not understood: use 'auto', 'observation', a list of "
+                "observation indices (one per action) or none."
+            )
+        layout = env_observation_layout(env)
+        if layout is not None and layout.has_reference:
+            policy_kwargs["reference_logits"] = tuple(layout.reference_logits)
+        elif value == "auto":
+            policy_kwargs.pop("reference_logits")
+        else:
+            raise ValueError(
+                "policy_kwargs.reference_logits='observation' anchors the policy to the reference's "
+                "log-probabilities, but this environment's observation does not carry them: create it with "
+                "observation='hidden+ref' (the default of MARA-v1), or set reference_logits to none."
+            )
+    anchored = policy_kwargs.get("reference_logits") is not None
+    scale = policy_kwargs.get("critic_reference_scale")
+    if scale == KL_COEF:
+        # "the env's kl_coef, where the observation carries log p_ref": dropped on a plain observation
+        policy_kwargs["critic_reference_scale"] = kl if anchored and kl else None
+    if not anchored:
+        policy_kwargs.pop("reference_logits", None)
+        if policy_kwargs.get("critic_reference_scale") is not None:
+            raise ValueError(
+                "policy_kwargs.critic_reference_scale needs the reference's log-probabilities in the observation: "
+                "create the environment with observation='hidden+ref' (MARA-v1)."
+            )
+        policy_kwargs.pop("critic_reference_scale", None)
+    if policy_kwargs or "policy_kwargs" in kwargs:
+        kwargs["policy_kwargs"] = policy_kwargs
+    if not anchored:
+        return "MlpPolicy"
+    if spec.anchored_policy is None:
+        raise ValueError(
+            f"{name} has no policy anchored to the reference (only "
+            f"{', '.join(n for n, s in ALGORITHMS.items() if s.anchored_policy is not None)} do); "
+            "remove policy_kwargs.reference_logits."
+        )
+    return spec.anchored_policy
+
+
+def resolve_kwargs(name: str, **overrides: Any) -> dict[str, Any]:
+    """The algorithm's defaults with ``overrides`` applied (``policy_kwargs`` merged key by key).
+
+    :param name: registry name.
+    :param overrides: hyperparameters replacing the defaults (checked by :func:`check_overrides`).
+    :return: constructor keyword arguments; ``ent_coef`` may still be :data:`KL_COEF`.
+    """
+    check_overrides(name, overrides)
+    kwargs = copy.deepcopy(dict(get_spec(name).defaults))
+    overrides = copy.deepcopy(overrides)
+    policy_kwargs = {**kwargs.pop("policy_kwargs", {}), **(overrides.pop("policy_kwargs", None) or {})}
+    if isinstance(overrides.get("train_freq"), list):  # YAML/CLI give lists; SB3 reads only tuples
+        overrides["train_freq"] = tuple(overrides["train_freq"])
+    kwargs.update(overrides)
+    if policy_kwargs:
+        kwargs["policy_kwargs"] = policy_kwargs
+    return kwargs
+
+
+def make_algorithm(
+    name: str,
+    env: Any,
+    *,
+    seed: int | None = None,
+    tensorboard_log: str | None = None,
+    verbose: int = 0,
+    kl_coef: float | None = None,
+    **overrides: Any,
+) -> BaseAlgorithm:
+    """Build a registered algorithm on ``env`` with its MARA defaults.
+
+    :param name: registry name: ``"sac-discrete"``, ``"ppo"``, ``"a2c"``, ``"dqn"`` or ``"qrdqn"``.
+    :param env: the environment, usually ``VecMonitor(SB3VecEnv(gym.make_vec("MARA-v0", ...)))``.
+    :param seed: seed of the algorithm (and of the environment's resets).
+    :param tensorboard_log: TensorBoard folder (``None``: none, or set a logger with ``set_logger``).
+    :param verbose: 0 silent, 1 info, 2 debug.
+    :param kl_coef: the environment's KL coefficient (read from ``env`` when ``None``). An
+        ``ent_coef`` of :data:`KL_COEF` (sac-discrete's default) becomes this value, or, without a
+        positive one, a learned coefficient starting at the authors' 0.01.
+    :param overrides: hyperparameters replacing the defaults (checked against the class's constructor;
+        ``device`` is accepted too).
+    :return: the untrained model.
+    """
+    device = overrides.pop("device", "auto")
+    kwargs = resolve_kwargs(name, **overrides)
+    kl = env_kl_coef(env) if kl_coef is None else kl_coef
+    if kwargs.get("ent_coef") == KL_COEF:
+        kwargs["ent_coef"] = float(kl) if kl is not None and kl > 0 else "auto_0.01"
+    shaping_gamma = env_shaping_gamma(env)
+    if kwargs.get("gamma") == SHAPING_GAMMA:
+        # not a MARA env: SB3's usual 0.99
+        kwargs["gamma"] = shaping_gamma if shaping_gamma is not None else (1.0 if _is_mara_env(env) else 0.99)
+    elif shaping_gamma is not None and "gamma" in kwargs and not math.isclose(kwargs["gamma"], shaping_gamma):
+        warnings.warn(
+            f"{name} discounts with gamma={kwargs['gamma']} but the environment shapes its rewards with "
+            f"shaping_gamma={shaping_gamma}: potential shaping keeps the optimal policy only when the two are equal "
+            f"(otherwise the return gains (1 - shaping_gamma) * Phi per decision). Set gamma={shaping_gamma} or "
+            f"'{SHAPING_GAMMA}', or create the environment with shaping_gamma={kwargs['gamma']}.",
+            stacklevel=2,
+        )
+    policy = _resolve_reference(name, env, kwargs, kl)
+    spec = get_spec(name)
+    try:
+        return spec.cls(
+            policy, env, seed=seed, tensorboard_log=tensorboard_log, verbose=verbose, device=device, **kwargs
+        )
+    except (TypeError, ValueError, AssertionError) as exc:
+        # SB3 checks its arguments with asserts and deep errors; say which algorithm and settings.
+        raise ValueError(f"Could not build {name} ({spec.cls.__name__}) with {kwargs}: {exc}") from exc
