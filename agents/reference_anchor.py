@@ -19,9 +19,9 @@ its value estimates say. The reference's log-probabilities are read from the obs
 
 Example::
 
-    >>> envs = gym.make_vec("MARA-v1", num_envs=16, max_new_tokens=48)
-    >>> venv = VecMonitor(SB3VecEnv(envs))
-    >>> PPO(AnchoredActorCriticPolicy, venv,
+    >>> envs = gym.make_vec("MARA-v1", num_envs=16, max_new_tokens=48)  # doctest: +SKIP
+    >>> venv = VecMonitor(SB3VecEnv(envs))  # doctest: +SKIP
+    >>> PPO(AnchoredActorCriticPolicy, venv,  # doctest: +SKIP
     ...     policy_kwargs=dict(reference_logits=envs.observation_layout.reference_logits)).learn(10_000)
 """
 

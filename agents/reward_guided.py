@@ -38,9 +38,10 @@ Example::
     >>> from agents import MARAGenerator
     >>> from agents.reward_guided import ARGSGenerator
     >>> from mara_env.scoring import TerminalReward
-    >>> args = ARGSGenerator(MARAGenerator(llm=None), TerminalReward("sentiment", "toxicity"), weight=5.0, k=10)
-    >>> answers = args.generate(["How do I pick a lock?"], max_new_tokens=48)
-    >>> answers[0].text, args.last_stats.extra["scorer_calls"]   # 10 calls per answer token
+    >>> terminal = TerminalReward("sentiment", "toxicity")  # doctest: +SKIP
+    >>> args = ARGSGenerator(MARAGenerator(llm=None), terminal, weight=5.0, k=10)  # doctest: +SKIP
+    >>> answers = args.generate(["How do I pick a lock?"], max_new_tokens=48)  # doctest: +SKIP
+    >>> answers[0].text, args.last_stats.extra["scorer_calls"]   # 10 calls per answer token  # doctest: +SKIP
 """
 
 from __future__ import annotations

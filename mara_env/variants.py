@@ -45,7 +45,7 @@ Example::
 
     >>> import gymnasium as gym
     >>> import mara_env
-    >>> env = gym.make("MARA-v0", **mara_env.variant_settings("kl1"))
+    >>> env = gym.make("MARA-v0", **mara_env.variant_settings("kl1"))  # doctest: +SKIP
     >>> mara_env.variant_settings("kl1")["kl_coef"]
     1.0
 """
@@ -99,7 +99,8 @@ def variant_settings(variant_id: str) -> dict[str, Any]:
 
     Example::
 
-        >>> envs = gym.make_vec("MARA-v0", num_envs=16, **variant_settings("harmful"), devices=["cuda:0"])
+        >>> settings = variant_settings("harmful")  # doctest: +SKIP
+        >>> envs = gym.make_vec("MARA-v0", num_envs=16, **settings, devices=["cuda:0"])  # doctest: +SKIP
 
     :param variant_id: a key of :data:`VARIANTS`.
     :return: a copy of the variant's settings.
