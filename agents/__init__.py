@@ -1,15 +1,25 @@
-"""
-Agents for MARA and what is built from them.
+"""Agents for MARA and what is built from them, one concept per module.
 
-- ``agents.sac_discrete``, ``agents.presets``, ``agents.algorithms``: the RL algorithms. They work on any
-  Gymnasium environment with a ``Discrete`` action space and never import ``mara_env``.
-- ``agents.generation``, ``agents.reward_guided``, ``agents.comparison``, ``agents.cli``: aligned generation,
-  the ARGS baseline, evaluation and the ``mara`` command, which use ``mara_env`` (the dependency points one
-  way: ``mara_env`` never imports ``agents``).
+- The algorithms (``agents.sac_discrete`` with its policies, ``agents.reference_anchor``,
+  ``agents.presets``, ``agents.hyperparameters``, ``agents.registry``, ``agents.loading``,
+  ``agents.accept``): they work on any Gymnasium environment with a ``Discrete`` action space and never
+  import ``mara_env`` (``tests/test_layering.py``).
+- The application on top, which uses ``mara_env``: ``agents.generation`` (aligned generation),
+  ``agents.reward_guided`` (the ARGS baseline), ``agents.evaluation`` (statistics, results, figures,
+  report, the evaluation pipeline), ``agents.training`` (run config, callbacks, checkpoints, the runner)
+  and ``agents.cli`` (the ``mara`` command: argument parsing and printing). The dependency points one
+  way: ``mara_env`` never imports ``agents``.
 """
 
 from importlib import import_module
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any
+
+try:
+    #: The installed distribution's version (``pyproject.toml`` is the one place it is written).
+    __version__ = version("mara-rl")
+except PackageNotFoundError:  # a source tree that was never installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "ARGSGenerator",
