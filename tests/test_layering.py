@@ -23,7 +23,11 @@ ALGORITHM_MODULES = (
     "agents.algorithms",
     "agents.hints",
     "agents.files",
+    "agents.errors",
 )
+
+#: The application layers under the command line: the ``mara`` command uses them, never the reverse.
+APPLICATION_MODULES = ("agents.training.runner", "agents.evaluation.pipeline", "agents.generation")
 
 
 def _loaded_after_import(module: str) -> set[str]:
@@ -41,3 +45,9 @@ def test_algorithm_modules_do_not_import_mara_env(module: str) -> None:
 def test_mara_env_does_not_import_agents() -> None:
     loaded = _loaded_after_import("mara_env")
     assert not {name for name in loaded if name == "agents" or name.startswith("agents.")}
+
+
+@pytest.mark.parametrize("module", APPLICATION_MODULES)
+def test_application_modules_do_not_import_the_command_line(module: str) -> None:
+    loaded = _loaded_after_import(module)
+    assert not {name for name in loaded if name == "agents.cli" or name.startswith("agents.cli.")}, module

@@ -8,9 +8,7 @@ loads the generation or evaluation code (and ``mara --help`` loads none).
 from __future__ import annotations
 
 import argparse
-import errno
 import importlib
-import re
 import signal
 import sys
 import threading
@@ -18,6 +16,10 @@ import traceback
 import warnings
 from collections.abc import Sequence
 from types import ModuleType
+
+from agents.errors import INPUT_ERRORS, CommandFailed, UserFacingError, describe
+
+__all__ = ["INPUT_ERRORS", "CommandFailed", "build_parser", "describe", "main"]
 
 #: Subcommand name -> one-line description. The module is ``agents.cli.<name>``.
 SUBCOMMANDS: dict[str, str] = {
@@ -33,25 +35,7 @@ FAILURE = 1
 #: Exit code after Ctrl-C (128 + SIGINT).
 INTERRUPTED = 130
 
-#: Exceptions that mean the input is wrong (a setting, a path, a file's content) when raised before
-#: the command's work starts; the libraries' messages name the value, the valid range and the fix.
-INPUT_ERRORS: tuple[type[BaseException], ...] = (
-    ValueError,  # also agents.authors_format.UnsafeFileError
-    TypeError,
-    FileNotFoundError,
-    FileExistsError,
-    NotADirectoryError,
-    IsADirectoryError,
-    PermissionError,
-    ModuleNotFoundError,
-)
-
-
-class CommandFailed(Exception):
-    """A failure while the command ran (exit status 1). The message says what failed and what to do."""
-
-
-class _UsageError(Exception):
+class _UsageError(UserFacingError):
     """argparse found a wrong flag or value."""
 
 
@@ -60,22 +44,6 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> None:  # type: ignore[override]
         raise _UsageError(f"{message} (see {self.prog} --help)")
-
-
-def describe(error: BaseException) -> str:
-    """One line saying what went wrong: the message of the libraries' own errors, else the type too.
-
-    Operating-system errors get what to do (a folder that cannot be written, a full disk).
-    """
-    known = isinstance(error, (*INPUT_ERRORS, CommandFailed, _UsageError))
-    text = str(error) if known else f"{type(error).__name__}: {error}"
-    if isinstance(error, OSError) and not isinstance(error, (FileNotFoundError, FileExistsError)):
-        if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-            text += ". Choose a folder that can be written (e.g. another --out), or fix its permissions"
-        elif error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-            text += ". Free disk space (or raise the file-size limit), or write to another disk with --out"
-    # Tracebacks of the libraries below often carry newlines and terminal colour codes
-    return " ".join(re.sub(r"\x1b\[[0-9;]*m", "", text).split())
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:

@@ -33,7 +33,7 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import CSVOutputFormat, HumanOutputFormat, Logger, make_output_format
 
-from agents.cli import CommandFailed, describe
+from agents.errors import CommandFailed, describe
 from agents.files import copy_atomic, write_text_atomic
 from agents.loading import load_algorithm
 from agents.registry import get_spec, make_algorithm
