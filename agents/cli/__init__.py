@@ -35,6 +35,7 @@ FAILURE = 1
 #: Exit code after Ctrl-C (128 + SIGINT).
 INTERRUPTED = 130
 
+
 class _UsageError(UserFacingError):
     """argparse found a wrong flag or value."""
 
