@@ -188,7 +188,11 @@ ALGORITHMS: dict[str, AlgorithmSpec] = {
                     # which pays for long episodes (many rejections) where Phi < 0. Without shaping: 1.0.
                     gamma=SHAPING_GAMMA,
                     gae_lambda=0.95,
-                    ent_coef=0.0,  # the per-decision KL reward already anchors the policy to the reference
+                    # The env pays kl_coef * log p_ref(a | k) per decision; with an entropy bonus of the same
+                    # weight the objective is E[R] - kl_coef * KL(pi || p_ref). Without it, maximising
+                    # E[log p_ref(a | k)] alone makes every decision deterministic (KL grows with the answer).
+                    # At pi = p_ref the two terms' gradients cancel: the anchored start is stationary.
+                    ent_coef=KL_COEF,
                     # wider than [64, 64]; anchored to the reference on MARA-v1 (AnchoredActorCriticPolicy)
                     policy_kwargs=dict(net_arch=dict(pi=[256, 256], vf=[256, 256]), reference_logits="auto"),
                 )
@@ -207,7 +211,7 @@ ALGORITHMS: dict[str, AlgorithmSpec] = {
                     n_steps=8,  # per env: 128 decisions per update with 16 envs
                     gamma=SHAPING_GAMMA,  # as for PPO: the discount that keeps the shaped optimum
                     gae_lambda=0.95,  # some bias for much less variance than Monte-Carlo returns
-                    ent_coef=0.0,  # as for PPO
+                    ent_coef=KL_COEF,  # as for PPO: with the env's KL reward, E[R] - kl_coef * KL(pi || p_ref)
                     policy_kwargs=dict(net_arch=dict(pi=[256, 256], vf=[256, 256]), reference_logits="auto"),
                 )
             ),
@@ -265,7 +269,7 @@ def check_overrides(name: str, overrides: Mapping[str, Any]) -> None:
     for key, value in overrides.items():
         if key not in valid:
             raise ValueError(f"{key!r} is not a hyperparameter of {name} ({spec.cls.__name__}).{_hint(key, valid)}")
-        if key == "gamma" and value == SHAPING_GAMMA:
+        if (key, value) in (("gamma", SHAPING_GAMMA), ("ent_coef", KL_COEF)):
             continue
         expected = _expected_type(key, parameters[key].default, value) or range_problem(key, value)
         if expected is not None:
@@ -431,9 +435,13 @@ def make_algorithm(
     """
     device = overrides.pop("device", "auto")
     kwargs = resolve_kwargs(name, **overrides)
+    spec = get_spec(name)
     kl = env_kl_coef(env) if kl_coef is None else kl_coef
     if kwargs.get("ent_coef") == KL_COEF:
-        kwargs["ent_coef"] = float(kl) if kl is not None and kl > 0 else "auto_0.01"
+        # Without a positive kl_coef: SAC learns its coefficient (from the authors' 0.01), PPO/A2C use none.
+        learned = isinstance(inspect.signature(spec.cls.__init__).parameters["ent_coef"].default, str)
+        fallback = "auto_0.01" if learned else 0.0
+        kwargs["ent_coef"] = float(kl) if kl is not None and kl > 0 else fallback
     shaping_gamma = env_shaping_gamma(env)
     if kwargs.get("gamma") == SHAPING_GAMMA:
         # not a MARA env: SB3's usual 0.99
@@ -447,7 +455,6 @@ def make_algorithm(
             stacklevel=2,
         )
     policy = _resolve_reference(name, env, kwargs, kl)
-    spec = get_spec(name)
     try:
         return spec.cls(
             policy, env, seed=seed, tensorboard_log=tensorboard_log, verbose=verbose, device=device, **kwargs

@@ -369,6 +369,16 @@ def test_on_policy_discount_follows_the_shaping(tiny_kwargs, algo):
     assert model.gamma == 1.0  # the user's value is kept
 
 
+@pytest.mark.parametrize("algo", ["ppo", "a2c"])
+def test_on_policy_entropy_bonus_is_the_kl_coefficient(tiny_kwargs, algo):
+    # With the env's kl_coef * log p_ref reward, an entropy bonus of kl_coef makes the objective
+    # E[R] - kl_coef * KL(pi || p_ref); without one the policy would collapse to deterministic decisions.
+    assert make_algorithm(algo, _venv(tiny_kwargs, kl_coef=0.3), seed=0).ent_coef == pytest.approx(0.3)
+    assert make_algorithm(algo, _venv(tiny_kwargs, kl_coef=0.0), seed=0).ent_coef == 0.0
+    assert make_algorithm(algo, gym.make("CartPole-v1"), seed=0).ent_coef == 0.0  # not a MARA env
+    assert make_algorithm(algo, _venv(tiny_kwargs), seed=0, ent_coef=0.01).ent_coef == 0.01
+
+
 def test_sac_default_discount_matches_the_default_shaping(tiny_kwargs, recwarn):
     model = make_algorithm("sac-discrete", _venv(tiny_kwargs), seed=0)
     assert model.gamma == pytest.approx(gym.spec("MARA-v1").kwargs["shaping_gamma"])
