@@ -394,6 +394,12 @@ def run_pair(algo: str, seed: int, ctx: _Context, folder: Path) -> dict[str, Any
         "wall_seconds": time.perf_counter() - started,
         "curve": evaluation.points,
         "hyperparameters": resolve_kwargs(algo, **overrides),
+        # what make_algorithm resolved from the env ("kl_coef", "shaping_gamma" above)
+        "resolved": {
+            key: float(value)
+            for key in ("gamma", "ent_coef")
+            if isinstance(value := getattr(model, key, None), (int, float)) and not isinstance(value, bool)
+        },
         "budget_overrides": fitted,
         "training_log_last": dict(log_callback.last_means),
         "fingerprint": ctx.fingerprint(algo),
