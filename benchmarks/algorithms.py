@@ -41,17 +41,12 @@ Evaluations run at 0 decisions, every ``--eval-every`` decisions below ``--decis
 
 - ``quick``: a smoke test of the whole pipeline (CI-sized), not a measurement: 96 decisions are
   far too few to learn anything. Time on the 2-core development CPU: see ``benchmarks/README.md``.
-- ``standard``: about an hour for all five algorithms on the 2-core CPU with 2 torch threads and
-  nothing else running (an estimate, not measured: the environment makes ~40 decisions/s at 16
-  envs, ~30/s with the off-policy updates; aligned decoding runs at about the environment's
-  speed). Per pair: training 6,000 decisions ~200 s; 4 evaluations of 16 prompts x 48 tokens
-  (~1,100 decisions each) ~120 s; comparison on 32 prompts (agent ~2,200 decisions plus the
-  base LLM's ``generate``) ~75 s; ~6.5 min per pair, 2 seeds x 5 algorithms ~65 min. With one
-  thread or a busy machine expect up to 2-3x that: a trial run of 300 decisions per pair measured
-  7-11 training decisions/s at 8 envs and 16 tokens with ``OMP_NUM_THREADS=1`` next to other jobs.
-  Measured (2026-11-23, one thread beside another job): the first seed of all five took 2 hours,
-  mostly evaluations of A2C/DQN/QR-DQN agents that reject most candidates (each rejection is an LLM
-  forward); agents that stay near the reference match the estimate.
+- ``standard``: measured on MARA-v1 (2026-12-01, 2-core CPU, one torch thread per process): seed 0
+  of all five took 64 min: 7-10 min per pair for the anchored agents (SAC, PPO, A2C: training
+  2-4 min, three evaluations of 16 prompts and the comparison on 32 the rest), 16 and 22 min for
+  DQN and QR-DQN, whose unanchored agents reject most candidates (KL 150-190 nats), and every
+  rejection past the computed chunk is one more LLM forward while they decode. Both seeds take about
+  two hours in one process; ``benchmarks/README.md`` has the measured table.
 - ``full``: for a GPU (5 seeds x 200,000 decisions, every held-out prompt, 256-token answers).
 
 Outputs, under ``--out`` (default ``benchmarks/results/algorithms/<budget>/``):
