@@ -55,6 +55,7 @@ __all__ = [
     "SHAPING_GAMMA",
     "AlgorithmSpec",
     "check_overrides",
+    "env_config",
     "env_kl_coef",
     "env_observation_layout",
     "env_shaping_gamma",
@@ -307,27 +308,32 @@ def _env_candidates(env: Any, attribute: str) -> list[Any]:
     return candidates
 
 
-def env_kl_coef(env: Any) -> float | None:
-    """The KL coefficient of a MARA environment (plain, vector or SB3-wrapped), else ``None``."""
+def env_config(env: Any) -> Any:
+    """The settings of a MARA environment (plain, vector or SB3-wrapped: anything with a numeric
+    ``kl_coef``), else ``None``. Read by duck typing, so this module never imports ``mara_env``."""
     for candidate in _env_candidates(env, "config"):
         config = getattr(candidate, "config", candidate)
         value = getattr(config, "kl_coef", None)
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+            return config
+    return None
+
+
+def env_kl_coef(env: Any) -> float | None:
+    """The KL coefficient of a MARA environment (plain, vector or SB3-wrapped), else ``None``."""
+    config = env_config(env)
+    return None if config is None else float(config.kl_coef)
+
+
+def _shaping_gamma(config: Any) -> float | None:
+    if getattr(config, "reward_shaping", None) == "potential":
+        return float(config.shaping_gamma)
     return None
 
 
 def env_shaping_gamma(env: Any) -> float | None:
     """The discount of a MARA environment's potential shaping (``None``: no shaping, or not a MARA env)."""
-    for candidate in _env_candidates(env, "config"):
-        config = getattr(candidate, "config", candidate)
-        if getattr(config, "reward_shaping", None) is not None:
-            return float(config.shaping_gamma) if config.reward_shaping == "potential" else None
-    return None
-
-
-def _is_mara_env(env: Any) -> bool:
-    return env_kl_coef(env) is not None
+    return _shaping_gamma(env_config(env))
 
 
 def env_observation_layout(env: Any) -> Any:
@@ -436,16 +442,17 @@ def make_algorithm(
     device = overrides.pop("device", "auto")
     kwargs = resolve_kwargs(name, **overrides)
     spec = get_spec(name)
-    kl = env_kl_coef(env) if kl_coef is None else kl_coef
+    config = env_config(env)
+    kl = (None if config is None else float(config.kl_coef)) if kl_coef is None else kl_coef
     if kwargs.get("ent_coef") == KL_COEF:
         # Without a positive kl_coef: SAC learns its coefficient (from the authors' 0.01), PPO/A2C use none.
         learned = isinstance(inspect.signature(spec.cls.__init__).parameters["ent_coef"].default, str)
         fallback = "auto_0.01" if learned else 0.0
         kwargs["ent_coef"] = float(kl) if kl is not None and kl > 0 else fallback
-    shaping_gamma = env_shaping_gamma(env)
+    shaping_gamma = _shaping_gamma(config)
     if kwargs.get("gamma") == SHAPING_GAMMA:
         # not a MARA env: SB3's usual 0.99
-        kwargs["gamma"] = shaping_gamma if shaping_gamma is not None else (1.0 if _is_mara_env(env) else 0.99)
+        kwargs["gamma"] = shaping_gamma if shaping_gamma is not None else (1.0 if config is not None else 0.99)
     elif shaping_gamma is not None and "gamma" in kwargs and not math.isclose(kwargs["gamma"], shaping_gamma):
         warnings.warn(
             f"{name} discounts with gamma={kwargs['gamma']} but the environment shapes its rewards with "

@@ -51,3 +51,12 @@ def test_mara_env_does_not_import_agents() -> None:
 def test_application_modules_do_not_import_the_command_line(module: str) -> None:
     loaded = _loaded_after_import(module)
     assert not {name for name in loaded if name == "agents.cli" or name.startswith("agents.cli.")}, module
+
+
+def test_lazy_evaluation_names_are_the_pipelines_exports() -> None:
+    # agents.evaluation lists the pipeline's names by hand, to load it only on first use
+    import agents.evaluation as evaluation
+    import agents.evaluation.pipeline as pipeline
+
+    assert set(pipeline.__all__) == evaluation._PIPELINE
+    assert set(evaluation.__all__) >= evaluation._PIPELINE
