@@ -61,8 +61,9 @@ from mara_env import (
     candidate_sets,
     default_max_prompt_tokens,
     load_replicas,
+    make_chunk_rule,
     observe,
-    resolve_chunk_size,
+    resolve_chunking,
 )
 
 __all__ = ["Generation", "GenerationStats", "MARAGenerator", "Rescore", "batched_generate"]
@@ -151,7 +152,8 @@ class MARAGenerator:
     :param top_k: candidate-set size cap (must match the agent's training environment).
     :param top_p: nucleus mass.
     :param temperature: applied before the cuts.
-    :param chunk_size: candidates per forward (an int, ``"all"`` or ``"auto"``).
+    :param chunk_size: candidates per forward (an int, ``"all"``, ``"adaptive"`` or ``"auto"``; see
+        :func:`mara_env.resolve_chunking`).
     :param max_prompt_tokens: longest formatted prompt (``None``: context minus answer room).
     :param prompt_overflow: ``"truncate"`` (cut the user text from the left, with a warning) or ``"error"``.
     :param batch_size: prompts decoded at once.
@@ -191,7 +193,9 @@ class MARAGenerator:
         self.prompt_format = PromptFormat(first.tokenizer, system_prompt)
         # open-ended prompts: no cache of their ids
         self.prompt_encoder = PromptEncoder(self.prompt_format, prompt_overflow)
-        self.chunk_size = resolve_chunk_size(chunk_size, first.device, top_k)
+        self.chunking = resolve_chunking(chunk_size, first.device, top_k)
+        # one rule for every call: what an adaptive rule learns about where the agent takes carries over
+        self._chunk_rule = make_chunk_rule(self.chunking.size, self.chunking.coverage)
         self.max_prompt_tokens = max_prompt_tokens
         self.prompt_overflow = prompt_overflow
         self.batch_size = batch_size
@@ -304,13 +308,18 @@ class MARAGenerator:
         return prompts
 
     def _decoder(self, rows: int, max_new_tokens: int) -> AcceptRejectDecoder:
-        config = DecoderConfig(candidates=self.candidates, max_new_tokens=max_new_tokens, chunk_size=self.chunk_size)
-        return AcceptRejectDecoder(self.replicas, rows, config, lockstep=False)
+        config = DecoderConfig(
+            candidates=self.candidates,
+            max_new_tokens=max_new_tokens,
+            chunk_size=self.chunking.size,
+            chunk_coverage=self.chunking.coverage,
+        )
+        return AcceptRejectDecoder(self.replicas, rows, config, lockstep=False, chunk_rule=self._chunk_rule)
 
     def _prompt_limit(self, max_new_tokens: int) -> int | None:
         if self.max_prompt_tokens is not None:
             return self.max_prompt_tokens
-        return default_max_prompt_tokens(self.replicas[0].model, max_new_tokens, self.chunk_size)
+        return default_max_prompt_tokens(self.replicas[0].model, max_new_tokens, self.chunking.size)
 
     def _prompt_ids(self, prompt: str, limit: int | None) -> tuple[list[int], bool]:
         return self.prompt_encoder.encode(prompt, limit)

@@ -6,7 +6,11 @@ Reports agent decisions per second and generated response tokens per second for:
   batch-1 forward on a full copy of the prefix KV cache, all before the first decision;
 - ``lazy-b1``: a lazy batch-1 strategy: one batch-1 forward (on a copy of the prefix cache) for the
   candidate under decision only, and one for each forced token;
-- ``mara N=.. C=..``: ``TokenAcceptRejectVectorEnv`` with N sub-environments and chunk size C.
+- ``mara N=.. C=..``: ``TokenAcceptRejectVectorEnv`` with N sub-environments and chunk size C;
+- ``bound N=..``: the physical limit of an N-row environment on this machine: one full-batch forward
+  per step (each of the N rows runs one candidate token through the LLM and its output head, on a
+  prefix as long as the environment's) and nothing else. Each ``mara`` row prints the fraction of
+  its N's bound that it reaches.
 
 Every strategy runs the same workload: prompts from the default set, the same candidate-set rules
 (top-k 50, top-p 0.95), and an agent that accepts each candidate with probability 0.7 (about the
@@ -36,7 +40,7 @@ from transformers import DynamicCache
 
 from mara_env import TokenAcceptRejectVectorEnv
 from mara_env.candidates import CandidateConfig, candidate_sets
-from mara_env.engine import cache_argument
+from mara_env.engine import ReplicaEngine, cache_argument
 from mara_env.llm import LLMReplica, PromptFormat, load_replicas
 from mara_env.prompts import PromptSet
 
@@ -149,22 +153,54 @@ class MaraRunner:
         return self.decisions, self.done_tokens + running
 
 
+class ForwardBound:
+    """One full-batch forward per step for ``n_envs`` rows: the physical limit of the environment.
+
+    The rows hold a formatted prompt plus half an episode of response tokens (the mean prefix of an
+    episode of ``max_new_tokens``); each step runs one candidate token per row through the model and
+    its output head, as the environment's single forward would, and commits nothing, so the prefix
+    stays that long.
+    """
+
+    def __init__(self, replica: LLMReplica, prompts: PromptSet, n_envs: int, max_new_tokens: int, seed: int):
+        self.engine = ReplicaEngine(replica, n_envs)
+        fmt = PromptFormat(replica.tokenizer)
+        rng = np.random.default_rng(seed)
+        vocab = replica.model.get_output_embeddings().weight.shape[0]
+        prefixes = []
+        for _ in range(n_envs):
+            ids = fmt.token_ids(prompts[int(rng.integers(len(prompts)))])[0]
+            prefixes.append(list(ids) + rng.integers(vocab, size=max_new_tokens // 2).tolist())
+        self.engine.forward(list(range(n_envs)), prefixes, "chain")
+        self.rows = list(range(n_envs))
+        self.tokens = [[int(t)] for t in rng.integers(vocab, size=n_envs)]
+        self.decisions = 0
+
+    def step(self) -> None:
+        hidden = self.engine.forward(self.rows, self.tokens, "tree")
+        self.engine.logits(hidden[:, 0])
+        self.decisions += len(self.rows)
+
+    def counters(self) -> tuple[int, int]:
+        return self.decisions, 0
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--envs", type=int, nargs="+", default=[1, 8, 32])
-    parser.add_argument("--chunks", nargs="+", default=["1", "2", "4", "all"])
+    parser.add_argument("--chunks", nargs="+", default=["1", "adaptive"], help="integers, 'all', 'adaptive', 'auto'")
     parser.add_argument("--seconds", type=float, default=12.0, help="measured time per configuration per round")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--device", default=None)
     parser.add_argument("--llm", default=None, help="model id or folder (default: embedded SmolLM2-135M-Instruct)")
-    parser.add_argument("--quick", action="store_true", help="N in {1, 8}, chunks {1, 2}, 3 s, 1 round")
+    parser.add_argument("--quick", action="store_true", help="N in {1, 8}, chunks {1, adaptive}, 3 s, 1 round")
     parser.add_argument("--out", default="benchmarks/results/env_throughput.json")
     args = parser.parse_args()
     if args.quick:
-        args.envs, args.chunks, args.seconds, args.rounds = [1, 8], ["1", "2"], 3.0, 1
-    chunks = [c if c == "all" else int(c) for c in args.chunks]
+        args.envs, args.chunks, args.seconds, args.rounds = [1, 8], ["1", "adaptive"], 3.0, 1
+    chunks = [c if c in ("all", "adaptive", "auto") else int(c) for c in args.chunks]
 
     replica = load_replicas(args.llm, devices=[args.device] if args.device else None, dtype=args.dtype)[0]
     prompts = PromptSet.from_source("default", part="train")
@@ -178,6 +214,8 @@ def main() -> None:
     lazy = Batch1Baseline(replica, prompts, args.max_new_tokens, eager=False, seed=0)
     runners["lazy batch-1"] = (lazy.step_position, lambda: (lazy.decisions, lazy.tokens))
     for n in args.envs:
+        bound = ForwardBound(replica, prompts, n, args.max_new_tokens, seed=0)
+        runners[f"bound N={n}"] = (bound.step, bound.counters)
         for c in chunks:
             r = MaraRunner(replica, n, c, args.max_new_tokens, seed=0)
             runners[f"mara N={n} C={c}"] = (r.step, r.counters)
@@ -204,29 +242,37 @@ def main() -> None:
         / totals["authors (batch-1, all candidates up front)"][0]
     )
     rows = []
+    bounds = {name.split("N=")[1]: totals[name][1] / totals[name][0] for name in totals if name.startswith("bound")}
     for name, (elapsed, d, t) in totals.items():
         rate = d / elapsed
+        n_envs = name.split("N=")[1].split()[0] if "N=" in name else None
         rows.append(
             {
                 "strategy": name,
                 "decisions_per_s": rate,
-                "tokens_per_s": t / elapsed,
+                "tokens_per_s": None if name.startswith("bound") else t / elapsed,
                 "decisions": d,
                 "tokens": t,
                 "seconds": elapsed,
                 "x_lazy_b1": rate / lazy_rate,
                 "x_authors": rate / authors_rate,
                 "forwards_per_step": mara[name].forwards_per_step() if name in mara else None,
+                "bound_decisions_per_s": bounds[n_envs] if name in mara else None,
+                "fraction_of_bound": rate / bounds[n_envs] if name in mara else None,
             }
         )
     header = (
-        "| strategy | decisions/s | tokens/s | x lazy batch-1 | x authors | forwards/step |\n"
-        "|---|---:|---:|---:|---:|---:|"
+        "| strategy | decisions/s | tokens/s | x lazy batch-1 | x authors | forwards/step | bound (decisions/s) "
+        "| of bound |\n|---|---:|---:|---:|---:|---:|---:|---:|"
     )
+
+    def cell(value: float | None, spec: str) -> str:
+        return "" if value is None else format(value, spec)
+
     lines = [header] + [
-        f"| {r['strategy']} | {r['decisions_per_s']:.1f} | {r['tokens_per_s']:.1f} "
-        f"| {r['x_lazy_b1']:.1f} | {r['x_authors']:.1f} "
-        f"| {'' if r['forwards_per_step'] is None else format(r['forwards_per_step'], '.2f')} |"
+        f"| {r['strategy']} | {r['decisions_per_s']:.1f} | {cell(r['tokens_per_s'], '.1f')} "
+        f"| {r['x_lazy_b1']:.1f} | {r['x_authors']:.1f} | {cell(r['forwards_per_step'], '.2f')} "
+        f"| {cell(r['bound_decisions_per_s'], '.1f')} | {cell(r['fraction_of_bound'], '.0%')} |"
         for r in rows
     ]
     table = "\n".join(lines)
@@ -261,7 +307,9 @@ def plot(rows: list[dict], meta: dict, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(9, 4.5))
     names = [r["strategy"].replace(" (batch-1, all candidates up front)", "") for r in rows]
     rates = [r["decisions_per_s"] for r in rows]
-    colors = ["tab:gray" if not n.startswith("mara") else "tab:blue" for n in names]
+    colors = [
+        "tab:blue" if n.startswith("mara") else "tab:green" if n.startswith("bound") else "tab:gray" for n in names
+    ]
     ax.barh(names, rates, color=colors)
     for y, rate in enumerate(rates):
         ax.text(rate, y, f" {rate:.1f}", va="center", fontsize=8)

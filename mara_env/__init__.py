@@ -22,7 +22,7 @@ Every setting can still be given to either id; the id only sets these defaults.
 (:class:`AcceptRejectDecoder`, :class:`DecoderConfig`, :class:`Phase`), the observation of a decision
 (:func:`observe`, :class:`ObservationLayout`), the prompt format and its length rule
 (:class:`PromptFormat`, :class:`PromptEncoder`, :func:`default_max_prompt_tokens`), candidate sets, the
-chunk-size rule (:func:`resolve_chunk_size`), the scorers (:class:`TerminalReward`) and the prompt sets
+chunk rules (:func:`resolve_chunking`, :class:`AdaptiveChunks`), the scorers (:class:`TerminalReward`) and the prompt sets
 (:class:`PromptSet`, :func:`held_out_prompts`). Other module attributes are internals.
 """
 
@@ -31,7 +31,16 @@ from importlib.metadata import PackageNotFoundError, version
 from gymnasium.envs.registration import register, registry
 
 from mara_env.candidates import CandidateConfig, CandidateSet, candidate_sets
-from mara_env.config import AUTO_CHUNK_SIZE, MARAConfig, resolve_chunk_size, type_problem
+from mara_env.chunking import AdaptiveChunks, FixedChunks, make_chunk_rule
+from mara_env.config import (
+    ADAPTIVE_CHUNKS,
+    AUTO_CHUNK_SIZE,
+    ChunkPlan,
+    MARAConfig,
+    resolve_chunk_size,
+    resolve_chunking,
+    type_problem,
+)
 from mara_env.decoder import AcceptRejectDecoder, DecoderConfig, Phase
 from mara_env.env import TokenAcceptRejectEnv
 from mara_env.llm import (
@@ -49,6 +58,7 @@ from mara_env.variants import VARIANTS, variant_settings
 from mara_env.vector_env import TokenAcceptRejectVectorEnv
 
 __all__ = [
+    "ADAPTIVE_CHUNKS",
     "AUTO_CHUNK_SIZE",
     "EMBEDDED_LLM",
     "MARA_V1",
@@ -56,9 +66,12 @@ __all__ = [
     "VARIANTS",
     "VERSIONS",
     "AcceptRejectDecoder",
+    "AdaptiveChunks",
     "CandidateConfig",
     "CandidateSet",
+    "ChunkPlan",
     "DecoderConfig",
+    "FixedChunks",
     "LLMReplica",
     "MARAConfig",
     "ObservationLayout",
@@ -74,8 +87,10 @@ __all__ = [
     "default_max_prompt_tokens",
     "held_out_prompts",
     "load_replicas",
+    "make_chunk_rule",
     "observe",
     "resolve_chunk_size",
+    "resolve_chunking",
     "type_problem",
     "variant_settings",
 ]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import numbers
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -25,12 +25,33 @@ from mara_env.prompts import check_test_fraction
 #: Values of the ``reward_shaping`` setting.
 REWARD_SHAPINGS = ("none", "potential")
 
-#: Candidates per forward when ``chunk_size="auto"``, per device type. On CPU a forward's cost
-#: grows with its token count and ~70% of accepts are the first candidate, so computing one
-#: candidate at a time wins (``benchmarks/env_throughput.py``, 32 sub-environments on 2 cores:
-#: 65 decisions/s at C=1, 48 at C=2, 46 at C=4). Accelerators have spare width, so a larger chunk
-#: costs almost nothing and saves forwards after rejections (not yet measured on a GPU).
-AUTO_CHUNK_SIZE = {"cpu": 1, "cuda": 8, "mps": 4, "xpu": 8}
+#: What ``chunk_size="auto"`` means per device type: a fixed number of candidates per forward, or
+#: ``"adaptive"`` (:data:`ADAPTIVE_CHUNKS`). On CPU a forward's cost grows with its token count, so
+#: tokens the agent never looks at are expensive; accelerators have spare width, so a larger chunk
+#: costs almost nothing and saves the forwards that rejections past the chunk would need
+#: (``benchmarks/env_throughput.py``, ``benchmarks/decode_speed.py``; GPU: ``benchmarks/gpu_suite.py``).
+AUTO_CHUNK_SIZE: dict[str, int | str] = {"cpu": 1, "cuda": "adaptive", "mps": "adaptive", "xpu": "adaptive"}
+
+#: ``chunk_size="adaptive"`` per device type: (largest chunk, coverage), where coverage is the
+#: probability that a row's chunk holds the candidate the agent takes (:mod:`mara_env.chunking`).
+ADAPTIVE_CHUNKS: dict[str, tuple[int, float]] = {
+    "cpu": (8, 0.8),
+    "cuda": (16, 0.95),
+    "mps": (8, 0.9),
+    "xpu": (16, 0.95),
+}
+
+
+class ChunkPlan(NamedTuple):
+    """How many candidates a forward computes per row.
+
+    :param size: candidates per forward; with ``coverage``, the largest chunk.
+    :param coverage: ``None`` (fixed ``size``) or the adaptive rule's target probability that the chunk
+        holds the candidate the agent takes.
+    """
+
+    size: int
+    coverage: float | None = None
 
 
 def setting_help(cls: type) -> dict[str, str]:
@@ -44,34 +65,48 @@ def setting_help(cls: type) -> dict[str, str]:
 
 def chunk_size_problem(chunk_size: Any) -> str | None:
     """What a ``chunk_size`` setting should have been; ``None`` if it is valid."""
-    if chunk_size in ("auto", "all") or (
+    if chunk_size in ("auto", "all", "adaptive") or (
         isinstance(chunk_size, int) and not isinstance(chunk_size, bool) and chunk_size >= 1
     ):
         return None
-    return f"chunk_size must be an integer >= 1, 'all' or 'auto', got {chunk_size!r}."
+    return f"chunk_size must be an integer >= 1, 'all', 'adaptive' or 'auto', got {chunk_size!r}."
 
 
-def resolve_chunk_size(chunk_size: int | str, device: torch.device, set_cap: int) -> int:
-    """Candidates per forward on ``device``: ``"all"`` is the set-size cap ``top_k``, ``"auto"`` per device
-    (:data:`AUTO_CHUNK_SIZE`).
+def resolve_chunking(chunk_size: int | str, device: torch.device, set_cap: int) -> ChunkPlan:
+    """The chunk plan on ``device``: an integer is fixed, ``"all"`` is the set-size cap ``top_k``,
+    ``"adaptive"`` sizes each row's chunk (:data:`ADAPTIVE_CHUNKS`), ``"auto"`` is the device's
+    default (:data:`AUTO_CHUNK_SIZE`).
 
-    :param chunk_size: an integer >= 1, ``"all"`` or ``"auto"``.
+    :param chunk_size: an integer >= 1, ``"all"``, ``"adaptive"`` or ``"auto"``.
     :param device: the LLM's device.
     :param set_cap: the candidate-set size cap (``top_k``).
     :raises ValueError: another value.
 
     >>> import torch
-    >>> resolve_chunk_size("auto", torch.device("cpu"), 50), resolve_chunk_size("all", torch.device("cpu"), 50)
-    (1, 50)
+    >>> resolve_chunking("all", torch.device("cpu"), 50), resolve_chunking("adaptive", torch.device("cpu"), 50)
+    (ChunkPlan(size=50, coverage=None), ChunkPlan(size=8, coverage=0.8))
     """
     problem = chunk_size_problem(chunk_size)
     if problem is not None:
         raise ValueError(problem)
-    if chunk_size == "all":
-        return set_cap
     if chunk_size == "auto":
-        return AUTO_CHUNK_SIZE.get(device.type, 4)
-    return int(chunk_size)
+        chunk_size = AUTO_CHUNK_SIZE.get(device.type, "adaptive")
+    if chunk_size == "all":
+        return ChunkPlan(set_cap)
+    if chunk_size == "adaptive":
+        size, coverage = ADAPTIVE_CHUNKS.get(device.type, (16, 0.95))
+        return ChunkPlan(min(size, set_cap), coverage)
+    return ChunkPlan(int(chunk_size))
+
+
+def resolve_chunk_size(chunk_size: int | str, device: torch.device, set_cap: int) -> int:
+    """The largest chunk on ``device`` (:func:`resolve_chunking`'s ``size``).
+
+    >>> import torch
+    >>> resolve_chunk_size(3, torch.device("cpu"), 50), resolve_chunk_size("all", torch.device("cpu"), 50)
+    (3, 50)
+    """
+    return resolve_chunking(chunk_size, device, set_cap).size
 
 
 def type_problem(annotation: str, value: Any) -> str | None:
@@ -236,7 +271,8 @@ class MARAConfig:
         metadata={
             "help": (
                 'candidates whose hidden states are computed per forward: an integer >= 1 (1 = lazy), "all" (the '
-                'whole set at once), or "auto" (per device, see AUTO_CHUNK_SIZE).'
+                'whole set at once), "adaptive" (per row, sized to hold the candidate the agent will take, see '
+                'mara_env.chunking), or "auto" (per device, see AUTO_CHUNK_SIZE).'
             )
         },
     )
@@ -299,9 +335,9 @@ class MARAConfig:
                 raise TypeError(f"MARA got an unknown argument {key!r}.{hint}")
         return cls(**kwargs)
 
-    def resolved_chunk_size(self, device: torch.device, set_cap: int) -> int:
-        """The chunk size to use on ``device``; ``"all"`` becomes ``top_k`` (:func:`resolve_chunk_size`)."""
-        return resolve_chunk_size(self.chunk_size, device, set_cap)
+    def resolved_chunking(self, device: torch.device, set_cap: int) -> ChunkPlan:
+        """The chunk plan to use on ``device`` (:func:`resolve_chunking`)."""
+        return resolve_chunking(self.chunk_size, device, set_cap)
 
     @property
     def np_obs_dtype(self) -> np.dtype:

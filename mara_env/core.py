@@ -80,15 +80,20 @@ class MARACore:
                 f"prompts: the {config.prompt_split!r} part of {config.prompts!r} is empty; "
                 "give more prompts, lower test_fraction, or use prompt_split='all'."
             )
-        chunk = config.resolved_chunk_size(first.device, config.top_k)
+        chunk = config.resolved_chunking(first.device, config.top_k)
         self.decoder = AcceptRejectDecoder(
             self.replicas,
             num_rows,
-            DecoderConfig(candidates=config.candidates, max_new_tokens=config.max_new_tokens, chunk_size=chunk),
+            DecoderConfig(
+                candidates=config.candidates,
+                max_new_tokens=config.max_new_tokens,
+                chunk_size=chunk.size,
+                chunk_coverage=chunk.coverage,
+            ),
         )
         self.max_prompt_tokens = config.max_prompt_tokens
         if self.max_prompt_tokens is None:
-            self.max_prompt_tokens = default_max_prompt_tokens(first.model, config.max_new_tokens, chunk)
+            self.max_prompt_tokens = default_max_prompt_tokens(first.model, config.max_new_tokens, chunk.size)
         scorer_device = config.scorer_device if config.scorer_device is not None else first.device
         self.terminal = TerminalReward(
             config.reward_model,

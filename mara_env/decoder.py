@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from mara_env.candidates import CandidateConfig, CandidateSet, candidate_sets
+from mara_env.chunking import AdaptiveChunks, FixedChunks, make_chunk_rule
 from mara_env.engine import ReplicaEngine
 from mara_env.llm import LLMReplica
 
@@ -83,12 +84,17 @@ class DecoderConfig:
 
     :param candidates: how candidate sets are formed.
     :param max_new_tokens: response-length limit (the paper's 512).
-    :param chunk_size: candidates whose hidden states are computed per forward (``>= 1``).
+    :param chunk_size: candidates whose hidden states are computed per forward (``>= 1``); with
+        ``chunk_coverage``, the largest chunk.
+    :param chunk_coverage: ``None``: every chunk has ``chunk_size`` candidates; a probability in (0, 1]:
+        each row's chunk is sized to hold the candidate the agent takes with that probability
+        (:class:`mara_env.chunking.AdaptiveChunks`).
     """
 
     candidates: CandidateConfig = field(default_factory=CandidateConfig)
     max_new_tokens: int = 512
     chunk_size: int = 1
+    chunk_coverage: float | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
@@ -97,6 +103,8 @@ class DecoderConfig:
             raise ValueError(
                 f"chunk_size must be an integer >= 1 (or 'auto'/'all' in the env), got {self.chunk_size!r}."
             )
+        if self.chunk_coverage is not None:
+            make_chunk_rule(self.chunk_size, self.chunk_coverage)  # checks the coverage
 
 
 class AcceptRejectDecoder:
@@ -107,10 +115,17 @@ class AcceptRejectDecoder:
     :param config: decoding rules.
     :param lockstep: ``True``: every call advances all its rows to READY or DONE; ``False``: a call may
         leave rows waiting for a forward (see the module docstring), which saves forwards in batches.
+    :param chunk_rule: the rule sizing each row's chunk, to share what an adaptive rule has learnt about
+        an agent across decoders (default: a new one from ``config``).
     """
 
     def __init__(
-        self, replicas: Sequence[LLMReplica], num_rows: int, config: DecoderConfig, lockstep: bool = True
+        self,
+        replicas: Sequence[LLMReplica],
+        num_rows: int,
+        config: DecoderConfig,
+        lockstep: bool = True,
+        chunk_rule: FixedChunks | AdaptiveChunks | None = None,
     ) -> None:
         if num_rows < 1:
             raise ValueError(f"num_rows must be >= 1, got {num_rows}")
@@ -119,6 +134,9 @@ class AcceptRejectDecoder:
         self.replicas = list(replicas)
         self.num_rows = num_rows
         self.rows = [RowState() for _ in range(num_rows)]
+        self.chunks = (
+            chunk_rule if chunk_rule is not None else make_chunk_rule(config.chunk_size, config.chunk_coverage)
+        )
         self.eos = self.replicas[0].eos_token_ids
         # Contiguous blocks: row -> (replica, local row); more replicas than rows leaves some idle.
         n_rep = min(len(self.replicas), num_rows)
@@ -162,11 +180,13 @@ class AcceptRejectDecoder:
             st.num_decisions += 1
             if action == 1:
                 logp[i] = st.cands.log_accept[k]
+                self.chunks.record(st.cands.probs, k)
                 self._take(row, k)
                 continue
             logp[i] = st.cands.log_reject[k]
             st.index = k + 1
             if st.index == len(st.cands) - 1:
+                self.chunks.record(st.cands.probs, st.index)
                 self._take(row, st.index)  # the last candidate is taken without asking
             elif st.index >= st.chunk_start + st.chunk_hidden.shape[0]:
                 st.phase = Phase.NEED_FORWARD
@@ -272,7 +292,6 @@ class AcceptRejectDecoder:
 
     def _advance(self, engine: ReplicaEngine, items: list[tuple[int, int]]) -> None:
         """Move rows forward until each is READY or DONE, batching every forward across them."""
-        chunk = self.config.chunk_size
         forwards = 0
         while True:
             need_logits = [(r, loc) for r, loc in items if self.rows[r].phase is Phase.NEED_LOGITS]
@@ -299,7 +318,8 @@ class AcceptRejectDecoder:
                 if st.pending is not None:
                     tokens.append([st.pending])
                 else:
-                    tokens.append(st.cands.tokens[st.index : st.index + chunk].tolist())
+                    size = self.chunks.size(st.cands.probs, st.index)
+                    tokens.append(st.cands.tokens[st.index : st.index + size].tolist())
             hidden = engine.forward([loc for _, loc in need_forward], tokens, "tree")
             for i, (row, local) in enumerate(need_forward):
                 st = self.rows[row]

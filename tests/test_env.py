@@ -83,7 +83,7 @@ def test_seeded_rollouts_are_deterministic(tiny_kwargs):
     assert len(prompts) > 1
 
 
-@pytest.mark.parametrize("chunk_size", [1, 3, "all"])
+@pytest.mark.parametrize("chunk_size", [1, 3, "all", "adaptive"])
 def test_always_accept_is_greedy_decoding_and_obs_match_fresh_forward(tiny_llm, tiny_kwargs, chunk_size):
     model, tok = tiny_llm
     env = TokenAcceptRejectEnv(**{**tiny_kwargs, "chunk_size": chunk_size, "max_new_tokens": 10})
@@ -99,7 +99,7 @@ def test_always_accept_is_greedy_decoding_and_obs_match_fresh_forward(tiny_llm, 
             np.testing.assert_allclose(obs, fresh_hidden(model, prompt_ids + response + [candidate]), atol=2e-5)
 
 
-@pytest.mark.parametrize("chunk_size", [1, 2, "all"])
+@pytest.mark.parametrize("chunk_size", [1, 2, "all", "adaptive"])
 def test_rejecting_agent_obs_match_fresh_forward(tiny_llm, tiny_kwargs, chunk_size):
     """Rejections walk down the set (across chunk borders); every observation is exact."""
     model, tok = tiny_llm
@@ -164,10 +164,11 @@ def test_reference_accept_agent_reproduces_top_k_top_p_sampling(tiny_llm, tiny_k
     assert p_value > 1e-3, (counts, expected)
 
 
-def test_vector_env_matches_single_envs(tiny_kwargs):
+@pytest.mark.parametrize("chunk_size", [2, "adaptive"])
+def test_vector_env_matches_single_envs(tiny_kwargs, chunk_size):
     n = 4
     policy_rngs = [np.random.default_rng(100 + i) for i in range(n)]
-    envs = TokenAcceptRejectVectorEnv(n, **{**tiny_kwargs, "chunk_size": 2})
+    envs = TokenAcceptRejectVectorEnv(n, **{**tiny_kwargs, "chunk_size": chunk_size})
     obs, info = envs.reset(seed=7)
     vec_trace: list[list] = [[] for _ in range(n)]
     finished = [False] * n

@@ -108,6 +108,29 @@ def test_waiting_rows_share_forwards_without_changing_answers(tiny_llm, monkeypa
     assert fast_forwards < gen.last_stats.llm_forwards
 
 
+@pytest.mark.parametrize("batch_size", [1, 4])
+def test_chunk_rules_change_the_work_not_the_answers(tiny_llm, batch_size):
+    """Fixed and adaptive chunks give the same answers and decisions; adaptive chunks learn that an
+    agent taking the first candidate needs one candidate per forward."""
+    out, tokens = {}, {}
+    for chunk in (1, 3, "adaptive"):
+        gen = MARAGenerator(tiny_llm, sign_agent, batch_size=batch_size, chunk_size=chunk, **SETTINGS)
+        out[chunk] = gen.generate(TINY_PROMPTS, max_new_tokens=12, seed=0)
+        tokens[chunk] = gen.last_stats.llm_tokens
+    for chunk in (3, "adaptive"):
+        assert [g.token_ids for g in out[chunk]] == [g.token_ids for g in out[1]]
+        assert [g.num_decisions for g in out[chunk]] == [g.num_decisions for g in out[1]]
+    assert tokens[3] > tokens[1]  # fixed chunks compute candidates nobody looks at
+    first = MARAGenerator(tiny_llm, always_accept, batch_size=batch_size, chunk_size="adaptive", **SETTINGS)
+    lazy = MARAGenerator(tiny_llm, always_accept, batch_size=batch_size, chunk_size=1, **SETTINGS)
+    prompts = TINY_PROMPTS * 4
+    first.generate(prompts, max_new_tokens=12, seed=0)  # learns where this agent takes
+    lazy.generate(prompts, max_new_tokens=12, seed=0)
+    first.generate(prompts, max_new_tokens=12, seed=1)
+    lazy.generate(prompts, max_new_tokens=12, seed=1)
+    assert first.last_stats.llm_tokens <= 1.1 * lazy.last_stats.llm_tokens
+
+
 def test_reference_policy_has_zero_kl_and_seeds_are_per_prompt(tiny_llm):
     gen = MARAGenerator(tiny_llm, None, batch_size=4, **SETTINGS)
     a = gen.generate(TINY_PROMPTS, max_new_tokens=12, seed=3)
