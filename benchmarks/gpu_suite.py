@@ -84,6 +84,7 @@ import platform
 import statistics
 import sys
 import time
+import traceback
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -656,6 +657,11 @@ def bars(models: dict[str, dict[str, Any]], largest_n: int) -> list[dict[str, An
     return out
 
 
+def failures(result: dict[str, Any]) -> list[tuple[str, str]]:
+    """The failed sections of one model's result, with their errors."""
+    return list(result.get("errors", {}).items())
+
+
 def markdown(report: dict[str, Any]) -> str:
     """The report's tables as markdown."""
     meta = report["meta"]
@@ -668,7 +674,9 @@ def markdown(report: dict[str, Any]) -> str:
         "|---|---:|---:|---:|---:|",
     ]
     for name, m in report["models"].items():
-        c = m["calibration"]
+        c = m.get("calibration")
+        if not c:
+            continue
         lines.append(
             f"| {name} | {m['parameters'] / 1e6:,.1f}M | {m['hidden_size']} | {c['scale']:.3g} "
             f"| {c['mean_set_size']:.1f} / {c['median_set_size']:.0f} |"
@@ -710,9 +718,12 @@ def markdown(report: dict[str, Any]) -> str:
     for b in report["bars"]:
         lines.append(f"| {b['model']} | {b['bar']} | {b['value']:.2f} | {'yes' if b['ok'] else 'no'} |")
     skipped = [f"{name}: {', '.join(m['skipped'])}" for name, m in report["models"].items() if m.get("skipped")]
+    errors = [f"{name} {section}: {error}" for name, m in report["models"].items() for section, error in failures(m)]
+    errors += [f"SAC H={r['hidden']}: {r['error']}" for r in report["sac"] if "error" in r]
     lines += ["", "Notes:", *(f"- {n}" for n in report["notes"])]
     if skipped:
         lines.append(f"- Skipped (time budget spent): {'; '.join(skipped)}.")
+    lines += [f"- Failed: {e}" for e in errors]
     return "\n".join(lines) + "\n"
 
 
@@ -763,6 +774,162 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
+class Suite:
+    """One run: the models one after another, then the learners; the report is rewritten after every model.
+
+    A section that fails is recorded with its error and the run goes on, so that one device session
+    gives every figure it can; a run stopped from outside leaves the report of the models done so far.
+    """
+
+    def __init__(self, args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> None:
+        from mara_env import PromptSet
+
+        self.args, self.device, self.dtype = args, device, dtype
+        self.budget = Budget(args.budget_s)
+        self.smollm2_config, self.tokenizer = load_assets(
+            args.assets, args.tokenizer, need_config="smollm2" in args.models
+        )
+        self.prompt_source = args.prompt_source = prompt_source(args.assets)
+        train = PromptSet.from_source(self.prompt_source, part="train")
+        self.calibration_prompts = list(train)[: args.calibration_prompts]
+        self.models: dict[str, dict[str, Any]] = {}
+        self.sac: list[dict[str, Any]] = []
+        self.hiddens = sorted(set(args.sac_hidden))
+
+    def guarded(self, result: dict[str, Any], section: str, fn: Callable[[], Any]) -> Any:
+        """``fn()``, or ``None`` with the error recorded in ``result["errors"][section]``."""
+        start = time.perf_counter()
+        try:
+            return fn()
+        except Exception as err:  # one failed section must not cost the session's other figures
+            message = f"{type(err).__name__}: {err}"
+            result.setdefault("errors", {})[section] = message
+            print(f"\ngpu_suite: {section} failed: {message}\n{traceback.format_exc()}", file=sys.stderr, flush=True)
+            return None
+        finally:
+            result.setdefault("section_seconds", {})[section] = round(time.perf_counter() - start, 1)
+
+    def run_model(self, name: str, progress: Any) -> dict[str, Any]:
+        from mara_env import load_replicas
+
+        result: dict[str, Any] = dict(skipped=[])
+        start = time.perf_counter()
+        model = self.guarded(
+            result, "build", lambda: build_model(name, self.smollm2_config, self.tokenizer, self.device, self.dtype)
+        )
+        progress.update(1)
+        if model is None:
+            return result
+        replica = load_replicas((model, self.tokenizer))[0]
+        result.update(
+            parameters=sum(p.numel() for p in model.parameters()),
+            hidden_size=replica.hidden_size,
+            layers=model.config.num_hidden_layers,
+            vocab_size=model.config.vocab_size,
+            build_seconds=time.perf_counter() - start,
+        )
+        self.hiddens = sorted({*self.hiddens, replica.hidden_size})
+        result["calibration"] = self.guarded(
+            result, "calibration", lambda: calibrate(replica, self.calibration_prompts)
+        )
+        progress.set_postfix_str(f"{name}: env")
+        result["env"] = (
+            self.guarded(result, "env", lambda: env_section(replica, self.args, self.budget, progress)) or []
+        )
+        if self.budget.left():
+            progress.set_postfix_str(f"{name}: decode")
+            decode = self.guarded(result, "decode", lambda: decode_section(replica, self.args, self.budget, progress))
+            result["decode"] = decode or []
+        else:
+            result["skipped"].append("decode")
+        return result
+
+    def run(self) -> dict[str, Any]:
+        from tqdm.auto import tqdm
+
+        args = self.args
+        per_model = 1 + args.rounds * (2 + len(args.envs) + len(args.batch_sizes))  # progress units of one model
+        planned = len(args.models) * (2 + len(args.envs)) * args.seconds * args.rounds
+        planned += (len(self.hiddens) + len(args.models)) * 2 * args.sac_seconds
+        print(
+            f"gpu_suite: {', '.join(args.models)} on {self.device} ({args.dtype}); time-boxed measurement up to "
+            f"{planned:.0f} s plus decoding, warm-ups and builds; hard stop after {args.budget_s:.0f} s",
+            flush=True,
+        )
+        with tqdm(total=len(args.models) * per_model + len(self.hiddens), desc="gpu suite", unit="step") as progress:
+            for name in args.models:
+                if not self.budget.left():
+                    self.models[name] = dict(skipped=["model not built"])
+                    progress.update(per_model)
+                    continue
+                progress.set_postfix_str(f"{name}: build")
+                done = progress.n
+                self.models[name] = self.run_model(name, progress)
+                progress.update(max(0, done + per_model - progress.n))  # rounds skipped by the budget
+                free_memory(self.device)
+                self.write()
+            progress.set_postfix_str("SAC learners")
+            progress.total = progress.n + len(self.hiddens)  # the models' hidden sizes joined the list
+            holder: dict[str, Any] = {}
+            self.sac = self.guarded(
+                holder, "sac", lambda: sac_section(self.hiddens, args, self.device, self.budget, progress)
+            ) or [dict(hidden=h, skipped="failed", error=holder.get("errors", {}).get("sac")) for h in self.hiddens]
+        return self.write()
+
+    def notes(self) -> list[str]:
+        args = self.args
+        tokenizer_name = "SmolLM2's" if args.tokenizer is None else str(args.tokenizer)
+        return [
+            "Models are built from config with random weights (torch.manual_seed(0)); the vocabulary is the "
+            f"tokenizer's ({tokenizer_name}, {len(self.tokenizer)} entries) so sampled ids decode: the Llama shapes' "
+            "LM heads are smaller than the real models' (128256 entries), so their last matmul and candidate-set "
+            "sort cost less than the real ones'. Llama-3's RoPE scaling is left out (no effect at these lengths).",
+            f"Candidate sets are calibrated by one scale on the final norm weight to a mean size of {REAL_SET_MEAN:g} "
+            f"(the real SmolLM2's, median {REAL_SET_MEDIAN:g}) at top-k 50, top-p 0.95; the achieved mean/median "
+            "are in the first table.",
+            f"Random models rarely emit EOS: answers run to max_new_tokens={args.max_new_tokens}.",
+            "Env section: an agent accepting each candidate with probability 0.7, scoring off, chunk 'auto' "
+            f"(the default), {args.rounds} interleaved round(s) of {args.seconds:g} s per configuration.",
+            f"Decode section: random agent = accept with probability {RANDOM_AGENT_P} (a stand-in for a trained "
+            f"agent), {args.prompts_per_batch} x batch prompts per run, {args.rounds} round(s).",
+            "SAC learners: float32, DiscreteSAC with mara_preset('authors') beside SB3's SAC with the same layers, "
+            f"batch {args.sac_batch}, replay buffers of {args.sac_buffer} random transitions.",
+        ]
+
+    def write(self) -> dict[str, Any]:
+        """Write ``gpu_suite.json`` and ``gpu_suite.md`` with what is measured so far; return the report."""
+        from transformers import __version__ as transformers_version
+
+        args, device = self.args, self.device
+        report = dict(
+            meta=dict(
+                device=str(device),
+                device_name=torch.cuda.get_device_name(device)
+                if device.type == "cuda"
+                else platform.processor() or "cpu",
+                dtype=args.dtype,
+                torch=torch.__version__,
+                transformers=transformers_version,
+                torch_threads=torch.get_num_threads(),
+                smoke=args.smoke,
+                models=args.models,
+                args={k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "prompt_source"},
+                prompts="default" if self.prompt_source == "default" else str(args.assets / PROMPTS_FILE),
+                distributions_loaded=loaded_distributions(),
+                wall_seconds=self.budget.elapsed,
+                date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            ),
+            models=self.models,
+            sac=self.sac,
+            bars=bars(self.models, max(args.envs)),
+            notes=self.notes(),
+        )
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "gpu_suite.json").write_text(json.dumps(report, indent=2))
+        (args.out / "gpu_suite.md").write_text(markdown(report))
+        return report
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
     """Run the suite; return the report (``None`` for ``--list-packages`` / ``--export-assets``)."""
     args = parse_args(argv)
@@ -774,11 +941,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
         export_assets(args.export_assets)
         return None
 
-    from tqdm.auto import tqdm
-    from transformers import __version__ as transformers_version
-
-    from mara_env import PromptSet
-    from mara_env.llm import DTYPES, load_replicas, resolve_device
+    from mara_env.llm import DTYPES, resolve_device
 
     try:
         device = resolve_device(args.device)
@@ -786,104 +949,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
         raise SystemExit(f"gpu_suite: --device {err}") from err
     if args.dtype not in DTYPES:
         raise SystemExit(f"gpu_suite: --dtype {args.dtype!r} is not one of {sorted(DTYPES)}.")
-    dtype = DTYPES[args.dtype]
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
-    budget = Budget(args.budget_s)
-    smollm2_config, tokenizer = load_assets(args.assets, args.tokenizer, need_config="smollm2" in args.models)
-    args.prompt_source = prompt_source(args.assets)
-    calibration_prompts = list(PromptSet.from_source(args.prompt_source, part="train"))[: args.calibration_prompts]
-
-    hiddens = sorted({*args.sac_hidden})
-    per_model = args.rounds * (2 + len(args.envs) + len(args.batch_sizes))  # progress units of one model
-    planned = len(args.models) * (2 + len(args.envs)) * args.seconds * args.rounds
-    planned += len(hiddens) * 2 * args.sac_seconds
-    print(
-        f"gpu_suite: {', '.join(args.models)} on {device} ({args.dtype}); time-boxed measurement {planned:.0f} s "
-        f"plus decoding, warm-ups and model builds; hard stop after {args.budget_s:.0f} s",
-        flush=True,
-    )
-    models: dict[str, dict[str, Any]] = {}
-    total = len(args.models) * per_model + len(hiddens) + len(args.models)
-    with tqdm(total=total, desc="gpu suite", unit="step") as progress:
-        for name in args.models:
-            result: dict[str, Any] = dict(skipped=[])
-            models[name] = result
-            if not budget.left():
-                result["skipped"] = ["model not built"]
-                progress.update(per_model)
-                continue
-            progress.set_postfix_str(f"{name}: build")
-            start = time.perf_counter()
-            model = build_model(name, smollm2_config, tokenizer, device, dtype)
-            replica = load_replicas((model, tokenizer))[0]
-            result.update(
-                parameters=sum(p.numel() for p in model.parameters()),
-                hidden_size=replica.hidden_size,
-                layers=model.config.num_hidden_layers,
-                vocab_size=model.config.vocab_size,
-                build_seconds=time.perf_counter() - start,
-            )
-            hiddens = sorted({*hiddens, replica.hidden_size})
-            result["calibration"] = calibrate(replica, calibration_prompts)
-            progress.update(1)
-            progress.set_postfix_str(f"{name}: env")
-            result["env"] = env_section(replica, args, budget, progress)
-            if budget.left():
-                progress.set_postfix_str(f"{name}: decode")
-                result["decode"] = decode_section(replica, args, budget, progress)
-            else:
-                result["skipped"].append("decode")
-                progress.update(args.rounds * len(args.batch_sizes))
-            del model, replica
-            free_memory(device)
-        progress.set_postfix_str("SAC learners")
-        progress.total = progress.n + len(hiddens)  # model sizes added SAC sizes; skipped rounds left gaps
-        sac = sac_section(hiddens, args, device, budget, progress)
-
-    tokenizer_name = "SmolLM2's" if args.tokenizer is None else str(args.tokenizer)
-    notes = [
-        "Models are built from config with random weights (torch.manual_seed(0)); the vocabulary is the "
-        f"tokenizer's ({tokenizer_name}, {len(tokenizer)} entries) so sampled ids decode: the Llama shapes' LM "
-        "heads are smaller than the real models' (128256 entries), so their last matmul and candidate-set sort "
-        "cost less than the real ones'. Llama-3's RoPE scaling is left out (no effect at these lengths).",
-        f"Candidate sets are calibrated by one scale on the final norm weight to a mean size of {REAL_SET_MEAN:g} "
-        f"(the real SmolLM2's, median {REAL_SET_MEDIAN:g}) at top-k 50, top-p 0.95; the achieved mean/median "
-        "are in the first table.",
-        f"Random models rarely emit EOS: answers run to max_new_tokens={args.max_new_tokens}.",
-        "Env section: an agent accepting each candidate with probability 0.7, scoring off, chunk 'auto' "
-        f"(the default), {args.rounds} interleaved round(s) of {args.seconds:g} s per configuration.",
-        f"Decode section: random agent = accept with probability {RANDOM_AGENT_P} (a stand-in for a trained "
-        f"agent), {args.prompts_per_batch} x batch prompts per run, {args.rounds} round(s).",
-        "SAC learners: float32, DiscreteSAC with mara_preset('authors') beside SB3's SAC with the same layers, "
-        f"batch {args.sac_batch}, replay buffers of {args.sac_buffer} random transitions.",
-    ]
-    report = dict(
-        meta=dict(
-            device=str(device),
-            device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
-            dtype=args.dtype,
-            torch=torch.__version__,
-            transformers=transformers_version,
-            torch_threads=torch.get_num_threads(),
-            smoke=args.smoke,
-            models=args.models,
-            args={k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "prompt_source"},
-            prompts="default" if args.prompt_source == "default" else str(args.assets / PROMPTS_FILE),
-            distributions_loaded=loaded_distributions(),
-            wall_seconds=budget.elapsed,
-            date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        ),
-        models=models,
-        sac=sac,
-        bars=bars(models, max(args.envs)),
-        notes=notes,
-    )
-    args.out.mkdir(parents=True, exist_ok=True)
-    table = markdown(report)
-    (args.out / "gpu_suite.json").write_text(json.dumps(report, indent=2))
-    (args.out / "gpu_suite.md").write_text(table)
-    print("\n" + table)
-    print(f"wrote {args.out / 'gpu_suite.json'} and {args.out / 'gpu_suite.md'} ({budget.elapsed:.0f} s)")
+    suite = Suite(args, device, DTYPES[args.dtype])
+    report = suite.run()
+    print("\n" + markdown(report))
+    failed = [f"{m} {section}" for m, r in report["models"].items() for section, _ in failures(r)]
+    failed += [f"SAC H={r['hidden']}" for r in report["sac"] if "error" in r]
+    out = f"{args.out / 'gpu_suite.json'} and {args.out / 'gpu_suite.md'}"
+    print(f"wrote {out} ({report['meta']['wall_seconds']:.0f} s)")
+    if failed:
+        raise SystemExit(f"gpu_suite: failed sections: {', '.join(failed)} (their errors are in the report)")
     return report
 
 

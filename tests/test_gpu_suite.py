@@ -8,6 +8,7 @@ The smoke run happens as on a bare GPU machine: in a fresh interpreter without s
 from __future__ import annotations
 
 import importlib.metadata
+import importlib.util
 import json
 import math
 import os
@@ -174,3 +175,24 @@ def test_bad_arguments_exit_with_a_message():
     assert result.returncode == 2 and "--seconds must be > 0, got 0.0" in result.stderr
     result = _run("--device", "cuda:7", "--models", "tiny", "--smoke")
     assert result.returncode != 0 and "cuda:7" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_failed_section_is_recorded_and_the_report_still_written(monkeypatch):
+    monkeypatch.setattr(sys, "path", list(sys.path))  # the script puts benchmarks/ on the path
+    spec = importlib.util.spec_from_file_location("gpu_suite_module", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    result: dict = {}
+    assert module.Suite.guarded(None, result, "env", lambda: 1 / 0) is None
+    assert result["errors"] == {"env": "ZeroDivisionError: division by zero"} and "env" in result["section_seconds"]
+    report = dict(
+        meta=dict(device="cuda:0", device_name="GPU", dtype="bfloat16", torch="2", transformers="5", date="d",
+                  wall_seconds=1.0, smoke=False),
+        models={"llama-8b": dict(skipped=["decode"], env=[], **result)},
+        sac=[dict(hidden=4096, skipped="failed", error="RuntimeError: boom")],
+        bars=[],
+        notes=["a note"],
+    )  # fmt: skip
+    table = module.markdown(report)
+    assert "- Failed: llama-8b env: ZeroDivisionError: division by zero" in table
+    assert "- Failed: SAC H=4096: RuntimeError: boom" in table and "llama-8b: decode" in table
