@@ -53,9 +53,8 @@ as ``benchmarks/gpu_assets`` (3.4 MiB). The recipe, prepared on a machine with m
 package index::
 
     python benchmarks/gpu_suite.py --export-assets benchmarks/gpu_assets
-    for pkg in $(python benchmarks/gpu_suite.py --list-packages); do
-        python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-            --platform manylinux2014_x86_64 -d .whl "$pkg"; done
+    W="--no-deps --only-binary=:all: --python-version 3.12 --implementation cp --platform manylinux2014_x86_64"
+    for pkg in $(python benchmarks/gpu_suite.py --list-packages); do python3 -m pip download $W -d .whl "$pkg"; done
 
 Both folders are git-ignored: bring them along (e.g. as the device tool's ``carry``), then on the GPU
 machine, from the repository root::
@@ -753,7 +752,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--smoke", action="store_true", help="1 round, 1 s per config, N in {1, 4}, batch 1 and 4")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder for gpu_suite.json and gpu_suite.md")
     p.add_argument("--list-packages", action="store_true", help="print the packages needed beyond torch/transformers")
-    p.add_argument("--export-assets", type=Path, default=None, metavar="DIR", help="write SmolLM2's config + tokenizer")
+    p.add_argument(
+        "--export-assets", type=Path, default=None, metavar="DIR", help="write SmolLM2's config, tokenizer, prompts"
+    )
     args = p.parse_args(argv)
     if args.smoke:
         args.rounds, args.seconds, args.envs, args.batch_sizes = 1, 1.0, [1, 4], [1, 4]
