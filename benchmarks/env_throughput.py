@@ -33,6 +33,7 @@ import platform
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -52,6 +53,7 @@ class Batch1Baseline:
 
     def __init__(self, replica: LLMReplica, prompts: PromptSet, max_new_tokens: int, eager: bool, seed: int):
         self.model, self.replica = replica.model, replica
+        self.device = replica.device
         self.fmt = PromptFormat(replica.tokenizer)
         self.prompts, self.max_new = prompts, max_new_tokens
         self.eager = eager
@@ -68,7 +70,8 @@ class Batch1Baseline:
         copy = DynamicCache()
         for i, layer in enumerate(cache.layers):
             copy.update(layer.keys.clone(), layer.values.clone(), i)
-        out = self.model.base_model(input_ids=torch.tensor([[token]]), use_cache=True, **{self.cache_arg: copy})
+        ids = torch.tensor([[token]], device=self.device)
+        out = self.model.base_model(input_ids=ids, use_cache=True, **{self.cache_arg: copy})
         return copy, out.last_hidden_state[0, -1]
 
     @torch.no_grad()
@@ -76,7 +79,9 @@ class Batch1Baseline:
         prompt = self.prompts[int(self.rng.integers(len(self.prompts)))]
         ids = self.fmt.token_ids(prompt)[0]
         self.cache = DynamicCache()
-        out = self.model.base_model(input_ids=torch.tensor([ids]), use_cache=True, **{self.cache_arg: self.cache})
+        out = self.model.base_model(
+            input_ids=torch.tensor([ids], device=self.device), use_cache=True, **{self.cache_arg: self.cache}
+        )
         self.hidden = out.last_hidden_state[0, -1]
         self.length = 0
 
@@ -120,7 +125,14 @@ def measure(
 
 
 class MaraRunner:
-    def __init__(self, replica: LLMReplica, n_envs: int, chunk: int | str, max_new_tokens: int, seed: int):
+    """``TokenAcceptRejectVectorEnv`` stepped by an agent accepting each candidate with ``ACCEPT_PROB``.
+
+    :param env_kwargs: further environment settings (e.g. ``prompts``).
+    """
+
+    def __init__(
+        self, replica: LLMReplica, n_envs: int, chunk: int | str, max_new_tokens: int, seed: int, **env_kwargs: Any
+    ):
         self.envs = TokenAcceptRejectVectorEnv(
             n_envs,
             llm=(replica.model, replica.tokenizer),
@@ -129,6 +141,7 @@ class MaraRunner:
             chunk_size=chunk,
             max_new_tokens=max_new_tokens,
             devices=[str(replica.device)],
+            **env_kwargs,
         )
         self.rng = np.random.default_rng(seed)
         self.envs.reset(seed=seed)

@@ -72,7 +72,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import functools
 import gc
 import importlib
 import importlib.metadata
@@ -84,8 +83,7 @@ import statistics
 import sys
 import time
 import traceback
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -246,26 +244,14 @@ def prompt_source(assets: Path) -> Any:
 
 
 def loaded_distributions() -> list[str]:
-    """The installed distributions whose modules this process has imported (what a bare machine must have)."""
-    names = importlib.metadata.packages_distributions()
-    top = {module.split(".")[0] for module in list(sys.modules)}
-    return sorted({dist for module in top for dist in names.get(module, [])})
+    """The installed distributions whose modules this process has imported (what a bare machine must have).
 
-
-@contextmanager
-def env_prompts(source: Any) -> Iterator[None]:
-    """Make ``env_throughput.MaraRunner`` build its vector env on ``source`` (it takes the env's default).
-
-    The default set named ``"default"`` and its copy from the assets give the same prompts and split.
+    Our own packages are left out: they travel with the repository (an editable install's metadata in
+    the repository root would otherwise name ``mara-rl``).
     """
-    import env_throughput
-
-    original = env_throughput.TokenAcceptRejectVectorEnv
-    env_throughput.TokenAcceptRejectVectorEnv = functools.partial(original, prompts=source)
-    try:
-        yield
-    finally:
-        env_throughput.TokenAcceptRejectVectorEnv = original
+    names = importlib.metadata.packages_distributions()
+    top = {module.split(".")[0] for module in list(sys.modules)} - {"mara_env", "agents"}
+    return sorted({dist for module in top for dist in names.get(module, [])})
 
 
 def load_assets(assets: Path, tokenizer_dir: Path | None, need_config: bool = True) -> tuple[Any, Any]:
@@ -392,49 +378,6 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-class _DeviceInputs:
-    """A base model that moves its ``input_ids`` to the model's device before the forward.
-
-    ``env_throughput.Batch1Baseline`` builds its input ids on the host (``torch.tensor([[token]])``),
-    which is right on CPU only. Moving them here costs what building them on the device would (one
-    small host-to-device copy); a ``torch.device`` context instead would add Python overhead to every
-    op of the baselines' forwards and flatter the vector env's ratios.
-    """
-
-    def __init__(self, module: Any, device: torch.device) -> None:
-        self.module, self.device = module, device
-
-        # cache_argument() reads the KV-cache argument's name off forward's signature: keep the module's
-        @functools.wraps(module.forward)
-        def forward(input_ids: torch.Tensor, **kwargs: Any) -> Any:
-            return module(input_ids=input_ids.to(device, non_blocking=True), **kwargs)
-
-        self.forward = forward
-
-    def __call__(self, input_ids: torch.Tensor, **kwargs: Any) -> Any:
-        return self.forward(input_ids, **kwargs)
-
-
-class _HostInputModel:
-    """The causal LM as ``Batch1Baseline`` sees it: its own attributes, but a :class:`_DeviceInputs` base model."""
-
-    def __init__(self, model: Any) -> None:
-        self._model = model
-        self.base_model = _DeviceInputs(model.base_model, next(model.parameters()).device)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._model, name)
-
-
-def baseline_replica(replica: Any) -> Any:
-    """``replica`` for the batch-1 baselines: as it is on CPU, else with :class:`_HostInputModel`."""
-    from mara_env import LLMReplica
-
-    if replica.device.type == "cpu":
-        return replica
-    return LLMReplica(model=_HostInputModel(replica.model), tokenizer=replica.tokenizer, name=replica.name)
-
-
 def env_section(replica: Any, args: argparse.Namespace, budget: Budget, progress: Any) -> list[dict[str, Any]]:
     """Decisions/s of the authors' strategy, lazy batch-1 and the vector env at each N, in interleaved rounds."""
     from env_throughput import Batch1Baseline, MaraRunner, measure
@@ -446,11 +389,10 @@ def env_section(replica: Any, args: argparse.Namespace, budget: Budget, progress
     runners: dict[str, tuple[Callable[[], None], Callable[[], tuple[int, int]]]] = {}
     mara: dict[str, Any] = {}
     for label, eager in (("authors", True), ("lazy batch-1", False)):
-        baseline = Batch1Baseline(baseline_replica(replica), prompts, args.max_new_tokens, eager=eager, seed=0)
+        baseline = Batch1Baseline(replica, prompts, args.max_new_tokens, eager=eager, seed=0)
         runners[label] = (baseline.step_position, lambda b=baseline: (b.decisions, b.tokens))
     for n in args.envs:
-        with env_prompts(args.prompt_source):
-            runner = MaraRunner(replica, n, "auto", args.max_new_tokens, seed=0)
+        runner = MaraRunner(replica, n, "auto", args.max_new_tokens, seed=0, prompts=args.prompt_source)
         runners[f"mara N={n}"] = (runner.step, runner.counters)
         mara[f"mara N={n}"] = runner
 
@@ -491,10 +433,12 @@ def env_section(replica: Any, args: argparse.Namespace, budget: Budget, progress
     return rows
 
 
-def chunk_size(runner: Any) -> str | None:
-    """The candidates per forward that ``"auto"`` chose for a vector env (as text; ``None`` if not exposed)."""
-    value = getattr(getattr(runner.envs.core.decoder, "config", None), "chunk_size", None)
-    return None if value is None else str(value)
+def chunk_size(runner: Any) -> str:
+    """The chunk rule that ``"auto"`` chose for a vector env, as text."""
+    config = runner.envs.core.decoder.config
+    if config.chunk_coverage is None:
+        return str(config.chunk_size)
+    return f"adaptive (<= {config.chunk_size}, coverage {config.chunk_coverage})"
 
 
 def random_agent(obs: Any) -> Any:
@@ -552,11 +496,8 @@ def sac_section(
 ) -> list[dict[str, Any]]:
     """Gradient steps/s of DiscreteSAC and SB3's SAC at each observation size H, alternating call by call."""
     import numpy as np
-    from sac_update_speed import HiddenStateEnv, fill_buffer
-    from stable_baselines3 import SAC
+    from sac_update_speed import fill_buffer, make_learners
     from stable_baselines3.common.logger import Logger
-
-    from agents import DiscreteSAC, mara_preset
 
     rows = []
     rng = np.random.default_rng(0)
@@ -565,21 +506,8 @@ def sac_section(
             rows.append(dict(hidden=hidden, skipped="time budget spent"))
             progress.update(1)
             continue
-        common = dict(batch_size=args.sac_batch, buffer_size=args.sac_buffer, learning_starts=0)
-        # The learner set-up of sac_update_speed.make_learners, on this device.
-        learners = {
-            "DiscreteSAC": DiscreteSAC(
-                "MlpPolicy", HiddenStateEnv(hidden, False), device=device, seed=0, **mara_preset("authors", **common)
-            ),
-            "SB3 SAC": SAC(
-                "MlpPolicy",
-                HiddenStateEnv(hidden, True),
-                device=device,
-                seed=0,
-                policy_kwargs=dict(net_arch=[1024, 256]),
-                **common,
-            ),
-        }
+        learners = make_learners(hidden, args.sac_batch, args.sac_buffer, device=device)
+        del learners["DiscreteSAC (plain Adam)"]  # the CPU benchmark's optimiser comparison
         for model in learners.values():
             fill_buffer(model, rng)
             model.set_logger(Logger(folder=None, output_formats=[]))

@@ -74,7 +74,9 @@ def fill_buffer(model: OffPolicyAlgorithm, rng: np.random.Generator) -> None:
     assert size == len(buffer.observations)
 
 
-def make_learners(hidden: int, batch_size: int, buffer_size: int) -> dict[str, DiscreteSAC | SAC]:
+def make_learners(
+    hidden: int, batch_size: int, buffer_size: int, device: str | th.device = "cpu"
+) -> dict[str, DiscreteSAC | SAC]:
     preset = mara_preset("authors", batch_size=batch_size, buffer_size=buffer_size, learning_starts=0)
     plain_adam = mara_preset(
         "authors",
@@ -90,11 +92,11 @@ def make_learners(hidden: int, batch_size: int, buffer_size: int) -> dict[str, D
         policy_kwargs=dict(net_arch=[1024, 256]),
     )
     return {
-        "DiscreteSAC": DiscreteSAC("MlpPolicy", HiddenStateEnv(hidden, False), device="cpu", seed=0, **preset),
+        "DiscreteSAC": DiscreteSAC("MlpPolicy", HiddenStateEnv(hidden, False), device=device, seed=0, **preset),
         "DiscreteSAC (plain Adam)": DiscreteSAC(
-            "MlpPolicy", HiddenStateEnv(hidden, False), device="cpu", seed=0, **plain_adam
+            "MlpPolicy", HiddenStateEnv(hidden, False), device=device, seed=0, **plain_adam
         ),
-        "SB3 SAC": SAC("MlpPolicy", HiddenStateEnv(hidden, True), device="cpu", seed=0, **sac_kwargs),
+        "SB3 SAC": SAC("MlpPolicy", HiddenStateEnv(hidden, True), device=device, seed=0, **sac_kwargs),
     }
 
 

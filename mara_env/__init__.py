@@ -22,8 +22,8 @@ Every setting can still be given to either id; the id only sets these defaults.
 (:class:`AcceptRejectDecoder`, :class:`DecoderConfig`, :class:`Phase`), the observation of a decision
 (:func:`observe`, :class:`ObservationLayout`), the prompt format and its length rule
 (:class:`PromptFormat`, :class:`PromptEncoder`, :func:`default_max_prompt_tokens`), candidate sets, the
-chunk rules (:func:`resolve_chunking`, :class:`AdaptiveChunks`), the scorers (:class:`TerminalReward`) and the prompt sets
-(:class:`PromptSet`, :func:`held_out_prompts`). Other module attributes are internals.
+chunk rules (:func:`resolve_chunking`, :class:`AdaptiveChunks`), the scorers (:class:`TerminalReward`)
+and the prompt sets (:class:`PromptSet`, :func:`held_out_prompts`). Other module attributes are internals.
 """
 
 from importlib.metadata import PackageNotFoundError, version
