@@ -52,6 +52,7 @@ from agents.evaluation.statistics import ACCEPT_POSITION_BINS, accept_position_c
 from mara_env import (
     AcceptRejectDecoder,
     CandidateConfig,
+    ChunkPlan,
     DecoderConfig,
     LLMReplica,
     ObservationLayout,
@@ -152,8 +153,8 @@ class MARAGenerator:
     :param top_k: candidate-set size cap (must match the agent's training environment).
     :param top_p: nucleus mass.
     :param temperature: applied before the cuts.
-    :param chunk_size: candidates per forward (an int, ``"all"``, ``"adaptive"`` or ``"auto"``; see
-        :func:`mara_env.resolve_chunking`).
+    :param chunk_size: candidates per forward (an int, ``"all"``, ``"adaptive"``, ``"auto"`` or a
+        :class:`mara_env.ChunkPlan`; see :func:`mara_env.resolve_chunking`).
     :param max_prompt_tokens: longest formatted prompt (``None``: context minus answer room).
     :param prompt_overflow: ``"truncate"`` (cut the user text from the left, with a warning) or ``"error"``.
     :param batch_size: prompts decoded at once.
@@ -174,7 +175,7 @@ class MARAGenerator:
         top_k: int = 50,
         top_p: float = 0.95,
         temperature: float = 1.0,
-        chunk_size: int | str = "auto",
+        chunk_size: int | str | ChunkPlan = "auto",
         max_prompt_tokens: int | None = None,
         prompt_overflow: str = "truncate",
         batch_size: int = 16,

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from agents.generation import MARAGenerator
+from mara_env import ChunkPlan
 from mara_env.llm import load_replicas
 from mara_env.prompts import PromptSet
 
@@ -45,6 +46,16 @@ RESULTS = Path(__file__).parent / "results"
 
 def always_accept(obs: np.ndarray) -> np.ndarray:
     return np.ones(obs.shape[0])
+
+
+def chunk_rule(text: str) -> int | str | ChunkPlan:
+    """``--chunks`` entries: an integer, a name (``adaptive``, ``auto``, ``all``) or ``adaptive:SIZE:COVERAGE``."""
+    if text.isdigit():
+        return int(text)
+    if text.startswith("adaptive:"):
+        _, size, coverage = text.split(":")
+        return ChunkPlan(int(size), float(coverage))
+    return text
 
 
 def run(
@@ -71,8 +82,12 @@ def main() -> None:
     p.add_argument("--top-p", type=float, default=0.95)
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--part", default="test", choices=["train", "test"], help="prompt part (tune on train)")
     p.add_argument(
-        "--chunks", nargs="+", default=["auto"], help="chunk rules of the aligned systems: 1, adaptive, auto, ..."
+        "--chunks",
+        nargs="+",
+        default=["auto"],
+        help="chunk rules of the aligned systems: an integer, adaptive, auto, all, or adaptive:SIZE:COVERAGE",
     )
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--quick", action="store_true", help="smoke run: 1 round, 16 tokens")
@@ -90,7 +105,7 @@ def main() -> None:
         if not Path(args.agent).is_file():
             raise SystemExit(f"--agent {args.agent}: no such file. Train one with `mara train` or pass --agent none.")
         agents["trained"] = args.agent
-    prompts_all = PromptSet.from_source("default", part="test")
+    prompts_all = PromptSet.from_source("default", part=args.part)
     rows = []
     for batch in args.batch_sizes:
         n = batch * args.prompts_per_batch
@@ -99,8 +114,7 @@ def main() -> None:
         for name, agent in agents.items():
             for chunk in args.chunks:
                 label = name if len(args.chunks) == 1 else f"{name} C={chunk}"
-                chunk_size = int(chunk) if chunk.isdigit() else chunk
-                gens[label] = MARAGenerator(replicas, agent, batch_size=batch, chunk_size=chunk_size, **sampling)
+                gens[label] = MARAGenerator(replicas, agent, batch_size=batch, chunk_size=chunk_rule(chunk), **sampling)
 
         for name in gens:  # warm-up (allocations, first-call overheads)
             run(gens, name, prompts, args.max_new_tokens, seed=10_000)
@@ -157,6 +171,7 @@ def main() -> None:
         max_new_tokens=args.max_new_tokens,
         rounds=args.rounds,
         chunks=args.chunks,
+        prompt_part=args.part,
         **sampling,
     )
     out = Path(args.out)

@@ -72,12 +72,13 @@ def chunk_size_problem(chunk_size: Any) -> str | None:
     return f"chunk_size must be an integer >= 1, 'all', 'adaptive' or 'auto', got {chunk_size!r}."
 
 
-def resolve_chunking(chunk_size: int | str, device: torch.device, set_cap: int) -> ChunkPlan:
+def resolve_chunking(chunk_size: int | str | ChunkPlan, device: torch.device, set_cap: int) -> ChunkPlan:
     """The chunk plan on ``device``: an integer is fixed, ``"all"`` is the set-size cap ``top_k``,
     ``"adaptive"`` sizes each row's chunk (:data:`ADAPTIVE_CHUNKS`), ``"auto"`` is the device's
-    default (:data:`AUTO_CHUNK_SIZE`).
+    default (:data:`AUTO_CHUNK_SIZE`); a :class:`ChunkPlan` is taken as it is (e.g.
+    ``ChunkPlan(8, coverage=0.9)`` for another coverage).
 
-    :param chunk_size: an integer >= 1, ``"all"``, ``"adaptive"`` or ``"auto"``.
+    :param chunk_size: an integer >= 1, ``"all"``, ``"adaptive"``, ``"auto"`` or a :class:`ChunkPlan`.
     :param device: the LLM's device.
     :param set_cap: the candidate-set size cap (``top_k``).
     :raises ValueError: another value.
@@ -86,6 +87,9 @@ def resolve_chunking(chunk_size: int | str, device: torch.device, set_cap: int) 
     >>> resolve_chunking("all", torch.device("cpu"), 50), resolve_chunking("adaptive", torch.device("cpu"), 50)
     (ChunkPlan(size=50, coverage=None), ChunkPlan(size=8, coverage=0.8))
     """
+    if isinstance(chunk_size, ChunkPlan):
+        DecoderConfig(chunk_size=chunk_size.size, chunk_coverage=chunk_size.coverage)  # checks both
+        return chunk_size
     problem = chunk_size_problem(chunk_size)
     if problem is not None:
         raise ValueError(problem)

@@ -95,6 +95,9 @@ def test_chunk_settings_resolve_per_device():
     plan = resolve_chunking("adaptive", cuda, 50)
     assert plan.coverage is not None and 1 <= plan.size <= 50
     assert resolve_chunking("adaptive", cpu, 4).size <= 4  # never beyond the set-size cap
+    assert resolve_chunking(ChunkPlan(4, 0.5), cpu, 50) == ChunkPlan(4, 0.5)
+    with pytest.raises(ValueError, match=r"coverage must be in \(0, 1\], got 2"):
+        resolve_chunking(ChunkPlan(4, 2), cpu, 50)
     MARAConfig(chunk_size="adaptive")  # accepted
     with pytest.raises(ValueError, match=r"chunk_size must be an integer >= 1, 'all', 'adaptive' or 'auto'"):
         MARAConfig(chunk_size="adaptiv")
