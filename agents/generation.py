@@ -314,6 +314,7 @@ class MARAGenerator:
             max_new_tokens=max_new_tokens,
             chunk_size=self.chunking.size,
             chunk_coverage=self.chunking.coverage,
+            packed=self.chunking.packed,
         )
         return AcceptRejectDecoder(self.replicas, rows, config, lockstep=False, chunk_rule=self._chunk_rule)
 

@@ -48,10 +48,13 @@ class ChunkPlan(NamedTuple):
     :param size: candidates per forward; with ``coverage``, the largest chunk.
     :param coverage: ``None`` (fixed ``size``) or the adaptive rule's target probability that the chunk
         holds the candidate the agent takes.
+    :param packed: forwards whose rows have different chunk sizes run without padding (pays where a
+        padded token costs as much as a real one: CPUs).
     """
 
     size: int
     coverage: float | None = None
+    packed: bool = False
 
 
 def setting_help(cls: type) -> dict[str, str]:
@@ -85,7 +88,7 @@ def resolve_chunking(chunk_size: int | str | ChunkPlan, device: torch.device, se
 
     >>> import torch
     >>> resolve_chunking("all", torch.device("cpu"), 50), resolve_chunking("adaptive", torch.device("cpu"), 50)
-    (ChunkPlan(size=50, coverage=None), ChunkPlan(size=8, coverage=0.8))
+    (ChunkPlan(size=50, coverage=None, packed=False), ChunkPlan(size=8, coverage=0.8, packed=True))
     """
     if isinstance(chunk_size, ChunkPlan):
         DecoderConfig(chunk_size=chunk_size.size, chunk_coverage=chunk_size.coverage)  # checks both
@@ -99,7 +102,7 @@ def resolve_chunking(chunk_size: int | str | ChunkPlan, device: torch.device, se
         return ChunkPlan(set_cap)
     if chunk_size == "adaptive":
         size, coverage = ADAPTIVE_CHUNKS.get(device.type, (16, 0.95))
-        return ChunkPlan(min(size, set_cap), coverage)
+        return ChunkPlan(min(size, set_cap), coverage, packed=device.type == "cpu")
     return ChunkPlan(int(chunk_size))
 
 

@@ -89,6 +89,7 @@ class MARACore:
                 max_new_tokens=config.max_new_tokens,
                 chunk_size=chunk.size,
                 chunk_coverage=chunk.coverage,
+                packed=chunk.packed,
             ),
         )
         self.max_prompt_tokens = config.max_prompt_tokens

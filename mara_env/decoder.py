@@ -89,12 +89,15 @@ class DecoderConfig:
     :param chunk_coverage: ``None``: every chunk has ``chunk_size`` candidates; a probability in (0, 1]:
         each row's chunk is sized to hold the candidate the agent takes with that probability
         (:class:`mara_env.chunking.AdaptiveChunks`).
+    :param packed: run a forward whose rows have different token counts without padding
+        (:meth:`ReplicaEngine.forward_packed`) instead of padding every row to the widest.
     """
 
     candidates: CandidateConfig = field(default_factory=CandidateConfig)
     max_new_tokens: int = 512
     chunk_size: int = 1
     chunk_coverage: float | None = None
+    packed: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
@@ -320,15 +323,20 @@ class AcceptRejectDecoder:
                 else:
                     size = self.chunks.size(st.cands.probs, st.index)
                     tokens.append(st.cands.tokens[st.index : st.index + size].tolist())
-            hidden = engine.forward([loc for _, loc in need_forward], tokens, "tree")
+            locals_ = [loc for _, loc in need_forward]
+            widths = [len(t) for t in tokens]
+            if self.config.packed and max(widths) * len(widths) > sum(widths):
+                hidden = engine.forward_packed(locals_, tokens)  # no padding to the widest row
+            else:
+                hidden = engine.forward(locals_, tokens, "tree")
             for i, (row, local) in enumerate(need_forward):
                 st = self.rows[row]
                 if st.pending is not None:
                     engine.commit(local, 0)
                     st.pending = None
-                    st.last_hidden = hidden[i, 0]
+                    st.last_hidden = hidden[i][0]
                     st.phase = Phase.NEED_LOGITS
                 else:
                     st.chunk_start = st.index
-                    st.chunk_hidden = hidden[i, : len(tokens[i])]
+                    st.chunk_hidden = hidden[i][: len(tokens[i])]
                     st.phase = Phase.READY

@@ -17,6 +17,12 @@ overwritten by the next forward.
 
 Keys are stored after the model applies rotary embeddings, so a slot can move without changing
 its meaning: only the position ids passed to the forward matter.
+
+A "tree" forward of rows with different token counts pads every row to the widest, and a padded
+token costs as much compute as a real one. :meth:`ReplicaEngine.forward_packed` runs such a forward
+without padding: all rows' tokens form one sequence (batch 1), the rows' prefixes are gathered side by
+side, and a block mask lets each token see its own row's prefix and itself only. It costs one copy
+of the prefixes and a wider attention; where rows' widths differ a lot, it saves most of the padding.
 """
 
 from __future__ import annotations
@@ -127,6 +133,67 @@ class ReplicaEngine:
             for r, n in zip(rows, n_new):
                 self.length[r] += n
         return out.last_hidden_state
+
+    @torch.no_grad()
+    def forward_packed(self, rows: Sequence[int], tokens: Sequence[Sequence[int]]) -> list[torch.Tensor]:
+        """A ``"tree"`` forward of the new ``tokens`` of each row, packed into one sequence (no padding).
+
+        Same result as ``forward(rows, tokens, "tree")``; the new keys/values land in the same scratch
+        slots.
+
+        :return: for each row, the hidden states of its tokens, shape ``(len(tokens[i]), hidden)``.
+        """
+        self.num_forwards += 1
+        n_new = [len(t) for t in tokens]
+        total = sum(n_new)
+        self.num_tokens += total
+        dev = self.device
+        lengths = [self.length[r] for r in rows]
+        self._ensure_capacity(max(length + n for length, n in zip(lengths, n_new)))
+        past = sum(lengths)
+        # Flat (row, position) index of every row's prefix, rows side by side.
+        row_of = torch.tensor([r for r, length in zip(rows, lengths) for _ in range(length)], dtype=torch.long)
+        pos_of = torch.cat([torch.arange(length) for length in lengths]) if past else torch.zeros(0, dtype=torch.long)
+        row_of, pos_of = row_of.to(dev), pos_of.to(dev)
+        ids = torch.tensor([[t for row_tokens in tokens for t in row_tokens]], dtype=torch.long, device=dev)
+        positions = torch.tensor([[length for length, n in zip(lengths, n_new) for _ in range(n)]], device=dev)
+
+        # Token t of row i sees row i's prefix (columns offset_i .. offset_i + length_i) and itself.
+        token_row = torch.repeat_interleave(torch.arange(len(rows), device=dev), torch.tensor(n_new, device=dev))
+        starts = torch.tensor([sum(lengths[:i]) for i in range(len(rows))], device=dev)
+        ends = starts + torch.tensor(lengths, device=dev)
+        cols = torch.arange(past, device=dev)
+        allow_past = (cols[None, :] >= starts[token_row][:, None]) & (cols[None, :] < ends[token_row][:, None])
+        allow = torch.cat([allow_past, torch.eye(total, dtype=torch.bool, device=dev)], dim=-1)
+        mask = torch.zeros(allow.shape, dtype=self._dtype, device=dev)
+        mask.masked_fill_(~allow, self._mask_min)
+
+        cache = DynamicCache()
+        layers = []
+        for k, v in zip(self._keys, self._values):
+            kbuf = k.new_empty(1, k.shape[1], past + total, k.shape[3])
+            vbuf = v.new_empty(1, v.shape[1], past + total, v.shape[3])
+            if past:
+                kbuf[0, :, :past] = k[row_of, :, pos_of].transpose(0, 1)
+                vbuf[0, :, :past] = v[row_of, :, pos_of].transpose(0, 1)
+            layers.append(_BufferLayer(kbuf, vbuf, past))
+        cache.layers = layers
+        out = self.model.base_model(
+            input_ids=ids,
+            attention_mask=mask[None, None],
+            position_ids=positions,
+            **{self._cache_arg: cache},
+            use_cache=True,
+            cache_position=torch.arange(past, past + total, device=dev),
+        )
+        # Each row's new keys/values go to its scratch slots right after its prefix.
+        dest_rows = torch.tensor([r for r, n in zip(rows, n_new) for _ in range(n)], device=dev)
+        dest_cols = torch.tensor([length + j for length, n in zip(lengths, n_new) for j in range(n)], device=dev)
+        for layer, (k_store, v_store) in enumerate(zip(self._keys, self._values)):
+            # (heads, total, dim) -> (total, heads, dim), the shape of the indexed destination
+            k_store[dest_rows, :, dest_cols] = cache.layers[layer].keys[0, :, past:].transpose(0, 1)
+            v_store[dest_rows, :, dest_cols] = cache.layers[layer].values[0, :, past:].transpose(0, 1)
+        return list(out.last_hidden_state[0].split(n_new))
 
     @torch.no_grad()
     def commit(self, row: int, slot: int) -> None:

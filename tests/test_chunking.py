@@ -96,8 +96,39 @@ def test_chunk_settings_resolve_per_device():
     assert plan.coverage is not None and 1 <= plan.size <= 50
     assert resolve_chunking("adaptive", cpu, 4).size <= 4  # never beyond the set-size cap
     assert resolve_chunking(ChunkPlan(4, 0.5), cpu, 50) == ChunkPlan(4, 0.5)
+    assert resolve_chunking("adaptive", cpu, 50).packed and not resolve_chunking("adaptive", cuda, 50).packed
     with pytest.raises(ValueError, match=r"coverage must be in \(0, 1\], got 2"):
         resolve_chunking(ChunkPlan(4, 2), cpu, 50)
     MARAConfig(chunk_size="adaptive")  # accepted
     with pytest.raises(ValueError, match=r"chunk_size must be an integer >= 1, 'all', 'adaptive' or 'auto'"):
         MARAConfig(chunk_size="adaptiv")
+
+
+def test_packed_forward_equals_the_padded_one():
+    """Rows of different widths in one sequence: the same hidden states and the same cache afterwards."""
+    from conftest import build_tiny_llm
+
+    from mara_env import LLMReplica
+    from mara_env.engine import ReplicaEngine
+
+    model, tok = build_tiny_llm()
+    replica = LLMReplica(model=model, tokenizer=tok, name="tiny")
+    rng = np.random.default_rng(0)
+    prompts = [rng.integers(model.config.vocab_size, size=n).tolist() for n in (5, 9, 3, 7)]
+    padded, packed = ReplicaEngine(replica, 4), ReplicaEngine(replica, 4)
+    for engine in (padded, packed):
+        engine.forward([0, 1, 2, 3], prompts, "chain")
+    steps = [
+        ([0, 1, 2, 3], [[3, 4, 5], [6], [7, 8], [9, 10, 11, 12]], [(1, 0), (3, 2)]),
+        ([1, 3], [[2, 3], [4]], [(1, 1), (3, 0)]),
+        ([0, 1, 2, 3], [[5], [6, 7], [8], [9]], []),
+    ]
+    for rows, tokens, commits in steps:
+        a = padded.forward(rows, tokens, "tree")
+        b = packed.forward_packed(rows, tokens)
+        for i, t in enumerate(tokens):
+            torch.testing.assert_close(b[i], a[i, : len(t)], atol=1e-5, rtol=1e-5)
+        for row, slot in commits:
+            padded.commit(row, slot)
+            packed.commit(row, slot)
+    assert packed.length == padded.length

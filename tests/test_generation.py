@@ -15,7 +15,7 @@ from agents.authors_format import export_authors_actor
 from agents.generation import MARAGenerator
 from agents.loading import load_authors_actor
 from agents.sac_discrete.policies import DiscreteActor
-from mara_env import TokenAcceptRejectEnv
+from mara_env import ChunkPlan, TokenAcceptRejectEnv
 from mara_env.decoder import AcceptRejectDecoder
 from mara_env.llm import PromptFormat
 
@@ -113,11 +113,11 @@ def test_chunk_rules_change_the_work_not_the_answers(tiny_llm, batch_size):
     """Fixed and adaptive chunks give the same answers and decisions; adaptive chunks learn that an
     agent taking the first candidate needs one candidate per forward."""
     out, tokens = {}, {}
-    for chunk in (1, 3, "adaptive"):
+    for chunk in (1, 3, "adaptive", ChunkPlan(4, 0.9, packed=False)):
         gen = MARAGenerator(tiny_llm, sign_agent, batch_size=batch_size, chunk_size=chunk, **SETTINGS)
         out[chunk] = gen.generate(TINY_PROMPTS, max_new_tokens=12, seed=0)
         tokens[chunk] = gen.last_stats.llm_tokens
-    for chunk in (3, "adaptive"):
+    for chunk in (3, "adaptive", ChunkPlan(4, 0.9, packed=False)):  # packed and padded forwards alike
         assert [g.token_ids for g in out[chunk]] == [g.token_ids for g in out[1]]
         assert [g.num_decisions for g in out[chunk]] == [g.num_decisions for g in out[1]]
     assert tokens[3] > tokens[1]  # fixed chunks compute candidates nobody looks at
