@@ -392,7 +392,7 @@ def env_section(replica: Any, args: argparse.Namespace, budget: Budget, progress
         baseline = Batch1Baseline(replica, prompts, args.max_new_tokens, eager=eager, seed=0)
         runners[label] = (baseline.step_position, lambda b=baseline: (b.decisions, b.tokens))
     for n in args.envs:
-        runner = MaraRunner(replica, n, "auto", args.max_new_tokens, seed=0, prompts=args.prompt_source)
+        runner = MaraRunner(replica, n, args.chunk, args.max_new_tokens, seed=0, prompts=args.prompt_source)
         runners[f"mara N={n}"] = (runner.step, runner.counters)
         mara[f"mara N={n}"] = runner
 
@@ -434,7 +434,7 @@ def env_section(replica: Any, args: argparse.Namespace, budget: Budget, progress
 
 
 def chunk_size(runner: Any) -> str:
-    """The chunk rule that ``"auto"`` chose for a vector env, as text."""
+    """The chunk rule a vector env runs (what ``--chunk`` resolved to), as text."""
     config = runner.envs.core.decoder.config
     if config.chunk_coverage is None:
         return str(config.chunk_size)
@@ -461,7 +461,10 @@ def decode_section(replica: Any, args: argparse.Namespace, budget: Budget, progr
     rows = []
     for batch in args.batch_sizes:
         prompts = [test_prompts[i % len(test_prompts)] for i in range(batch * args.prompts_per_batch)]
-        gens = {name: MARAGenerator([replica], agent, batch_size=batch, **sampling) for name, agent in agents.items()}
+        gens = {
+            name: MARAGenerator([replica], agent, batch_size=batch, chunk_size=args.chunk, **sampling)
+            for name, agent in agents.items()
+        }
         for name in gens:  # warm-up
             run(gens, name, prompts[:batch], args.max_new_tokens, seed=10_000)
         totals = {name: [0, 0.0, 0] for name in gens}
@@ -663,6 +666,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--device", default="cuda", help="cuda, cuda:<index> or cpu")
     p.add_argument("--dtype", default="bfloat16", help="the LLMs' dtype: bfloat16, float16 or float32")
     p.add_argument("--envs", type=int, nargs="+", default=[1, 8, 32], help="vector-env sizes N")
+    p.add_argument(
+        "--chunk",
+        type=lambda text: int(text) if text.isdigit() else text,
+        default="auto",
+        help="chunk rule of the env and aligned decoders: auto (the device default), adaptive, all, or an integer",
+    )
     p.add_argument("--seconds", type=float, default=5.0, help="measured seconds per env configuration per round")
     p.add_argument("--rounds", type=int, default=2, help="interleaved rounds (env and decode sections)")
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 16], help="decode batch sizes")
