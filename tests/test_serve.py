@@ -278,6 +278,20 @@ def test_full_queue_is_503_and_a_gone_client_frees_its_row():
         assert stats["cancelled"] == 1 and stats["rejected"] == 1 and health(url)["active_rows"] == 0
         still_serving(client)
 
+        # a non-streaming client that gives up is noticed too: its answer is dropped, not decoded to the end
+        gate.clear()
+        body = {"model": ALIGNED, "messages": [{"role": "user", "content": TINY_PROMPTS[3]}], "max_tokens": 40}
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(f"{url}/chat/completions", json=body, headers={"Authorization": f"Bearer {KEY}"}, timeout=1.0)
+        time.sleep(0.6)  # the handler checks every 0.25 s that its client is still there
+        gate.set()
+        deadline = time.monotonic() + 10
+        while health(url)["active_rows"]:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        assert health(url)["stats"]["cancelled"] == 2
+        still_serving(client)
+
 
 def test_serve_command_line():
     args = build_parser("serve").parse_args(["serve", "--agent", "a.zip", "--llm", "x", "--max-batch", "4"])

@@ -61,22 +61,8 @@ def create_app(service: CompletionService, *, api_key: str | None = None) -> Any
         service.close()
 
     app = fastapi.FastAPI(title="mara serve", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
-
-    @app.middleware("http")
-    async def authenticate(request: Request, call_next: Any) -> Any:
-        if api_key is not None:
-            given = request.headers.get("authorization", "")
-            scheme, _, token = given.partition(" ")
-            if scheme.lower() != "bearer" or not secrets.compare_digest(token.strip().encode(), api_key.encode()):
-                what = "No API key was given" if not given else "The API key is wrong"
-                error = APIError(
-                    401,
-                    f"{what}: send the server's --api-key as 'Authorization: Bearer <key>'.",
-                    type="authentication_error",
-                    code="invalid_api_key",
-                )
-                return JSONResponse(error.body(), status_code=401)
-        return await call_next(request)
+    if api_key is not None:
+        app.add_middleware(_BearerAuth, api_key=api_key)
 
     @app.exception_handler(APIError)
     async def api_error(_request: Any, exc: APIError) -> Any:
@@ -212,6 +198,32 @@ def create_app(service: CompletionService, *, api_key: str | None = None) -> Any
         yield "data: [DONE]\n\n"
 
     return app
+
+
+class _BearerAuth:
+    """ASGI middleware: every HTTP request needs ``Authorization: Bearer <api_key>``, else 401.
+
+    A plain ASGI layer rather than ``@app.middleware``: that one wraps the connection, and a handler behind it
+    no longer sees its client disconnect.
+    """
+
+    def __init__(self, app: Any, api_key: str) -> None:
+        self.app = app
+        self.key = api_key.encode()
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        given = dict(scope.get("headers", [])).get(b"authorization", b"")
+        scheme, _, token = given.partition(b" ")
+        if scheme.lower() == b"bearer" and secrets.compare_digest(token.strip(), self.key):
+            return await self.app(scope, receive, send)
+        what = "No API key was given" if not given else "The API key is wrong"
+        message = f"{what}: send the server's --api-key as 'Authorization: Bearer <key>'."
+        body = json.dumps(error_body(message, type="authentication_error", code="invalid_api_key")).encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": 401, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
 
 
 def _totals(answers: list) -> dict[str, Any]:
