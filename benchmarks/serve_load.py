@@ -131,8 +131,7 @@ async def served_level(
     wall = time.perf_counter() - start
     bar.close()
     await api.close()
-    p50, p90, p99 = np.percentile(latencies, [50, 90, 99])
-    return dict(requests=len(latencies), answer_tokens=tokens, seconds=wall, p50=p50, p90=p90, p99=p99, texts=texts)
+    return dict(requests=len(latencies), answer_tokens=tokens, seconds=wall, latencies=latencies, texts=texts)
 
 
 def offline_level(gen: MARAGenerator, prompts: list[str], max_new: int, seed: int, sampled: bool) -> dict:
@@ -150,13 +149,14 @@ def main() -> None:
     p.add_argument("--min-requests", type=int, default=4, help="at least this many prompts per level")
     p.add_argument("--max-new-tokens", type=int, default=48, help="answer limit (the default run's 48)")
     p.add_argument("--max-seconds", type=float, default=300, help="per level: no new request after this")
+    p.add_argument("--rounds", type=int, default=2, help="interleaved rounds per level (their totals are reported)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--sampled", action="store_true", help="sample the agent's decisions (default: deterministic)")
     p.add_argument("--quick", action="store_true", help="smoke run: 1 and 4 clients, 16-token answers")
     p.add_argument("--out", default=str(RESULTS))
     args = p.parse_args()
     if args.quick:
-        args.clients, args.max_new_tokens = [1, 4], 16
+        args.clients, args.max_new_tokens, args.rounds = [1, 4], 16, 1
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     max_batch = max(args.clients)
 
@@ -179,11 +179,27 @@ def main() -> None:
             for c in args.clients:
                 n = max(args.min_requests, c * args.requests_per_client)
                 prompts = [test[i % len(test)] for i in range(n)]
-                offline = offline_level(gen_by_batch[c], prompts, args.max_new_tokens, args.seed, args.sampled)
-                served = asyncio.run(
-                    served_level(url, model, prompts, c, args.max_new_tokens, args.seed, args.max_seconds, args.sampled)
-                )
-                same = sum(offline["texts"][i] == text for i, text in served["texts"].items())
+                # interleaved rounds (offline first, then served first), so background load hits both alike
+                offline = dict(requests=0, answer_tokens=0, seconds=0.0)
+                served = dict(requests=0, answer_tokens=0, seconds=0.0, latencies=[])
+                same = 0
+                for r in range(args.rounds):
+                    for side in ("offline", "served") if r % 2 == 0 else ("served", "offline"):
+                        if side == "offline":
+                            o = offline_level(gen_by_batch[c], prompts, args.max_new_tokens, args.seed, args.sampled)
+                            offline_texts = o["texts"]
+                            part, total = o, offline
+                        else:
+                            level = served_level(
+                                url, model, prompts, c, args.max_new_tokens, args.seed, args.max_seconds, args.sampled
+                            )
+                            part, total = asyncio.run(level), served
+                            served_texts = part["texts"]
+                            total["latencies"] += part["latencies"]
+                        for key in ("requests", "answer_tokens", "seconds"):
+                            total[key] += part[key]
+                    same += sum(offline_texts[i] == text for i, text in served_texts.items())
+                served["p50"], served["p90"], served["p99"] = np.percentile(served["latencies"], [50, 90, 99])
                 stats = httpx.get(url.removesuffix("/v1") + "/health").json()["stats"]
                 off_tps = offline["answer_tokens"] / offline["seconds"]
                 srv_tps = served["answer_tokens"] / served["seconds"]
@@ -201,7 +217,7 @@ def main() -> None:
                         latency_p50_s=round(served["p50"], 2),
                         latency_p90_s=round(served["p90"], 2),
                         latency_p99_s=round(served["p99"], 2),
-                        server_max_rows_per_step=stats["max_rows_per_step"],
+                        server_max_rows_per_step_so_far=stats["max_rows_per_step"],
                     )
                 )
                 print(
@@ -231,6 +247,7 @@ def main() -> None:
         decisions="sampled" if args.sampled else "deterministic (pi >= 0.5)",
         max_new_tokens=args.max_new_tokens,
         server_max_batch=max_batch,
+        rounds=args.rounds,
         command=" ".join(["python", "benchmarks/serve_load.py", *sys.argv[1:]]),
         **DECODING,
     )
