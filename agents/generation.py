@@ -67,7 +67,15 @@ from mara_env import (
     resolve_chunking,
 )
 
-__all__ = ["Generation", "GenerationStats", "MARAGenerator", "Rescore", "batched_generate"]
+__all__ = [
+    "ContinuousBatch",
+    "Generation",
+    "GenerationStats",
+    "MARAGenerator",
+    "Rescore",
+    "RowRequest",
+    "batched_generate",
+]
 
 
 @dataclass
@@ -295,6 +303,19 @@ class MARAGenerator:
         )
         return results
 
+    # ----------------------------------------------------------------------------------- continuous
+
+    def continuous_batch(self, num_rows: int | None = None, max_new_tokens: int = 512) -> ContinuousBatch:
+        """An empty :class:`ContinuousBatch` of ``num_rows`` rows (default ``batch_size``) that answers join
+        and leave between decision steps; :meth:`ContinuousBatch.close` it when done.
+
+        :param max_new_tokens: the longest answer a row may ask for (each :class:`RowRequest` may ask less).
+        """
+        rows = self.batch_size if num_rows is None else num_rows
+        if isinstance(rows, bool) or not isinstance(rows, int) or rows < 1:
+            raise ValueError(f"num_rows must be an integer >= 1, got {num_rows!r}.")
+        return ContinuousBatch(self, self._decoder(rows, max_new_tokens))
+
     # ----------------------------------------------------------------------------------- internals
 
     def _check_prompts(self, prompts: Sequence[str]) -> list[str]:
@@ -352,13 +373,14 @@ class MARAGenerator:
         results: list[Generation | None],
         bar: Any,
     ) -> Iterator[None]:
-        """Decode all ``prompts`` over the decoder's rows, yielding after every batch of decisions."""
+        """Decode all ``prompts`` over the decoder's rows, yielding after every batch of decisions.
+
+        A :class:`ContinuousBatch` over ``decoder``: each row takes the next prompt as soon as its answer ends.
+        """
         limit = self._prompt_limit(decoder.config.max_new_tokens)
+        batch = ContinuousBatch(self, decoder)
         queue = deque(range(len(prompts)))
         owner: dict[int, int] = {}  # row -> prompt index
-        rngs: dict[int, np.random.Generator] = {}
-        kl: dict[int, float] = {}  # row -> running sum of log pi(a|s) - log p_ref(a|k)
-        truncated: dict[int, bool] = {}
 
         def begin(rows: list[int]) -> None:
             while rows:
@@ -366,69 +388,229 @@ class MARAGenerator:
                 if not rows:
                     return
                 idx = [queue.popleft() for _ in rows]
-                encoded = [self._prompt_ids(prompts[i], limit) for i in idx]
-                decoder.start(rows, [prompts[i] for i in idx], [ids for ids, _ in encoded])
-                for row, i, (_, cut) in zip(rows, idx, encoded):
-                    owner[row] = i
-                    truncated[i] = cut
-                    kl[row] = 0.0
-                    rngs[row] = np.random.default_rng(None if seed is None else [seed, i])
+                requests = []
+                for i in idx:
+                    ids, cut = self._prompt_ids(prompts[i], limit)
+                    rng = np.random.default_rng(None if seed is None else [seed, i])
+                    requests.append(RowRequest(prompts[i], ids, rng, deterministic, prompt_truncated=cut))
+                owner.update(zip(rows, idx))
                 # Answers forced all the way (every set a single token) end without a decision.
-                ended = [r for r in rows if decoder.rows[r].phase is Phase.DONE]
-                for r in ended:
-                    finish(r)
-                rows = ended
+                rows = finish(batch.start(rows, requests))
 
-        def finish(row: int) -> None:
-            st = decoder.rows[row]
-            i = owner.pop(row)
-            results[i] = Generation(
-                prompt=st.prompt,
-                text=self._decode(st.response),
-                token_ids=list(st.response),
-                finish_reason=st.finish_reason or "length",
-                num_decisions=st.num_decisions,
-                accepted_ranks=list(st.accepted_ranks),
-                set_sizes=list(st.set_sizes),
-                ref_logprob=st.ref_logprob,
-                kl=kl.pop(row),
-                prompt_truncated=truncated[i],
-            )
-            if bar is not None:
-                bar.update(1)
+        def finish(ended: list[tuple[int, Generation]]) -> list[int]:
+            for row, generation in ended:
+                results[owner.pop(row)] = generation
+                if bar is not None:
+                    bar.update(1)
+            return [row for row, _ in ended]
 
         begin(list(range(decoder.num_rows)))
-        while owner:
-            ready = [r for r in owner if decoder.rows[r].phase is Phase.READY]
-            if not ready:  # only rows waiting for a forward (the decoder is not in lockstep)
-                decoder.decide([], [])
-                continue
-            p_accept = self._accept_probs(decoder, ready)
-            if deterministic:
-                actions = (p_accept >= 0.5).astype(np.int64)
-            else:
-                u = np.array([rngs[r].random() for r in ready])
-                actions = (u < p_accept).astype(np.int64)
-            # a deterministic decision has probability 1 under the policy that took it
-            p_taken = actions.astype(np.float64) if deterministic else p_accept
-            logp_ref = decoder.decide(ready, actions)
-            for row, term in zip(ready, kl_increment(p_taken, actions, logp_ref)):
-                kl[row] += float(term)
-            # waiting rows advanced in the same call may have ended too (a forced EOS)
-            ended = [r for r in owner if decoder.rows[r].phase is Phase.DONE]
-            for r in ended:
-                finish(r)
-            begin(ended)
+        while batch.active_rows:
+            begin(finish(batch.step()))
             yield
 
     def _accept_probs(self, decoder: AcceptRejectDecoder, rows: list[int]) -> np.ndarray:
         if self._accept is None:
-            return np.array([np.exp(decoder.rows[r].cands.log_accept[decoder.rows[r].index]) for r in rows])
+            return _reference_accept_probs(decoder, rows)
         obs = observe(decoder, rows, self.layout, np.dtype(np.float32))
         p = np.asarray(self._accept(obs), dtype=np.float64).reshape(-1)
         if p.shape != (len(rows),):
             raise ValueError(f"the agent returned {p.shape} values for {len(rows)} observations.")
         return p
+
+
+def _reference_accept_probs(decoder: AcceptRejectDecoder, rows: list[int]) -> np.ndarray:
+    """``p_ref(accept | k)`` of each row's candidate under decision: sampling with it draws ``q`` exactly."""
+    return np.array([np.exp(decoder.rows[r].cands.log_accept[decoder.rows[r].index]) for r in rows])
+
+
+@dataclass
+class RowRequest:
+    """One answer to decode on a row of a :class:`ContinuousBatch`.
+
+    :param prompt: the prompt's text (kept in the :class:`Generation`).
+    :param prompt_ids: the formatted prompt's token ids (see :class:`mara_env.PromptEncoder`).
+    :param rng: the row's own random stream for the decisions (one per answer, so an answer does not
+        depend on which others share the batch).
+    :param deterministic: decide without sampling: the agent accepts when ``pi(accept | s) >= 0.5``; a
+        reference row (``aligned=False``) accepts every first candidate, which is greedy decoding.
+    :param aligned: decide with the generator's agent (``False``: with the reference's ``p_ref(accept | k)``,
+        i.e. plain sampling of the LLM's candidate-set distribution ``q``).
+    :param max_new_tokens: this answer's length limit (``None``: the decoder's).
+    :param prompt_truncated: whether the prompt was cut to fit the context (reported in the result).
+    """
+
+    prompt: str
+    prompt_ids: list[int]
+    rng: np.random.Generator
+    deterministic: bool = False
+    aligned: bool = True
+    max_new_tokens: int | None = None
+    prompt_truncated: bool = False
+
+
+@dataclass
+class _Active:
+    request: RowRequest
+    kl: float = 0.0  # running sum of log pi(a|s) - log p_ref(a|k)
+
+
+class ContinuousBatch:
+    """A running decoder batch that answers join and leave between steps: continuous batching.
+
+    Each of the decoder's rows holds one answer. :meth:`start` puts new answers on free rows (one batched
+    prefill), :meth:`step` runs one batch of decisions over every row waiting for one and returns the
+    answers that ended, whose rows are free at once; :meth:`cancel` drops an answer mid-way (its row is
+    skipped from the next step on). Rows decide with the generator's agent, or with the reference's own
+    accept probabilities (``RowRequest.aligned=False``: the base LLM's sampling through the same
+    machinery), both in one step. :meth:`MARAGenerator.generate` is this loop over a list of prompts;
+    ``mara serve`` feeds it from concurrent HTTP requests.
+
+    :param generator: supplies the LLM replicas, the agent, the observation layout and the decoding rules.
+    :param decoder: a decoder built without lockstep (:meth:`MARAGenerator.continuous_batch` makes one).
+
+    Example::
+
+        >>> batch = gen.continuous_batch(num_rows=4, max_new_tokens=64)  # doctest: +SKIP
+        >>> ids, _ = gen.prompt_encoder.encode("Tell me a joke", None)  # doctest: +SKIP
+        >>> batch.start([0], [RowRequest("Tell me a joke", ids, np.random.default_rng(0))])  # doctest: +SKIP
+        >>> while batch.active_rows:  # doctest: +SKIP
+        ...     for row, answer in batch.step():
+        ...         print(answer.text)
+    """
+
+    def __init__(self, generator: MARAGenerator, decoder: AcceptRejectDecoder) -> None:
+        self.generator = generator
+        self.decoder = decoder
+        self._active: dict[int, _Active] = {}  # row -> its answer, in start order
+        #: decision steps run, and decisions taken over all of them (their ratio: rows per step)
+        self.num_steps = 0
+        self.num_decisions = 0
+
+    @property
+    def num_rows(self) -> int:
+        return self.decoder.num_rows
+
+    @property
+    def active_rows(self) -> list[int]:
+        """Rows holding an answer, in the order they started."""
+        return list(self._active)
+
+    @property
+    def free_rows(self) -> list[int]:
+        """Rows a new answer can start on."""
+        return [r for r in range(self.decoder.num_rows) if r not in self._active]
+
+    def response(self, row: int) -> list[int]:
+        """The answer's token ids so far on an active ``row`` (within its length limit)."""
+        return self.decoder.rows[row].response[: self._limit(row)]
+
+    def start(self, rows: Sequence[int], requests: Sequence[RowRequest]) -> list[tuple[int, Generation]]:
+        """Begin ``requests`` on free ``rows`` (one batched prefill) and advance each to its first decision.
+
+        :return: the answers that ended already (every candidate set a single token), as ``(row, answer)``.
+        """
+        rows = list(rows)
+        if len(rows) != len(requests):
+            raise ValueError(f"start: {len(rows)} rows for {len(requests)} requests.")
+        busy = [r for r in rows if r in self._active or not 0 <= r < self.num_rows]
+        if busy:
+            raise ValueError(f"start: rows {busy} are not free (free rows: {self.free_rows}).")
+        if not rows:
+            return []
+        self.decoder.start(rows, [q.prompt for q in requests], [q.prompt_ids for q in requests])
+        for row, request in zip(rows, requests):
+            self._active[row] = _Active(request)
+        return self._collect(rows)
+
+    def step(self) -> list[tuple[int, Generation]]:
+        """One batch of decisions over every active row waiting for one, then the forwards they need.
+
+        When no row waits for a decision (all wait for a forward), the decoder only advances them.
+
+        :return: the answers that ended in this step, as ``(row, answer)``; their rows are free.
+        """
+        decoder, gen = self.decoder, self.generator
+        ready = [r for r in self._active if decoder.rows[r].phase is Phase.READY]
+        if not ready:
+            decoder.decide([], [])
+            return self._collect(list(self._active))
+        requests = [self._active[r].request for r in ready]
+        p_accept = np.empty(len(ready))
+        agent = [i for i, q in enumerate(requests) if q.aligned and gen._accept is not None]
+        ref = [i for i, q in enumerate(requests) if not (q.aligned and gen._accept is not None)]
+        if agent:
+            p_accept[agent] = gen._accept_probs(decoder, [ready[i] for i in agent])
+        if ref:
+            p_accept[ref] = _reference_accept_probs(decoder, [ready[i] for i in ref])
+        det = np.array([q.deterministic for q in requests])
+        # a deterministic reference row accepts every first candidate (greedy); a sampled row draws its own u
+        greedy = det & np.array([not q.aligned for q in requests])
+        u = np.array([np.nan if q.deterministic else q.rng.random() for q in requests])
+        actions = np.where(det, np.where(greedy, 1, p_accept >= 0.5), u < p_accept).astype(np.int64)
+        # a deterministic decision has probability 1 under the policy that took it
+        p_taken = np.where(det, actions.astype(np.float64), p_accept)
+        logp_ref = decoder.decide(ready, actions)
+        for row, term in zip(ready, kl_increment(p_taken, actions, logp_ref)):
+            self._active[row].kl += float(term)
+        self.num_steps += 1
+        self.num_decisions += len(ready)
+        # waiting rows advanced in the same call may have ended too (a forced EOS)
+        return self._collect(list(self._active))
+
+    def cancel(self, row: int) -> None:
+        """Drop the answer on ``row`` (a client that went away); the row is free and no longer decoded."""
+        if self._active.pop(row, None) is not None:
+            self._release(row)
+
+    def close(self) -> None:
+        self.decoder.close()
+
+    # ----------------------------------------------------------------------------------- internals
+
+    def _limit(self, row: int) -> int:
+        own = self._active[row].request.max_new_tokens
+        return self.decoder.config.max_new_tokens if own is None else min(own, self.decoder.config.max_new_tokens)
+
+    def _release(self, row: int) -> None:
+        # A DONE row takes part in no forward; the next start() on it resets it and its KV cache.
+        st = self.decoder.rows[row]
+        st.phase = Phase.DONE
+        st.chunk_hidden = st.last_hidden = st.cands = None
+        st.pending = None
+
+    def _collect(self, rows: list[int]) -> list[tuple[int, Generation]]:
+        """Finish the answers on ``rows`` that ended: an EOS, the decoder's limit or their own."""
+        ended = []
+        for row in rows:
+            st = self.decoder.rows[row]
+            limit = self._limit(row)
+            if st.phase is Phase.DONE or len(st.response) >= limit:
+                ended.append((row, self._finish(row, limit)))
+        return ended
+
+    def _finish(self, row: int, limit: int) -> Generation:
+        st = self.decoder.rows[row]
+        active = self._active.pop(row)
+        # Tokens past a row's own limit can only be forced ones (single-candidate sets, log q = 0), taken in
+        # the same advance as the token that reached it; they are dropped.
+        over = len(st.response) > limit or (st.phase is not Phase.DONE and len(st.response) >= limit)
+        ids = list(st.response[:limit])
+        generation = Generation(
+            prompt=st.prompt,
+            text=self.generator._decode(ids),
+            token_ids=ids,
+            finish_reason="length" if over else (st.finish_reason or "length"),
+            num_decisions=st.num_decisions,
+            accepted_ranks=list(st.accepted_ranks[:limit]),
+            set_sizes=list(st.set_sizes[:limit]),
+            ref_logprob=st.ref_logprob,
+            kl=active.kl,
+            prompt_truncated=active.request.prompt_truncated,
+        )
+        if st.phase is not Phase.DONE:
+            self._release(row)
+        return generation
 
 
 def _until_eos(ids: list[int], eos: frozenset[int]) -> list[int]:

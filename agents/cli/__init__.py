@@ -1,4 +1,4 @@
-"""The ``mara`` command: ``mara train``, ``mara generate``, ``mara evaluate``.
+"""The ``mara`` command: ``mara train``, ``mara generate``, ``mara evaluate``, ``mara serve``.
 
 Each subcommand is a module of this package exposing ``add_arguments(parser)`` and
 ``run(args) -> int``. Only the chosen subcommand's module is imported, so ``mara train`` never
@@ -26,6 +26,7 @@ SUBCOMMANDS: dict[str, str] = {
     "train": "train an agent on MARA-v0 (checkpoints, TensorBoard, resumable)",
     "generate": "generate responses with a trained agent",
     "evaluate": "evaluate trained agents against the reference LLM",
+    "serve": "serve the aligned model behind an OpenAI-compatible HTTP API",
 }
 
 #: Exit code for errors in the user's input (as argparse uses).

@@ -1,0 +1,74 @@
+"""``mara serve``: the aligned model (and its base LLM) behind an OpenAI-compatible HTTP API.
+
+Examples::
+
+    mara serve                                        # the default run, on http://127.0.0.1:8000/v1
+    mara serve --run runs/my-run --port 8080 --api-key secret
+    mara serve --agent agent.zip --llm HuggingFaceTB/SmolLM2-135M-Instruct --max-batch 32
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+from pathlib import Path
+
+from agents.cli.common import DEFAULT_RUN_DIR, add_decoding_arguments, generator_settings, run_agent, run_env_settings
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--run", type=Path, help=f"training run folder (default: {DEFAULT_RUN_DIR} when it exists)")
+    parser.add_argument("--agent", help="agent file (SB3 .zip or an actor in the authors' .pt layout); overrides --run")
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)"
+    )
+    parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    parser.add_argument(
+        "--api-key", default=os.environ.get("MARA_API_KEY"), help="bearer token every route requires (or $MARA_API_KEY)"
+    )
+    parser.add_argument("--max-batch", type=int, default=16, help="answers decoded at once (default 16)")
+    parser.add_argument(
+        "--queue-size", type=int, default=64, help="answers that may wait for a row before 503 (default 64)"
+    )
+    parser.add_argument("--model-name", help="the aligned model's name (default: the run folder's name)")
+    add_decoding_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    missing = [m for m in ("fastapi", "uvicorn") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ModuleNotFoundError(f"mara serve needs {' and '.join(missing)}: pip install 'mara-rl[serve]'.")
+    from agents.generation import MARAGenerator
+    from agents.serving import model_names, serve
+
+    run_dir = args.run
+    if run_dir is None and not args.agent and DEFAULT_RUN_DIR.exists():
+        run_dir = DEFAULT_RUN_DIR
+    if args.agent:
+        agent = args.agent
+    elif run_dir is not None:
+        agent = str(run_agent(run_dir))
+    else:
+        raise FileNotFoundError(
+            f"no agent: {DEFAULT_RUN_DIR} does not exist. Train one with `mara train`, or pass --run DIR or "
+            "--agent PATH."
+        )
+    settings, max_new = generator_settings(run_env_settings(run_dir), args)
+    settings["batch_size"] = args.max_batch
+    gen = MARAGenerator(agent=agent, deterministic=args.deterministic, **settings)
+    aligned, base = model_names(gen, run_dir if not args.agent else None, args.agent)
+    aligned = args.model_name or aligned
+    print(f"mara serve: {aligned!r} (aligned) and {base!r} (base LLM) on http://{args.host}:{args.port}/v1", flush=True)
+    serve(
+        gen,
+        aligned_name=aligned,
+        base_name=base,
+        host=args.host,
+        port=args.port,
+        api_key=args.api_key,
+        max_batch=args.max_batch,
+        queue_size=args.queue_size,
+        max_tokens=max_new,
+    )
+    return 0
