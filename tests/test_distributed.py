@@ -33,9 +33,8 @@ from agents.training.runner import train_run
 
 ray = pytest.importorskip("ray")
 
-TOTAL = 1600
+TOTAL = 1200
 KILL_RESTARTED_AT = 4  # batches received when collector 0 is killed (Ray restarts it)
-KILL_FOR_GOOD_AT = 30  # ... and when collector 1 is killed with no restart
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +77,8 @@ def read_progress(path: Path) -> list[dict[str, str]]:
 
 
 class KillCollectors(BaseCallback):
-    """Kill collector 0 (restarted by Ray) and later collector 1 (for good), noting what the learner held."""
+    """Kill collector 0 (Ray restarts it) and, once it delivers again, collector 1 for good; note what the
+    learner held when collector 0 died."""
 
     def __init__(self, learner: DistributedLearner, seen: dict) -> None:
         super().__init__()
@@ -91,7 +91,9 @@ class KillCollectors(BaseCallback):
             self.seen["rewards"] = buffer.rewards[: buffer.pos].copy()
             self.seen["delivered_before"] = list(self.learner.stats["collector_decisions"])
             ray.kill(self.learner.collectors[0], no_restart=False)
-        if self.n_calls == KILL_FOR_GOOD_AT:
+        back = "kept" in self.seen and self.locals["batch"].collector == 0
+        if back and "killed_for_good" not in self.seen:
+            self.seen["killed_for_good"] = self.n_calls
             ray.kill(self.learner.collectors[1], no_restart=True)
         return True
 
@@ -131,8 +133,8 @@ def test_two_collectors_learn_the_toy_task(distributed_run):
     out, _ = distributed_run
     rows = read_progress(out / "progress.csv")
     rewards = [float(row["mara/reward_score"]) for row in rows if row["mara/reward_score"]]
-    # The reference's answers score about -0.1 (the warm-up's row); single-process training reaches ~0.7 by 1600
-    assert rewards[0] < 0.2 and rewards[-1] > 0.45 and rewards[-1] > rewards[0] + 0.35, rewards
+    # The reference's answers score about -0.1 (the warm-up); single-process training reaches ~0.6 by 1200 decisions
+    assert rewards[0] < 0.2 and rewards[-1] > 0.35 and rewards[-1] > rewards[0] + 0.25, rewards
     for column in (
         "distributed/staleness_mean",
         "distributed/decisions_per_second",
@@ -169,7 +171,8 @@ def test_the_run_saves_a_model_that_loads_with_the_layout_recorded(distributed_r
 def test_killed_collectors_lose_only_their_batches_in_flight(distributed_run):
     out, seen = distributed_run
     stats = json.loads((out / "cluster.json").read_text())["stats"]
-    assert stats["lost_batches"] >= 2 and stats["retired"] == [1], stats
+    assert stats["lost_batches"] >= 2 and stats["retired"] == [1] and stats["restarts"][0] == 1, stats
+    assert "killed_for_good" in seen, "collector 0 delivered again after its restart"
     assert sum(stats["collector_decisions"]) == stats["decisions"] == TOTAL
     # Collector 0 was restarted and delivered again; collector 1 stopped when it was killed for good
     assert stats["collector_decisions"][0] > seen["delivered_before"][0]
@@ -185,9 +188,9 @@ def test_killed_collectors_lose_only_their_batches_in_flight(distributed_run):
 
 def test_kill_and_resume_of_the_driver_continues_from_the_checkpoint(cluster, tiny_files, tmp_path, monkeypatch):
     out = tmp_path / "run"
-    total = 384
+    total = 192
     llm, prompts = tiny_files
-    args = ["--out", str(out), "--collectors", "2", "--ray-address", cluster, "--collect-steps", "2"]
+    args = ["--out", str(out), "--collectors", "1", "--ray-address", cluster, "--collect-steps", "2"]
     args += ["--llm", str(llm), "--prompts", str(prompts), "--prompt-split", "all", "--reward-model", "length"]
     args += ["--cost-model", "none", "--max-new-tokens", "12", "--top-k", "8", "--devices", "cpu", "--num-envs", "4"]
     args += ["--total-decisions", str(total), "--checkpoint-every", "96", "--log-every", "64", "--no-progress"]
@@ -222,7 +225,7 @@ def test_kill_and_resume_of_the_driver_continues_from_the_checkpoint(cluster, ti
         return real_learn(self, model, decisions, logging_callback, callbacks, **kwargs)
 
     monkeypatch.setattr(learner_module.DistributedLearner, "learn", spying_learn)
-    assert main(["train", *args, "--resume"]) == 0
+    assert main(["train", *args, "--resume", "--collectors", "2"]) == 0  # the cluster layout may change
 
     # Continued from the checkpoint: counters, replay buffer and optimisers as saved
     assert seen["num_timesteps"] == done and seen["reset"] is False and seen["decisions"] == total - done
@@ -241,6 +244,7 @@ def test_kill_and_resume_of_the_driver_continues_from_the_checkpoint(cluster, ti
     assert summary["decisions"] == total and summary["resumed"] is True and summary["episodes"] > state["episodes"]
     steps = [int(float(row["time/total_timesteps"])) for row in read_progress(out / "progress.csv")]
     assert steps == sorted(set(steps)) and steps[-1] == total
+    assert RunConfig.from_file(out / "config.yaml").train.collectors == 2
 
 
 # ------------------------------------------------------------------------------------------ bad input
