@@ -145,14 +145,16 @@ def main() -> None:
     ray.init(num_cpus=cpus, num_gpus=args.gpus or None, include_dashboard=False, logging_level="warning")
     modes: list[int | None] = [None, *args.collectors]
     measured: dict[str, list[dict[str, Any]]] = {}
-    with tempfile.TemporaryDirectory(prefix="mara-distributed-") as tmp:
-        with tqdm(total=args.rounds * len(modes), desc="runs", unit="run") as bar:
-            for _ in range(args.rounds):
-                for collectors in modes:
-                    result = measure(args, collectors, Path(tmp))
-                    measured.setdefault(result["mode"], []).append(result)
-                    bar.set_postfix(last=f"{result['mode']} {result['decisions_per_second']:.1f}/s")
-                    bar.update()
+    with (
+        tempfile.TemporaryDirectory(prefix="mara-distributed-") as tmp,
+        tqdm(total=args.rounds * len(modes), desc="runs", unit="run") as bar,
+    ):
+        for _ in range(args.rounds):
+            for collectors in modes:
+                result = measure(args, collectors, Path(tmp))
+                measured.setdefault(result["mode"], []).append(result)
+                bar.set_postfix(last=f"{result['mode']} {result['decisions_per_second']:.1f}/s")
+                bar.update()
     ray.shutdown()
 
     summary = {}
