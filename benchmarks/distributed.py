@@ -42,6 +42,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from agents.distributed.cluster import worker_niceness
 from agents.training.run_config import RunConfig
 from agents.training.runner import train_run
 
@@ -84,13 +85,15 @@ def measure(args: argparse.Namespace, collectors: int | None, folder: Path) -> d
     if collectors:
         with open(out / "progress.csv", newline="") as file:
             rows = list(csv.DictReader(file))
-        per_collector = []
-        for index in range(collectors):
-            values = [float(r[f"distributed/collector_{index}/decisions_per_second"]) for r in rows]
-            per_collector.append(statistics.fmean(v for v in values if v == v) if values else None)
-        result["collector_decisions_per_second"] = per_collector
+        stats = json.loads((out / "cluster.json").read_text())["stats"]
+        # Each collector's own speed: its decisions over the seconds it spent stepping
+        result["collector_decisions_per_second"] = [
+            d / s if s else None for d, s in zip(stats["collector_decisions"], stats["collector_seconds"])
+        ]
+        # The share of the training time each collector spent stepping (1: never idle)
+        result["collector_busy"] = [s / summary["wall_seconds"] for s in stats["collector_seconds"]]
         result["staleness_mean"] = statistics.fmean(float(r["distributed/staleness_mean"]) for r in rows)
-        result["layout"] = json.loads((out / "cluster.json").read_text())["stats"]["collector_decisions"]
+        result["collector_decisions"] = stats["collector_decisions"]
     return result
 
 
@@ -98,14 +101,15 @@ def markdown(results: dict[str, Any]) -> str:
     rows = results["summary"]
     base = rows["single"]["decisions_per_second"]
     lines = [
-        "| configuration | decisions/s | vs single process | per collector (its own) | start-up s |",
-        "|---|---|---|---|---|",
+        "| configuration | decisions/s | vs single process | per collector (its own) | collectors busy | start-up s |",
+        "|---|---|---|---|---|---|",
     ]
     for mode, row in rows.items():
-        own = ", ".join(f"{v:.1f}" for v in row.get("collector_decisions_per_second") or []) or "-"
+        own = ", ".join(f"{v:.1f}" for v in row.get("collector_decisions_per_second") or [] if v) or "-"
+        busy = ", ".join(f"{v:.0%}" for v in row.get("collector_busy") or []) or "-"
         lines.append(
             f"| {mode} | {row['decisions_per_second']:.1f} | {row['decisions_per_second'] / base:.2f}x | {own} | "
-            f"{row['startup_seconds']:.0f} |"
+            f"{busy} | {row['startup_seconds']:.0f} |"
         )
     lines.append("")
     for key, value in results["scaling_efficiency"].items():
@@ -115,7 +119,8 @@ def markdown(results: dict[str, Any]) -> str:
     lines.append(
         f"{settings['decisions']} decisions per run, {settings['num_envs']} envs per process, "
         f"{settings['rounds']} round(s), LLM {settings['llm'] or 'embedded SmolLM2-135M'}, "
-        f"{'with' if settings['learn'] else 'without'} gradient steps, {results['machine']['cpus']} CPU cores, "
+        f"{'with' if settings['learn'] else 'without'} gradient steps, Ray workers at niceness "
+        f"{settings['worker_niceness']}, {results['machine']['cpus']} CPU cores, "
         f"torch threads {results['machine']['torch_threads']} per process, {results['machine']['date']}."
     )
     return "\n".join(lines) + "\n"
@@ -132,6 +137,9 @@ def main() -> None:
     parser.add_argument("--llm", help="LLM (default: the embedded SmolLM2-135M)")
     parser.add_argument("--learn", action="store_true", help="keep the algorithm's learning_starts (gradient steps)")
     parser.add_argument("--gpus", type=float, default=0.0, help="GPUs of the local cluster (one per collector)")
+    parser.add_argument(
+        "--worker-niceness", type=int, default=0, help="niceness of Ray's workers (Ray's own default: 15)"
+    )
     parser.add_argument("--quick", action="store_true", help="smoke run: 256 decisions, 8 envs")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
@@ -142,7 +150,9 @@ def main() -> None:
     import ray
 
     cpus = max(max(args.collectors), 1)
-    ray.init(num_cpus=cpus, num_gpus=args.gpus or None, include_dashboard=False, logging_level="warning")
+    # As agents.distributed starts a local cluster: collectors at the same priority as this process
+    with worker_niceness(args.worker_niceness):
+        ray.init(num_cpus=cpus, num_gpus=args.gpus or None, include_dashboard=False, logging_level="warning")
     modes: list[int | None] = [None, *args.collectors]
     measured: dict[str, list[dict[str, Any]]] = {}
     with (

@@ -27,7 +27,12 @@ ALGORITHM_MODULES = (
 )
 
 #: The application layers under the command line: the ``mara`` command uses them, never the reverse.
-APPLICATION_MODULES = ("agents.training.runner", "agents.evaluation.pipeline", "agents.generation")
+APPLICATION_MODULES = (
+    "agents.training.runner",
+    "agents.distributed.learner",
+    "agents.evaluation.pipeline",
+    "agents.generation",
+)
 
 
 def _loaded_after_import(module: str) -> set[str]:

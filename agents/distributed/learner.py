@@ -141,8 +141,7 @@ class DistributedLearner:
             "cpus_per_collector": plan.cpus,
             "cluster": {
                 "address": train.ray_address or ("local" if self._started_ray else "connected"),
-                "gcs_address": ray.get_runtime_context().gcs_address,
-                "nodes": sum(1 for node in ray.nodes() if node.get("Alive")),
+                **_cluster_nodes(ray),
                 "cpus": plan.cluster_cpus,
                 "gpus": plan.cluster_gpus,
             },
@@ -211,6 +210,7 @@ class DistributedLearner:
             "lost_batches": 0,
             "weight_syncs": 0,
             "collector_decisions": [0] * len(self.collectors),
+            "collector_seconds": [0.0] * len(self.collectors),  # in collect(), stepping
             "restarts": [0] * len(self.collectors),
             "retired": [],
         }
@@ -346,6 +346,7 @@ class DistributedLearner:
         self.stats["batches"] += 1
         self.stats["decisions"] += batch.decisions
         self.stats["collector_decisions"][batch.collector] += batch.decisions
+        self.stats["collector_seconds"][batch.collector] += batch.seconds
         return vector_steps
 
     def _usable(self, index: int) -> bool:
@@ -447,6 +448,15 @@ class _Window:
             if seconds > 0:
                 values[f"distributed/collector_{index}/decisions_per_second"] = decisions / seconds
         return values
+
+
+def _cluster_nodes(ray: Any) -> dict[str, Any]:
+    """The cluster's GCS address and live nodes, where this connection can tell (Ray Client may not)."""
+    try:
+        nodes = sum(1 for node in ray.nodes() if node.get("Alive"))
+        return {"gcs_address": ray.get_runtime_context().gcs_address, "nodes": nodes}
+    except Exception:
+        return {"gcs_address": None, "nodes": None}
 
 
 def _progress(total: int, initial: int) -> Any:
