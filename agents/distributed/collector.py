@@ -105,6 +105,18 @@ class Collector:
             "observation_layout": self.venv.get_attr("observation_layout")[0],
         }
 
+    def reset(self, seed: int | None) -> None:
+        """Start new episodes in every sub-environment, seeded with ``seed`` (``seed + i`` for sub-env ``i``).
+
+        The first reset loads what the environment loads lazily (prompts, the first LLM forwards), so the
+        learner calls it before training starts, as SB3 resets its env before ``learn`` starts counting.
+        """
+        if self._error is not None:
+            raise CollectorError(f"collector {self.index} has no environment: {describe(self._error)}")
+        self.venv.seed(seed)
+        self._obs = self.venv.reset()
+        self._episode_kl = np.zeros(self.venv.num_envs)
+
     def ping(self) -> int:
         """The process id: answers once the actor is up (after a restart, once it is back)."""
         return os.getpid()
@@ -121,7 +133,7 @@ class Collector:
         :param snapshot: ``[ref]``, a Ray object reference to a
             :class:`~agents.distributed.policy_sync.PolicySnapshot` (wrapped in a list so that Ray
             does not fetch it for every call), or ``[snapshot]`` itself.
-        :param seed: seed of the episodes if the environment was not started yet (after a (re)start).
+        :param seed: seed of the episodes if the environment was not started yet (after a restart).
         """
         if self._error is not None:
             raise CollectorError(f"collector {self.index} has no environment: {describe(self._error)}")
@@ -137,9 +149,7 @@ class Collector:
         model, venv = self.model, self.venv
         n = venv.num_envs
         if self._obs is None:
-            venv.seed(seed)
-            self._obs = venv.reset()
-            self._episode_kl = np.zeros(n)
+            self.reset(seed)
 
         shape = (steps, n, *self._obs.shape[1:])
         observations = np.empty(shape, dtype=np.float16)

@@ -199,7 +199,6 @@ class DistributedLearner:
         if not self.collectors:
             raise RuntimeError("call start() before learn().")
         total, callback = model._setup_learn(decisions, [logging_callback, *callbacks], reset_num_timesteps)
-        callback.on_training_start(locals(), globals())
         num_envs = model.n_envs
         frequency = int(model.train_freq.frequency)
         gradient_steps = model.gradient_steps if model.gradient_steps >= 0 else frequency * num_envs
@@ -255,6 +254,12 @@ class DistributedLearner:
                     del pings_due[index]
                     ping(index)
 
+        # The first episodes start before the clock does, as SB3 resets its env in _setup_learn
+        try:
+            ray.get([actor.reset.remote(seed_for(i)) for i, actor in enumerate(self.collectors) if self._alive[i]])
+        except ray.exceptions.RayError as error:
+            raise CommandFailed(f"a collector could not start its episodes: {_cause(error)}") from None
+        callback.on_training_start(locals(), globals())
         bar = _progress(total, model.num_timesteps) if progress_bar else None
         publish()
         top_up()
