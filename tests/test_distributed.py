@@ -12,6 +12,7 @@ import csv
 import json
 import signal
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -77,8 +78,8 @@ def read_progress(path: Path) -> list[dict[str, str]]:
 
 
 class KillCollectors(BaseCallback):
-    """Kill collector 0 (Ray restarts it) and, once it delivers again, collector 1 for good; note what the
-    learner held when collector 0 died."""
+    """Kill collector 0 (Ray restarts it) and, once it is back, collector 1 for good, so that collector 0
+    collects the rest; note what the learner held when collector 0 died."""
 
     def __init__(self, learner: DistributedLearner, seen: dict) -> None:
         super().__init__()
@@ -91,10 +92,16 @@ class KillCollectors(BaseCallback):
             self.seen["rewards"] = buffer.rewards[: buffer.pos].copy()
             self.seen["delivered_before"] = list(self.learner.stats["collector_decisions"])
             ray.kill(self.learner.collectors[0], no_restart=False)
-        back = "kept" in self.seen and self.locals["batch"].collector == 0
-        if back and "killed_for_good" not in self.seen:
-            self.seen["killed_for_good"] = self.n_calls
+            deadline = time.monotonic() + 120
+            while True:  # the learner waits here until collector 0 answers after its restart
+                try:
+                    ray.get(self.learner.collectors[0].ping.remote(), timeout=30)
+                    break
+                except ray.exceptions.RayActorError:
+                    assert time.monotonic() < deadline, "collector 0 did not come back"
+                    time.sleep(0.5)
             ray.kill(self.learner.collectors[1], no_restart=True)
+            self.seen["killed_for_good"] = self.n_calls
         return True
 
 
@@ -135,13 +142,11 @@ def test_two_collectors_learn_the_toy_task(distributed_run):
     rewards = [float(row["mara/reward_score"]) for row in rows if row["mara/reward_score"]]
     # The reference's answers score about -0.1 (the warm-up); single-process training reaches ~0.6 by 1200 decisions
     assert rewards[0] < 0.2 and rewards[-1] > 0.35 and rewards[-1] > rewards[0] + 0.25, rewards
-    for column in (
-        "distributed/staleness_mean",
-        "distributed/decisions_per_second",
-        "distributed/collector_0/decisions_per_second",
-        "distributed/replay_ratio",
-    ):
+    for column in ("distributed/staleness_mean", "distributed/decisions_per_second", "distributed/replay_ratio"):
         assert rows[-1][column] and np.isfinite(float(rows[-1][column])), column
+    for index in (0, 1):  # a row has a collector's speed when it delivered in that row's window
+        speeds = [float(row[f"distributed/collector_{index}/decisions_per_second"] or "nan") for row in rows]
+        assert any(np.isfinite(speeds)), index
     # gradient_steps 4 per vector step of 8 decisions, once past learning_starts
     assert float(rows[-1]["distributed/replay_ratio"]) == pytest.approx(0.5)
     assert float(rows[-1]["distributed/staleness_max"]) >= 0
@@ -172,7 +177,7 @@ def test_killed_collectors_lose_only_their_batches_in_flight(distributed_run):
     out, seen = distributed_run
     stats = json.loads((out / "cluster.json").read_text())["stats"]
     assert stats["lost_batches"] >= 2 and stats["retired"] == [1] and stats["restarts"][0] == 1, stats
-    assert "killed_for_good" in seen, "collector 0 delivered again after its restart"
+    assert "killed_for_good" in seen
     assert sum(stats["collector_decisions"]) == stats["decisions"] == TOTAL
     # Collector 0 was restarted and delivered again; collector 1 stopped when it was killed for good
     assert stats["collector_decisions"][0] > seen["delivered_before"][0]
