@@ -27,7 +27,13 @@ ALGORITHM_MODULES = (
 )
 
 #: The application layers under the command line: the ``mara`` command uses them, never the reverse.
-APPLICATION_MODULES = ("agents.training.runner", "agents.evaluation.pipeline", "agents.generation", "agents.serving")
+APPLICATION_MODULES = (
+    "agents.training.runner",
+    "agents.distributed.learner",
+    "agents.evaluation.pipeline",
+    "agents.generation",
+    "agents.serving",
+)
 
 
 def _loaded_after_import(module: str) -> set[str]:

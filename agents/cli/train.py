@@ -11,6 +11,7 @@ Examples::
     mara train                                         # the default run
     mara train --algo ppo --out runs/ppo --total-decisions 50000
     mara train --out runs/ppo --resume                 # after Ctrl-C or a kill
+    mara train --collectors 4 --ray-address HEAD:6379  # Ray collectors feeding one learner (agents.distributed)
 """
 
 from __future__ import annotations

@@ -103,7 +103,29 @@ class MARALoggingCallback(BaseCallback):
         before = self.num_timesteps - self.training_env.num_envs
         return before < model.learning_starts and not (model.use_sde and model.use_sde_at_warmup)
 
+    @property
+    def dumped_at(self) -> int:
+        """``num_timesteps`` of the last dump (of the training start before the first)."""
+        return self._dump_timesteps
+
+    def record_episode(self, info: dict[str, Any], kl: float) -> None:
+        """Count one finished episode: its end-of-episode ``info`` and its KL estimate, for the next dump."""
+        self.episodes += 1
+        for key, column in EPISODE_METRICS.items():
+            if key in info and info[key] is not None:
+                self._pending[column].append(float(info[key]))
+        if np.isfinite(kl):
+            self._pending[KL_COLUMN].append(float(kl))
+
     def _on_step(self) -> bool:
+        # A learner whose steps were taken elsewhere (agents.distributed) passes the finished episodes,
+        # each (info, kl) with the KL summed by the collector that ran it
+        if "finished_episodes" in self.locals:
+            for info, kl in self.locals["finished_episodes"]:
+                self.record_episode(info, kl)
+            if self.num_timesteps >= self._next_dump:
+                self.dump()
+            return True
         infos: list[dict[str, Any]] = self.locals["infos"]
         dones = np.asarray(self.locals["dones"], dtype=bool)
         actions = np.asarray(self.locals["actions"]).reshape(-1)
@@ -116,13 +138,8 @@ class MARALoggingCallback(BaseCallback):
         self._episode_kl += kl_increment(p_accept, actions, ref_logp)
 
         for i in np.flatnonzero(dones):
-            info = infos[i]  # SB3VecEnv puts the episode-end info here when dones[i]
-            self.episodes += 1
-            for key, column in EPISODE_METRICS.items():
-                if key in info and info[key] is not None:
-                    self._pending[column].append(float(info[key]))
-            if np.isfinite(self._episode_kl[i]):
-                self._pending[KL_COLUMN].append(float(self._episode_kl[i]))
+            # SB3VecEnv puts the episode-end info here when dones[i]
+            self.record_episode(infos[i], float(self._episode_kl[i]))
             self._episode_kl[i] = 0.0
 
         if self.num_timesteps >= self._next_dump:

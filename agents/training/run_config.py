@@ -9,7 +9,8 @@ A run has three sections:
     ``algo`` (a name in :data:`agents.registry.ALGORITHMS`) and hyperparameters of that algorithm;
 ``train``
     ``total_decisions``, ``num_envs``, ``seed``, ``checkpoint_every``, ``log_every``, ``device``,
-    ``progress_bar`` (:class:`TrainSettings`).
+    ``progress_bar``, and the Ray cluster of distributed training: ``collectors``, ``ray_address``,
+    ``collector_gpus``, ``collect_steps`` (:class:`TrainSettings`, :mod:`agents.distributed`).
 
 Precedence: :data:`DEFAULT_RUN` < config file (TOML or YAML) < command-line flags. A run writes its
 fully resolved config with :meth:`RunConfig.dump`; ``mara train --config <run>/config.yaml``
@@ -65,6 +66,11 @@ DEFAULT_RUN: dict[str, dict[str, Any]] = {
         log_every=1_000,
         device="auto",
         progress_bar=True,
+        # Distributed training (agents.distributed): None trains in this process
+        collectors=None,
+        ray_address=None,
+        collector_gpus=None,
+        collect_steps=8,
     ),
 }
 
@@ -87,12 +93,42 @@ class TrainSettings:
         metadata={"help": 'torch device of the agent ("auto": a GPU if there is one); the LLM\'s is env.devices.'}
     )
     progress_bar: bool = field(metadata={"help": "show a progress bar."})
+    collectors: int | None = field(
+        default=None,
+        metadata={
+            "help": "Ray collector actors, each with its own LLM and vector env of num_envs (none: train in this "
+            "process)."
+        },
+    )
+    ray_address: str | None = field(
+        default=None,
+        metadata={"help": "Ray cluster to join with collectors, e.g. 10.0.0.1:6379 or auto (none: start a local one)."},
+    )
+    collector_gpus: float | None = field(
+        default=None,
+        metadata={"help": "GPUs per collector, e.g. 1 or 0.5 (none: 1 when the cluster has GPUs, else 0)."},
+    )
+    collect_steps: int = field(
+        default=8,
+        metadata={"help": "vector steps per collection task of a collector (collect_steps * num_envs decisions)."},
+    )
 
     def __post_init__(self) -> None:
-        for name in ("total_decisions", "num_envs", "checkpoint_every", "log_every"):
+        for name in ("total_decisions", "num_envs", "checkpoint_every", "log_every", "collect_steps"):
             value = getattr(self, name)
             if type_problem("int", value) is None and value < 1:
                 raise ValueError(f"train.{name} must be an integer >= 1, got {value!r}.")
+        if type_problem("int", self.collectors) is None and self.collectors is not None and self.collectors < 1:
+            raise ValueError(
+                f"train.collectors (--collectors) must be an integer >= 1 (Ray collector actors), got "
+                f"{self.collectors!r}; omit it (or set none) to train in this process."
+            )
+        gpus = self.collector_gpus
+        if type_problem("float", gpus) is None and gpus is not None and gpus < 0:
+            raise ValueError(
+                f"train.collector_gpus (--collector-gpus) must be >= 0 GPUs per collector, got {gpus!r}; "
+                "0 runs the collectors on CPUs."
+            )
 
 
 @dataclass(frozen=True)

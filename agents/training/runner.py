@@ -10,10 +10,13 @@ A run folder::
     checkpoint.prev/   the one before, where --resume continues when checkpoint/ is found damaged
     model.zip          the final model (any registered algorithm; agents.loading.load_algorithm reads it)
     summary.json       decisions, episodes, wall seconds, decisions/s, the final means
+    cluster.json       with train.collectors: where each Ray collector ran and what it delivered
 
 :func:`make_env` and :func:`learn` are the steps every training shares (``mara train`` and
 ``benchmarks/algorithms.py``): the vector environment SB3 trains on, and ``model.learn`` with the
-logging callback. Nothing a run does destroys finished work: see :func:`train_run` for ``replace``
+logging callback. With ``train.collectors`` set, Ray collector actors step the environments and
+this process learns (:class:`agents.distributed.DistributedLearner`), with the same run folder,
+checkpoints and resumption. Nothing a run does destroys finished work: see :func:`train_run` for ``replace``
 and :func:`resume_run` for damaged checkpoints.
 """
 
@@ -52,6 +55,7 @@ from agents.training.checkpoints import (
 from agents.training.run_config import RunConfig, check_agent_flags
 
 __all__ = [
+    "CLUSTER_FILE",
     "CONFIG_FILE",
     "MODEL_FILE",
     "PROGRESS_FILE",
@@ -67,14 +71,24 @@ __all__ = [
 ]
 
 CONFIG_FILE = "config.yaml"
+#: Distributed runs: where each collector ran (node, GPUs, LLM devices) and what it delivered.
+CLUSTER_FILE = "cluster.json"
 PROGRESS_FILE = "progress.csv"
 SUMMARY_FILE = "summary.json"
 TENSORBOARD_DIR = "tb"
 #: ``<out>`` + this: where ``--overwrite`` keeps the replaced run until the new run's first checkpoint.
 REPLACED_SUFFIX = ".overwritten"
 
-# Settings that --resume may change: the run's length and how progress is shown.
-_RESUMABLE_CHANGES = {"train.total_decisions", "train.progress_bar"}
+# Settings that --resume may change: the run's length, how progress is shown, and where it runs (the
+# learner's model and replay buffer are the same with or without Ray collectors, on any cluster).
+_RESUMABLE_CHANGES = {
+    "train.total_decisions",
+    "train.progress_bar",
+    "train.collectors",
+    "train.ray_address",
+    "train.collector_gpus",
+    "train.collect_steps",
+}
 
 
 def make_env(env_id: str, num_envs: int, **env_kwargs: Any) -> Any:
@@ -178,7 +192,8 @@ def resume_run(out: Path, flags: dict[str, dict[str, Any]], *, verbose: int) -> 
     if changed:
         raise ValueError(
             f"--resume continues the run as configured in {config_path}, but the flags change "
-            f"{', '.join(changed)}. Only --total-decisions (and --no-progress) may be given with --resume; "
+            f"{', '.join(changed)}. Only --total-decisions, --no-progress and the cluster flags (--collectors, "
+            "--ray-address, --collector-gpus, --collect-steps) may be given with --resume; "
             "start a new run in another --out folder to change settings."
         )
     if wanted.train.total_decisions < saved.train.total_decisions:
@@ -295,8 +310,18 @@ def train_run(
     :raises CommandFailed: training stopped with an error (the message says what is left and how to go on).
     """
     out = Path(out)
+    distributed = None
+    if config.train.collectors is not None:
+        # Ray collectors step the environments; this process holds the learner (agents.distributed)
+        from agents.distributed import DistributedLearner
+
+        distributed = DistributedLearner(config)
+        venv = distributed.start()
+        write_config = write_config or distributed.config != config
+        config = distributed.config  # with the cluster layout resolved (GPUs per collector)
+    else:
+        venv = make_env(config.env_id, config.train.num_envs, **config.env_kwargs)
     train = config.train
-    venv = make_env(config.env_id, train.num_envs, **config.env_kwargs)
     logger = None
     try:
         logging_callback = MARALoggingCallback(train.log_every)
@@ -324,6 +349,8 @@ def train_run(
             out.mkdir(parents=True, exist_ok=True)
             if write_config:
                 config.dump(out / CONFIG_FILE)
+            if distributed is not None:
+                write_text_atomic(out / CLUSTER_FILE, json.dumps(distributed.layout, indent=2))
         except BaseException:  # e.g. a folder that cannot be written: undo, and report it as given
             if aside is not None:
                 shutil.rmtree(out, ignore_errors=True)
@@ -342,7 +369,7 @@ def train_run(
         try:
             logger = make_logger(out, verbose, keep_until=model.num_timesteps if checkpoint else None)
             model.set_logger(logger)
-            learn(
+            (learn if distributed is None else distributed.learn)(
                 model,
                 train.total_decisions - model.num_timesteps,
                 logging_callback,
@@ -350,6 +377,9 @@ def train_run(
                 reset_num_timesteps=checkpoint is None,
                 progress_bar=train.progress_bar,
             )
+            if distributed is not None:  # the layout with what each collector delivered
+                layout = {**distributed.layout, "stats": distributed.stats}
+                write_text_atomic(out / CLUSTER_FILE, json.dumps(layout, indent=2))
             # The final checkpoint lets a larger --total-decisions continue from the end
             summary = _publish(out, config, checkpoint_callback.save(), resumed=checkpoint is not None)
         except (Exception, KeyboardInterrupt) as exc:
@@ -375,6 +405,8 @@ def train_run(
             except Exception as error:  # e.g. a folder made read-only: never hide the error being raised
                 warnings.warn(f"the training logs in {out} could not be closed: {describe(error)}", stacklevel=1)
         venv.close()
+        if distributed is not None:
+            distributed.close()
 
 
 def _where(out: Path, config: RunConfig, *, put_back: bool) -> str:

@@ -1,0 +1,237 @@
+"""A collector: one Ray actor with its own LLM replica(s), MARA vector env and copy of the policy.
+
+The learner (:mod:`agents.distributed.learner`) creates collectors with
+``ray.remote(Collector).options(num_cpus=..., num_gpus=..., max_restarts=...)``; the class itself
+is plain Python and works without Ray too. Each :meth:`Collector.collect` call runs ``steps``
+vector steps with the policy version it is given and returns a
+:class:`~agents.distributed.batch.TransitionBatch`.
+
+A collector that cannot build its environment (an LLM that fails to load, a scorer that is
+missing) does not crash its actor: :meth:`Collector.describe` returns the error, so the learner
+reports the collector's own message rather than Ray's traceback of a dead actor.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import numpy as np
+
+from agents.accept import accept_probabilities, kl_increment
+from agents.distributed.batch import TransitionBatch
+from agents.distributed.policy_sync import PolicySnapshot, apply_behaviour_settings, load_snapshot
+from agents.errors import INPUT_ERRORS, describe
+from agents.training.callbacks import EPISODE_METRICS
+from agents.training.run_config import RunConfig
+
+__all__ = ["Collector", "CollectorError"]
+
+
+class CollectorError(RuntimeError):
+    """A collector could not build its environment; :meth:`Collector.collect` then raises this."""
+
+
+class Collector:
+    """Collect MARA transitions with a copy of the learner's policy.
+
+    :param config: the run's settings; the collector builds ``config.env_id`` with ``config.env_kwargs``
+        and ``config.train.num_envs`` sub-environments, and ``config.agent.algo`` for its policy.
+    :param index: the collector's number (0 ... collectors - 1), reported with its batches.
+    :param threads: torch threads of this process (the CPUs Ray gave the actor).
+    """
+
+    def __init__(self, config: RunConfig, index: int, threads: int = 1) -> None:
+        self.index = int(index)
+        self._version = -1
+        self._obs: np.ndarray | None = None
+        self._episode_kl = np.zeros(0)
+        self._error: BaseException | None = None
+        self.venv: Any = None
+        self.model: Any = None
+        self.llm_devices: list[str] = []
+        try:
+            self._build(config, threads)
+        except Exception as error:  # reported by describe(), the learner says it in one line
+            self._error = error
+            if self.venv is not None:
+                self.venv.close()
+
+    def _build(self, config: RunConfig, threads: int) -> None:
+        import torch
+
+        from agents.registry import make_algorithm
+        from agents.training.runner import make_env
+
+        torch.set_num_threads(max(1, int(threads)))
+        env_kwargs = dict(config.env_kwargs)
+        gpus = _gpu_ids()
+        if gpus:
+            # Ray made the actor's GPUs the only visible ones: cuda:0 ... are its own
+            env_kwargs["devices"] = [f"cuda:{i}" for i in range(len(gpus))]
+        self.llm_devices = [str(d) for d in (env_kwargs.get("devices") or ["default"])]
+        self.venv = make_env(config.env_id, config.train.num_envs, **env_kwargs)
+        hyperparameters = dict(config.agent.hyperparameters)
+        # The policy copy acts; it never trains: a replay buffer of one slot per env, not the learner's
+        hyperparameters["buffer_size"] = config.train.num_envs
+        self.model = make_algorithm(
+            config.agent.algo,
+            self.venv,
+            seed=None if config.train.seed is None else config.train.seed + self.index,
+            kl_coef=config.env["kl_coef"],
+            device=config.train.device,
+            **hyperparameters,
+        )
+        self.model.policy.set_training_mode(False)
+
+    def describe(self) -> dict[str, Any]:
+        """Where the collector runs and what its environment is, or ``{"error": ..., "input": ...}``.
+
+        ``input`` is whether the error is of the kinds that mean a wrong setting (:data:`agents.errors.INPUT_ERRORS`).
+        """
+        where = {"index": self.index, "pid": os.getpid(), **_node()}
+        if self._error is not None:
+            return {**where, "error": describe(self._error), "input": isinstance(self._error, INPUT_ERRORS)}
+        return {
+            **where,
+            "gpu_ids": [str(i) for i in _gpu_ids()],
+            "llm_devices": self.llm_devices,
+            "policy_device": str(self.model.device),
+            "num_envs": self.venv.num_envs,
+            "observation_space": self.venv.observation_space,
+            "action_space": self.venv.action_space,
+            "config": self.venv.get_attr("config")[0],
+            "observation_layout": self.venv.get_attr("observation_layout")[0],
+        }
+
+    def reset(self, seed: int | None) -> None:
+        """Start new episodes in every sub-environment, seeded with ``seed`` (``seed + i`` for sub-env ``i``).
+
+        The first reset loads what the environment loads lazily (prompts, the first LLM forwards), so the
+        learner calls it before training starts, as SB3 resets its env before ``learn`` starts counting.
+        """
+        if self._error is not None:
+            raise CollectorError(f"collector {self.index} has no environment: {describe(self._error)}")
+        self.venv.seed(seed)
+        self._obs = self.venv.reset()
+        self._episode_kl = np.zeros(self.venv.num_envs)
+
+    def ping(self) -> int:
+        """The process id: answers once the actor is up (after a restart, once it is back)."""
+        return os.getpid()
+
+    def collect(
+        self, steps: int, settings: dict[str, Any], version: int, snapshot: list[Any], seed: int | None
+    ) -> TransitionBatch:
+        """Run ``steps`` vector steps with policy ``version`` and return them.
+
+        :param steps: vector steps (``steps * num_envs`` decisions).
+        :param settings: :func:`~agents.distributed.policy_sync.behaviour_settings` of the learner.
+        :param version: the version of ``snapshot``; its weights are fetched only when it differs
+            from the version the collector holds.
+        :param snapshot: ``[ref]``, a Ray object reference to a
+            :class:`~agents.distributed.policy_sync.PolicySnapshot` (wrapped in a list so that Ray
+            does not fetch it for every call), or ``[snapshot]`` itself.
+        :param seed: seed of the episodes if the environment was not started yet (after a restart).
+        """
+        if self._error is not None:
+            raise CollectorError(f"collector {self.index} has no environment: {describe(self._error)}")
+        if version != self._version:
+            value = snapshot[0]
+            if not isinstance(value, PolicySnapshot):
+                import ray
+
+                value = ray.get(value)
+            load_snapshot(self.model, value)
+            self._version = version
+        apply_behaviour_settings(self.model, settings)
+        model, venv = self.model, self.venv
+        n = venv.num_envs
+        if self._obs is None:
+            self.reset(seed)
+
+        shape = (steps, n, *self._obs.shape[1:])
+        observations = np.empty(shape, dtype=np.float16)
+        next_observations = np.empty(shape, dtype=np.float16)
+        actions = np.empty((steps, n, 1), dtype=np.int64)
+        rewards = np.empty((steps, n), dtype=np.float32)
+        dones = np.empty((steps, n), dtype=bool)
+        timeouts = np.empty((steps, n), dtype=bool)
+        episodes: list[tuple[dict[str, Any], float]] = []
+        start = time.perf_counter()
+        for t in range(steps):
+            obs = self._obs
+            model._last_obs = obs
+            # SB3's warm-up: uniformly random actions before learning_starts (DiscreteSAC may warm up on its policy)
+            uniform = getattr(model, "uniform_warmup", True) and model.num_timesteps < model.learning_starts
+            action, buffer_action = model._sample_action(model.learning_starts, None, n)
+            # The behaviour policy's probability of accepting, for the KL estimate (as MARALoggingCallback)
+            p_accept = np.full(n, 0.5) if uniform else accept_probabilities(model, obs, behaviour=True)
+            new_obs, reward, done, infos = venv.step(action)
+            ref_logp = np.array([info.get("ref_logp", np.nan) for info in infos], dtype=np.float64)
+            self._episode_kl += kl_increment(p_accept, np.asarray(action).reshape(-1), ref_logp)
+
+            next_obs = np.array(new_obs, copy=True)
+            for i in np.flatnonzero(done):
+                info = infos[i]
+                if info.get("terminal_observation") is not None:
+                    next_obs[i] = info["terminal_observation"]
+                episodes.append((_episode_record(info), float(self._episode_kl[i])))
+                self._episode_kl[i] = 0.0
+            observations[t] = obs
+            next_observations[t] = next_obs
+            actions[t] = np.asarray(buffer_action).reshape(n, 1)
+            rewards[t] = reward
+            dones[t] = done
+            timeouts[t] = [bool(info.get("TimeLimit.truncated", False)) for info in infos]
+            model.num_timesteps += n  # the warm-up and exploration schedules read it
+            self._obs = new_obs
+        return TransitionBatch(
+            collector=self.index,
+            policy_version=self._version,
+            observations=observations,
+            next_observations=next_observations,
+            actions=actions,
+            rewards=rewards,
+            dones=dones,
+            timeouts=timeouts,
+            episodes=episodes,
+            seconds=time.perf_counter() - start,
+        )
+
+    def close(self) -> None:
+        """Release the environment (its LLM replicas)."""
+        if self.venv is not None:
+            self.venv.close()
+
+
+def _episode_record(info: dict[str, Any]) -> dict[str, Any]:
+    """The part of an end-of-episode info the learner logs: the MARA results and VecMonitor's ``episode``."""
+    record = {key: info[key] for key in EPISODE_METRICS if info.get(key) is not None}
+    if "episode" in info:
+        record["episode"] = dict(info["episode"])
+    return record
+
+
+def _gpu_ids() -> list[Any]:
+    """The GPUs Ray gave this actor (none outside Ray)."""
+    try:
+        import ray
+
+        return list(ray.get_gpu_ids()) if ray.is_initialized() else []
+    except Exception:
+        return []
+
+
+def _node() -> dict[str, Any]:
+    """The Ray node this process runs on."""
+    try:
+        import ray
+
+        if ray.is_initialized():
+            context = ray.get_runtime_context()
+            return {"node_id": context.get_node_id(), "node_ip": ray.util.get_node_ip_address()}
+    except Exception:
+        pass
+    return {"node_id": None, "node_ip": None}

@@ -1,0 +1,82 @@
+"""The learner's stand-in for its collectors' environments: their spaces and settings, never stepped.
+
+A Stable-Baselines3 algorithm is built on a ``VecEnv``; in distributed training the learner's
+process loads no LLM, so its algorithm is built on this description of the collectors' vector
+envs instead: the same observation and action spaces, number of sub-environments (so the replay
+buffer has the layout of single-process training, and checkpoints move between the two), and the
+MARA settings that :func:`agents.registry.make_algorithm` reads (``kl_coef``, the shaping discount,
+the observation layout that anchors the policy to the reference).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvIndices, VecEnvObs, VecEnvStepReturn
+
+__all__ = ["SpacesOnlyVecEnv"]
+
+
+class SpacesOnlyVecEnv(VecEnv):
+    """A ``VecEnv`` that describes environments stepped elsewhere.
+
+    :param num_envs: sub-environments of each collector's vector env.
+    :param observation_space: one sub-environment's observation space.
+    :param action_space: one sub-environment's action space.
+    :param config: the environment's settings (a :class:`mara_env.MARAConfig`), read by duck typing.
+    :param observation_layout: the environment's observation layout (:mod:`mara_env.observation`).
+    """
+
+    def __init__(
+        self,
+        num_envs: int,
+        observation_space: gym.spaces.Space,
+        action_space: gym.spaces.Space,
+        config: Any = None,
+        observation_layout: Any = None,
+    ) -> None:
+        self.render_mode = None  # nothing to render here (SB3 warns when the attribute is missing)
+        super().__init__(num_envs, observation_space, action_space)
+        self.config = config
+        self.observation_layout = observation_layout
+
+    def reset(self) -> VecEnvObs:
+        # SB3's learn setup resets once; the observations that matter come from the collectors
+        shape = (self.num_envs, *(self.observation_space.shape or ()))
+        return np.zeros(shape, dtype=self.observation_space.dtype)
+
+    def step_async(self, actions: np.ndarray) -> None:
+        raise RuntimeError(
+            "This environment only describes the collectors' environments (agents.distributed): it cannot be "
+            "stepped. Train with agents.distributed.DistributedLearner.learn, which steps the collectors."
+        )
+
+    def step_wait(self) -> VecEnvStepReturn:
+        raise RuntimeError("SpacesOnlyVecEnv cannot be stepped (see step_async).")
+
+    def close(self) -> None:
+        pass
+
+    def get_attr(self, attr_name: str, indices: VecEnvIndices = None) -> list[Any]:
+        return [getattr(self, attr_name) for _ in self._indices(indices)]
+
+    def set_attr(self, attr_name: str, value: Any, indices: VecEnvIndices = None) -> None:
+        setattr(self, attr_name, value)
+
+    def env_method(
+        self, method_name: str, *method_args: Any, indices: VecEnvIndices = None, **method_kwargs: Any
+    ) -> list[Any]:
+        raise RuntimeError(f"SpacesOnlyVecEnv has no environments to call {method_name}() on.")
+
+    def env_is_wrapped(self, wrapper_class: type[gym.Wrapper], indices: VecEnvIndices = None) -> list[bool]:
+        return [False for _ in self._indices(indices)]
+
+    def _indices(self, indices: VecEnvIndices) -> Sequence[int]:
+        if indices is None:
+            return range(self.num_envs)
+        if isinstance(indices, int):
+            return [indices]
+        return list(indices)
