@@ -202,7 +202,7 @@ class MARAGenerator:
         self.prompt_format = PromptFormat(first.tokenizer, system_prompt)
         # open-ended prompts: no cache of their ids
         self.prompt_encoder = PromptEncoder(self.prompt_format, prompt_overflow)
-        self.chunking = resolve_chunking(chunk_size, first.device, top_k)
+        self.chunking = resolve_chunking(chunk_size, first.device, top_k, rows=batch_size)
         # one rule for every call: what an adaptive rule learns about where the agent takes carries over
         self._chunk_rule = make_chunk_rule(self.chunking.size, self.chunking.coverage)
         self.max_prompt_tokens = max_prompt_tokens

@@ -25,17 +25,28 @@ from mara_env.prompts import check_test_fraction
 #: Values of the ``reward_shaping`` setting.
 REWARD_SHAPINGS = ("none", "potential")
 
-#: What ``chunk_size="auto"`` means per device type: a fixed number of candidates per forward, or
-#: ``"adaptive"`` (:data:`ADAPTIVE_CHUNKS`). On CPU a forward's cost grows with its token count, so
-#: tokens the agent never looks at are expensive; accelerators have spare width, so a larger chunk
-#: costs almost nothing and saves the forwards that rejections past the chunk would need
-#: (``benchmarks/env_throughput.py``, ``benchmarks/decode_speed.py``; GPU: ``benchmarks/gpu_suite.py``).
-AUTO_CHUNK_SIZE: dict[str, int | str] = {"cpu": 1, "cuda": "adaptive", "mps": "adaptive", "xpu": "adaptive"}
+#: What ``chunk_size="auto"`` means per device type, for decoders of one row and of several: a fixed
+#: number of candidates per forward, or ``"adaptive"`` (:data:`ADAPTIVE_CHUNKS`). On CPU a one-row
+#: forward's cost is mostly fixed (reading the weights), so computing the candidates the agent will
+#: probably look at in one forward pays; with many rows the cost grows with the tokens, so only the
+#: candidate under decision is computed (``benchmarks/decode_speed.py``, trained agent, 2 cores:
+#: adaptive 0.56x plain at batch 1 against 0.28x for one candidate, but 0.23x against 0.33x at batch
+#: 16; ``benchmarks/env_throughput.py``). Accelerators have spare width, so adaptive chunks cost
+#: almost nothing and save the forwards that rejections past the chunk need (to be measured by
+#: ``benchmarks/gpu_suite.py``).
+AUTO_CHUNK_SIZE: dict[str, tuple[int | str, int | str]] = {
+    "cpu": ("adaptive", 1),
+    "cuda": ("adaptive", "adaptive"),
+    "mps": ("adaptive", "adaptive"),
+    "xpu": ("adaptive", "adaptive"),
+}
 
 #: ``chunk_size="adaptive"`` per device type: (largest chunk, coverage), where coverage is the
 #: probability that a row's chunk holds the candidate the agent takes (:mod:`mara_env.chunking`).
+#: CPU: tuned on training prompts at batch 1 (coverage 0.5 / 0.65 / 0.8 / 0.9 / 0.97: 0.49x / 0.56x /
+#: 0.60x / 0.64x / 0.67x plain).
 ADAPTIVE_CHUNKS: dict[str, tuple[int, float]] = {
-    "cpu": (8, 0.8),
+    "cpu": (16, 0.97),
     "cuda": (16, 0.95),
     "mps": (8, 0.9),
     "xpu": (16, 0.95),
@@ -75,7 +86,9 @@ def chunk_size_problem(chunk_size: Any) -> str | None:
     return f"chunk_size must be an integer >= 1, 'all', 'adaptive' or 'auto', got {chunk_size!r}."
 
 
-def resolve_chunking(chunk_size: int | str | ChunkPlan, device: torch.device, set_cap: int) -> ChunkPlan:
+def resolve_chunking(
+    chunk_size: int | str | ChunkPlan, device: torch.device, set_cap: int, rows: int = 1
+) -> ChunkPlan:
     """The chunk plan on ``device``: an integer is fixed, ``"all"`` is the set-size cap ``top_k``,
     ``"adaptive"`` sizes each row's chunk (:data:`ADAPTIVE_CHUNKS`), ``"auto"`` is the device's
     default (:data:`AUTO_CHUNK_SIZE`); a :class:`ChunkPlan` is taken as it is (e.g.
@@ -84,11 +97,14 @@ def resolve_chunking(chunk_size: int | str | ChunkPlan, device: torch.device, se
     :param chunk_size: an integer >= 1, ``"all"``, ``"adaptive"``, ``"auto"`` or a :class:`ChunkPlan`.
     :param device: the LLM's device.
     :param set_cap: the candidate-set size cap (``top_k``).
+    :param rows: sequences the decoder runs at once (``"auto"`` differs for one and for several).
     :raises ValueError: another value.
 
     >>> import torch
     >>> resolve_chunking("all", torch.device("cpu"), 50), resolve_chunking("adaptive", torch.device("cpu"), 50)
-    (ChunkPlan(size=50, coverage=None, packed=False), ChunkPlan(size=8, coverage=0.8, packed=True))
+    (ChunkPlan(size=50, coverage=None, packed=False), ChunkPlan(size=16, coverage=0.97, packed=True))
+    >>> resolve_chunking("auto", torch.device("cpu"), 50, rows=32)
+    ChunkPlan(size=1, coverage=None, packed=False)
     """
     if isinstance(chunk_size, ChunkPlan):
         DecoderConfig(chunk_size=chunk_size.size, chunk_coverage=chunk_size.coverage)  # checks both
@@ -97,7 +113,8 @@ def resolve_chunking(chunk_size: int | str | ChunkPlan, device: torch.device, se
     if problem is not None:
         raise ValueError(problem)
     if chunk_size == "auto":
-        chunk_size = AUTO_CHUNK_SIZE.get(device.type, "adaptive")
+        one, several = AUTO_CHUNK_SIZE.get(device.type, ("adaptive", "adaptive"))
+        chunk_size = one if rows == 1 else several
     if chunk_size == "all":
         return ChunkPlan(set_cap)
     if chunk_size == "adaptive":
@@ -106,14 +123,14 @@ def resolve_chunking(chunk_size: int | str | ChunkPlan, device: torch.device, se
     return ChunkPlan(int(chunk_size))
 
 
-def resolve_chunk_size(chunk_size: int | str, device: torch.device, set_cap: int) -> int:
+def resolve_chunk_size(chunk_size: int | str, device: torch.device, set_cap: int, rows: int = 1) -> int:
     """The largest chunk on ``device`` (:func:`resolve_chunking`'s ``size``).
 
     >>> import torch
     >>> resolve_chunk_size(3, torch.device("cpu"), 50), resolve_chunk_size("all", torch.device("cpu"), 50)
     (3, 50)
     """
-    return resolve_chunking(chunk_size, device, set_cap).size
+    return resolve_chunking(chunk_size, device, set_cap, rows).size
 
 
 def type_problem(annotation: str, value: Any) -> str | None:
@@ -342,9 +359,9 @@ class MARAConfig:
                 raise TypeError(f"MARA got an unknown argument {key!r}.{hint}")
         return cls(**kwargs)
 
-    def resolved_chunking(self, device: torch.device, set_cap: int) -> ChunkPlan:
-        """The chunk plan to use on ``device`` (:func:`resolve_chunking`)."""
-        return resolve_chunking(self.chunk_size, device, set_cap)
+    def resolved_chunking(self, device: torch.device, set_cap: int, rows: int = 1) -> ChunkPlan:
+        """The chunk plan to use on ``device`` for ``rows`` sequences (:func:`resolve_chunking`)."""
+        return resolve_chunking(self.chunk_size, device, set_cap, rows)
 
     @property
     def np_obs_dtype(self) -> np.dtype:

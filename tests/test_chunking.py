@@ -96,6 +96,9 @@ def test_chunk_settings_resolve_per_device():
     assert plan.coverage is not None and 1 <= plan.size <= 50
     assert resolve_chunking("adaptive", cpu, 4).size <= 4  # never beyond the set-size cap
     assert resolve_chunking(ChunkPlan(4, 0.5), cpu, 50) == ChunkPlan(4, 0.5)
+    # on CPU "auto" is adaptive for one row and one candidate at a time for a batch
+    assert resolve_chunking("auto", cpu, 50, rows=1).coverage is not None
+    assert resolve_chunking("auto", cpu, 50, rows=16) == ChunkPlan(1)
     assert resolve_chunking("adaptive", cpu, 50).packed and not resolve_chunking("adaptive", cuda, 50).packed
     with pytest.raises(ValueError, match=r"coverage must be in \(0, 1\], got 2"):
         resolve_chunking(ChunkPlan(4, 2), cpu, 50)
