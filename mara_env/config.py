@@ -86,9 +86,7 @@ def chunk_size_problem(chunk_size: Any) -> str | None:
     return f"chunk_size must be an integer >= 1, 'all', 'adaptive' or 'auto', got {chunk_size!r}."
 
 
-def resolve_chunking(
-    chunk_size: int | str | ChunkPlan, device: torch.device, set_cap: int, rows: int = 1
-) -> ChunkPlan:
+def resolve_chunking(chunk_size: int | str | ChunkPlan, device: torch.device, set_cap: int, rows: int = 1) -> ChunkPlan:
     """The chunk plan on ``device``: an integer is fixed, ``"all"`` is the set-size cap ``top_k``,
     ``"adaptive"`` sizes each row's chunk (:data:`ADAPTIVE_CHUNKS`), ``"auto"`` is the device's
     default (:data:`AUTO_CHUNK_SIZE`); a :class:`ChunkPlan` is taken as it is (e.g.
