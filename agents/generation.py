@@ -202,9 +202,14 @@ class MARAGenerator:
         self.prompt_format = PromptFormat(first.tokenizer, system_prompt)
         # open-ended prompts: no cache of their ids
         self.prompt_encoder = PromptEncoder(self.prompt_format, prompt_overflow)
+        self._chunk_setting = chunk_size
+        #: the chunk plan of a full batch (a call with fewer prompts may use another: "auto" on CPU
+        #: differs for one row and for several)
         self.chunking = resolve_chunking(chunk_size, first.device, top_k, rows=batch_size)
-        # one rule for every call: what an adaptive rule learns about where the agent takes carries over
-        self._chunk_rule = make_chunk_rule(self.chunking.size, self.chunking.coverage)
+        #: the largest chunk any call may compute: the room kept after a prompt
+        self.largest_chunk = max(self.chunking.size, self._chunk_plan(1).size)
+        # one rule per plan for every call: what an adaptive rule learns about the agent carries over
+        self._chunk_rules: dict[ChunkPlan, Any] = {}
         self.max_prompt_tokens = max_prompt_tokens
         self.prompt_overflow = prompt_overflow
         self.batch_size = batch_size
@@ -329,20 +334,25 @@ class MARAGenerator:
                 raise ValueError(f"prompts[{i}] must be a non-empty string, got {p!r}.")
         return prompts
 
+    def _chunk_plan(self, rows: int) -> ChunkPlan:
+        return resolve_chunking(self._chunk_setting, self.replicas[0].device, self.candidates.top_k, rows=rows)
+
     def _decoder(self, rows: int, max_new_tokens: int) -> AcceptRejectDecoder:
+        plan = self._chunk_plan(rows)
         config = DecoderConfig(
             candidates=self.candidates,
             max_new_tokens=max_new_tokens,
-            chunk_size=self.chunking.size,
-            chunk_coverage=self.chunking.coverage,
-            packed=self.chunking.packed,
+            chunk_size=plan.size,
+            chunk_coverage=plan.coverage,
+            packed=plan.packed,
         )
-        return AcceptRejectDecoder(self.replicas, rows, config, lockstep=False, chunk_rule=self._chunk_rule)
+        rule = self._chunk_rules.setdefault(plan, make_chunk_rule(plan.size, plan.coverage))
+        return AcceptRejectDecoder(self.replicas, rows, config, lockstep=False, chunk_rule=rule)
 
     def _prompt_limit(self, max_new_tokens: int) -> int | None:
         if self.max_prompt_tokens is not None:
             return self.max_prompt_tokens
-        return default_max_prompt_tokens(self.replicas[0].model, max_new_tokens, self.chunking.size)
+        return default_max_prompt_tokens(self.replicas[0].model, max_new_tokens, self.largest_chunk)
 
     def _prompt_ids(self, prompt: str, limit: int | None) -> tuple[list[int], bool]:
         return self.prompt_encoder.encode(prompt, limit)

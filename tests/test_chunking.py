@@ -135,3 +135,13 @@ def test_packed_forward_equals_the_padded_one():
             padded.commit(row, slot)
             packed.commit(row, slot)
     assert packed.length == padded.length
+
+
+def test_generator_picks_the_plan_for_the_rows_of_each_call(tiny_llm):
+    """On CPU, ``"auto"`` is adaptive for a one-prompt call and one candidate per forward for a batch."""
+    from agents.generation import MARAGenerator
+
+    gen = MARAGenerator(tiny_llm, None, batch_size=4, top_k=8, devices=["cpu"])
+    assert gen._decoder(1, 8).config.chunk_coverage is not None
+    assert gen._decoder(4, 8).config.chunk_size == 1 and gen._decoder(4, 8).config.chunk_coverage is None
+    assert gen.largest_chunk == 8  # the adaptive plan for one row, capped by top_k

@@ -67,7 +67,7 @@ class CompletionService:
         self.default_max_tokens = max_tokens
         # max_new_tokens=0, chunk 0: the room for a prompt is the whole context
         self.context = default_max_prompt_tokens(generator.replicas[0].model, 0, 0)
-        self.chunk_size = generator.chunking.size  # the largest chunk: room kept after the prompt
+        self.chunk_size = generator.largest_chunk  # the room kept after the prompt
         self.batcher = ContinuousBatcher(
             generator, max_batch, queue_size, self.context if self.context is not None else 1 << 20
         )
