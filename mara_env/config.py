@@ -25,7 +25,8 @@ from mara_env.prompts import check_test_fraction
 #: Values of the ``reward_shaping`` setting.
 REWARD_SHAPINGS = ("none", "potential")
 
-#: What ``chunk_size="auto"`` means per device type, for decoders of one row and of several: a fixed
+#: What ``chunk_size="auto"`` means per device type, for generation one sequence at a time and for
+#: everything else (batched generation, environments of any size): a fixed
 #: number of candidates per forward, or ``"adaptive"`` (:data:`ADAPTIVE_CHUNKS`). On CPU a one-row
 #: forward's cost is mostly fixed (reading the weights), so computing the candidates the agent will
 #: probably look at in one forward pays; with many rows the cost grows with the tokens, so only the
@@ -86,7 +87,9 @@ def chunk_size_problem(chunk_size: Any) -> str | None:
     return f"chunk_size must be an integer >= 1, 'all', 'adaptive' or 'auto', got {chunk_size!r}."
 
 
-def resolve_chunking(chunk_size: int | str | ChunkPlan, device: torch.device, set_cap: int, rows: int = 1) -> ChunkPlan:
+def resolve_chunking(
+    chunk_size: int | str | ChunkPlan, device: torch.device, set_cap: int, rows: int | None = None
+) -> ChunkPlan:
     """The chunk plan on ``device``: an integer is fixed, ``"all"`` is the set-size cap ``top_k``,
     ``"adaptive"`` sizes each row's chunk (:data:`ADAPTIVE_CHUNKS`), ``"auto"`` is the device's
     default (:data:`AUTO_CHUNK_SIZE`); a :class:`ChunkPlan` is taken as it is (e.g.
@@ -95,14 +98,18 @@ def resolve_chunking(chunk_size: int | str | ChunkPlan, device: torch.device, se
     :param chunk_size: an integer >= 1, ``"all"``, ``"adaptive"``, ``"auto"`` or a :class:`ChunkPlan`.
     :param device: the LLM's device.
     :param set_cap: the candidate-set size cap (``top_k``).
-    :param rows: sequences the decoder runs at once (``"auto"`` differs for one and for several).
+    :param rows: sequences a generation decoder runs at once (``"auto"`` differs for one and for several);
+        ``None`` for an environment, where every sub-environment needs one new token per step whatever
+        N is (measured: adaptive chunks gain nothing at N=1 on CPU) and a fixed rule keeps seeded
+        rollouts bitwise reproducible.
     :raises ValueError: another value.
 
     >>> import torch
     >>> resolve_chunking("all", torch.device("cpu"), 50), resolve_chunking("adaptive", torch.device("cpu"), 50)
     (ChunkPlan(size=50, coverage=None, packed=False), ChunkPlan(size=16, coverage=0.97, packed=True))
-    >>> resolve_chunking("auto", torch.device("cpu"), 50, rows=32)
-    ChunkPlan(size=1, coverage=None, packed=False)
+    >>> cpu = torch.device("cpu")
+    >>> resolve_chunking("auto", cpu, 50, rows=1).coverage, resolve_chunking("auto", cpu, 50)
+    (0.97, ChunkPlan(size=1, coverage=None, packed=False))
     """
     if isinstance(chunk_size, ChunkPlan):
         DecoderConfig(chunk_size=chunk_size.size, chunk_coverage=chunk_size.coverage)  # checks both
@@ -121,7 +128,7 @@ def resolve_chunking(chunk_size: int | str | ChunkPlan, device: torch.device, se
     return ChunkPlan(int(chunk_size))
 
 
-def resolve_chunk_size(chunk_size: int | str, device: torch.device, set_cap: int, rows: int = 1) -> int:
+def resolve_chunk_size(chunk_size: int | str, device: torch.device, set_cap: int, rows: int | None = None) -> int:
     """The largest chunk on ``device`` (:func:`resolve_chunking`'s ``size``).
 
     >>> import torch
@@ -357,9 +364,9 @@ class MARAConfig:
                 raise TypeError(f"MARA got an unknown argument {key!r}.{hint}")
         return cls(**kwargs)
 
-    def resolved_chunking(self, device: torch.device, set_cap: int, rows: int = 1) -> ChunkPlan:
-        """The chunk plan to use on ``device`` for ``rows`` sequences (:func:`resolve_chunking`)."""
-        return resolve_chunking(self.chunk_size, device, set_cap, rows)
+    def resolved_chunking(self, device: torch.device, set_cap: int) -> ChunkPlan:
+        """The environment's chunk plan on ``device`` (:func:`resolve_chunking`)."""
+        return resolve_chunking(self.chunk_size, device, set_cap)
 
     @property
     def np_obs_dtype(self) -> np.dtype:

@@ -80,7 +80,7 @@ class MARACore:
                 f"prompts: the {config.prompt_split!r} part of {config.prompts!r} is empty; "
                 "give more prompts, lower test_fraction, or use prompt_split='all'."
             )
-        chunk = config.resolved_chunking(first.device, config.top_k, num_rows)
+        chunk = config.resolved_chunking(first.device, config.top_k)
         self.decoder = AcceptRejectDecoder(
             self.replicas,
             num_rows,

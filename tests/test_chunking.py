@@ -99,6 +99,7 @@ def test_chunk_settings_resolve_per_device():
     # on CPU "auto" is adaptive for one row and one candidate at a time for a batch
     assert resolve_chunking("auto", cpu, 50, rows=1).coverage is not None
     assert resolve_chunking("auto", cpu, 50, rows=16) == ChunkPlan(1)
+    assert resolve_chunking("auto", cpu, 50) == ChunkPlan(1)  # an environment, even of one sub-environment
     assert resolve_chunking("adaptive", cpu, 50).packed and not resolve_chunking("adaptive", cuda, 50).packed
     with pytest.raises(ValueError, match=r"coverage must be in \(0, 1\], got 2"):
         resolve_chunking(ChunkPlan(4, 2), cpu, 50)
