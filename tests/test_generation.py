@@ -154,7 +154,9 @@ def test_stochastic_agent_kl_estimate(tiny_llm):
         calls.append(obs)
         return np.full(obs.shape[0], 0.5)
 
-    gen = MARAGenerator(tiny_llm, half, batch_size=1, **SETTINGS)
+    # one candidate per forward, as the env computes them, so both sums are bit-for-bit the same
+    # (adaptive chunks, "auto" for one prompt on CPU, agree to float precision only)
+    gen = MARAGenerator(tiny_llm, half, batch_size=1, chunk_size=1, **SETTINGS)
     g = gen.generate(TINY_PROMPTS[:1], max_new_tokens=12, seed=0)[0]
     # pi = 1/2 for every decision, so KL_hat = -n ln 2 - sum log p_ref(a|k); the p_ref sum is the env's
     env = TokenAcceptRejectEnv(
