@@ -51,6 +51,26 @@ def build_tokenizer(chat_template: str | None = CHAT_TEMPLATE):
     return tok
 
 
+def make_actor(hidden: int):
+    """A small untrained DiscreteActor (16x8, input LayerNorm, seeded) on ``hidden``-dim observations."""
+    import numpy as np
+    from gymnasium import spaces
+    from stable_baselines3.common.torch_layers import FlattenExtractor
+
+    from agents.sac_discrete.policies import DiscreteActor
+
+    space = spaces.Box(-np.inf, np.inf, shape=(hidden,), dtype=np.float32)
+    torch.manual_seed(1)
+    return DiscreteActor(
+        space,
+        spaces.Discrete(2),
+        net_arch=[16, 8],
+        features_extractor=FlattenExtractor(space),
+        features_dim=hidden,
+        input_layer_norm=True,
+    )
+
+
 def build_tiny_llm(seed: int = 0, hidden_size: int = 32, layers: int = 2, sharpness: float = 12.0, arch: str = "llama"):
     """A random tiny causal LM over :func:`build_tokenizer`'s vocabulary.
 

@@ -5,16 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_PROMPTS, build_tiny_llm
-from gymnasium import spaces
-from stable_baselines3.common.torch_layers import FlattenExtractor
+from conftest import TINY_PROMPTS, build_tiny_llm, make_actor
 
 from agents import generation
 from agents.accept import as_accept_function
 from agents.authors_format import export_authors_actor
 from agents.generation import MARAGenerator
 from agents.loading import load_authors_actor
-from agents.sac_discrete.policies import DiscreteActor
 from mara_env import ChunkPlan, TokenAcceptRejectEnv
 from mara_env.decoder import AcceptRejectDecoder
 from mara_env.llm import PromptFormat
@@ -29,19 +26,6 @@ def always_accept(obs: np.ndarray) -> np.ndarray:
 def sign_agent(obs: np.ndarray) -> np.ndarray:
     """A deterministic agent that depends on the observation (accepts when feature 0 is positive)."""
     return (obs[:, 0] > 0).astype(np.float64)
-
-
-def make_actor(hidden: int) -> DiscreteActor:
-    space = spaces.Box(-np.inf, np.inf, shape=(hidden,), dtype=np.float32)
-    torch.manual_seed(1)
-    return DiscreteActor(
-        space,
-        spaces.Discrete(2),
-        net_arch=[16, 8],
-        features_extractor=FlattenExtractor(space),
-        features_dim=hidden,
-        input_layer_norm=True,
-    )
 
 
 def greedy(model, tok, prompt: str, max_new_tokens: int) -> list[int]:

@@ -17,15 +17,11 @@ import httpx
 import numpy as np
 import openai
 import pytest
-import torch
 import uvicorn
-from conftest import TINY_PROMPTS, build_tiny_llm
-from gymnasium import spaces
-from stable_baselines3.common.torch_layers import FlattenExtractor
+from conftest import TINY_PROMPTS, build_tiny_llm, make_actor
 
 from agents.cli import build_parser
 from agents.generation import MARAGenerator, RowRequest
-from agents.sac_discrete.policies import DiscreteActor
 from agents.serving import CompletionService, create_app
 from mara_env import PromptFormat
 
@@ -33,19 +29,6 @@ SETTINGS = dict(top_k=8, top_p=0.95, devices=["cpu"])
 KEY = "test-key"
 ALIGNED, BASE = "tiny-mara", "tiny-base"
 _llm = functools.cache(build_tiny_llm)  # one tiny LLM for every server of this file
-
-
-def make_actor(hidden: int) -> DiscreteActor:
-    space = spaces.Box(-np.inf, np.inf, shape=(hidden,), dtype=np.float32)
-    torch.manual_seed(1)
-    return DiscreteActor(
-        space,
-        spaces.Discrete(2),
-        net_arch=[16, 8],
-        features_extractor=FlattenExtractor(space),
-        features_dim=hidden,
-        input_layer_norm=True,
-    )
 
 
 def free_port() -> int:

@@ -40,6 +40,28 @@ def run_agent(run: Path) -> Path:
     )
 
 
+def run_folder(args: argparse.Namespace) -> Path | None:
+    """``--run``, else the default run when it exists and no ``--agent`` is given."""
+    if args.run is None and not args.agent and DEFAULT_RUN_DIR.exists():
+        return DEFAULT_RUN_DIR
+    return args.run
+
+
+def resolve_agent(args: argparse.Namespace, fallback: str = "") -> tuple[Path | None, str]:
+    """The run folder (:func:`run_folder`) and the agent file (``--agent``, else the run's agent).
+
+    :param fallback: what else the command offers without an agent, for the error (e.g. ``--raw``).
+    :raises FileNotFoundError: neither an agent nor a run.
+    """
+    run_dir = run_folder(args)
+    if args.agent:
+        return run_dir, args.agent
+    if run_dir is not None:
+        return run_dir, str(run_agent(run_dir))
+    offers = "pass --run DIR or --agent PATH" + (f", or {fallback}" if fallback else "")
+    raise FileNotFoundError(f"no agent: {DEFAULT_RUN_DIR} does not exist. Train one with `mara train`, {offers}.")
+
+
 def add_decoding_arguments(parser: argparse.ArgumentParser, batch_size: int = 16) -> None:
     """Flags that override the run's decoding settings (default: the run's own values).
 

@@ -15,7 +15,14 @@ import json
 import sys
 from pathlib import Path
 
-from agents.cli.common import DEFAULT_RUN_DIR, add_decoding_arguments, generator_settings, run_agent, run_env_settings
+from agents.cli.common import (
+    DEFAULT_RUN_DIR,
+    add_decoding_arguments,
+    generator_settings,
+    resolve_agent,
+    run_env_settings,
+    run_folder,
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -57,20 +64,10 @@ def run(args: argparse.Namespace) -> int:
     from agents.generation import MARAGenerator
 
     prompts = read_prompts(args)
-    run_dir = args.run
-    if run_dir is None and not args.agent and DEFAULT_RUN_DIR.exists():
-        run_dir = DEFAULT_RUN_DIR
-    agent = None
-    if not args.raw:
-        if args.agent:
-            agent = args.agent
-        elif run_dir is not None:
-            agent = str(run_agent(run_dir))
-        else:
-            raise FileNotFoundError(
-                f"no agent: {DEFAULT_RUN_DIR} does not exist. Train one with `mara train`, pass --run DIR or "
-                "--agent PATH, or use --raw for the LLM alone."
-            )
+    if args.raw:
+        run_dir, agent = run_folder(args), None
+    else:
+        run_dir, agent = resolve_agent(args, fallback="use --raw for the LLM alone")
     settings, max_new = generator_settings(run_env_settings(run_dir), args)
     gen = MARAGenerator(agent=agent, deterministic=args.deterministic, **settings)
 

@@ -14,7 +14,13 @@ import importlib.util
 import os
 from pathlib import Path
 
-from agents.cli.common import DEFAULT_RUN_DIR, add_decoding_arguments, generator_settings, run_agent, run_env_settings
+from agents.cli.common import (
+    DEFAULT_RUN_DIR,
+    add_decoding_arguments,
+    generator_settings,
+    resolve_agent,
+    run_env_settings,
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -42,18 +48,7 @@ def run(args: argparse.Namespace) -> int:
     from agents.generation import MARAGenerator
     from agents.serving import model_names, serve
 
-    run_dir = args.run
-    if run_dir is None and not args.agent and DEFAULT_RUN_DIR.exists():
-        run_dir = DEFAULT_RUN_DIR
-    if args.agent:
-        agent = args.agent
-    elif run_dir is not None:
-        agent = str(run_agent(run_dir))
-    else:
-        raise FileNotFoundError(
-            f"no agent: {DEFAULT_RUN_DIR} does not exist. Train one with `mara train`, or pass --run DIR or "
-            "--agent PATH."
-        )
+    run_dir, agent = resolve_agent(args)
     settings, max_new = generator_settings(run_env_settings(run_dir), args)
     settings["batch_size"] = args.max_batch
     gen = MARAGenerator(agent=agent, deterministic=args.deterministic, **settings)
