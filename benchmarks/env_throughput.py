@@ -6,7 +6,9 @@ Reports agent decisions per second and generated response tokens per second for:
   batch-1 forward on a full copy of the prefix KV cache, all before the first decision;
 - ``lazy-b1``: a lazy batch-1 strategy: one batch-1 forward (on a copy of the prefix cache) for the
   candidate under decision only, and one for each forced token;
-- ``mara N=.. C=..``: ``TokenAcceptRejectVectorEnv`` with N sub-environments and chunk size C;
+- ``mara N=.. C=..``: ``TokenAcceptRejectVectorEnv`` with N sub-environments and chunk size C, working
+  ahead of the decisions (``lookahead=True``, the default: forced tokens after the candidates under
+  decision are forwarded in rounds that run anyway); ``... wait`` rows are the same without it;
 - ``bound N=..``: the physical limit of an N-row environment on this machine: one full-batch forward
   per step (each of the N rows runs one candidate token through the LLM and its output head, on a
   prefix as long as the environment's) and nothing else. Each ``mara`` row prints the fraction of
@@ -202,6 +204,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--envs", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--chunks", nargs="+", default=["1", "adaptive"], help="integers, 'all', 'adaptive', 'auto'")
+    parser.add_argument(
+        "--lookahead", nargs="+", default=["on", "off"], choices=["on", "off"], help="env lookahead settings"
+    )
     parser.add_argument("--seconds", type=float, default=12.0, help="measured time per configuration per round")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--max-new-tokens", type=int, default=64)
@@ -230,9 +235,11 @@ def main() -> None:
         bound = ForwardBound(replica, prompts, n, args.max_new_tokens, seed=0)
         runners[f"bound N={n}"] = (bound.step, bound.counters)
         for c in chunks:
-            r = MaraRunner(replica, n, c, args.max_new_tokens, seed=0)
-            runners[f"mara N={n} C={c}"] = (r.step, r.counters)
-            mara[f"mara N={n} C={c}"] = r
+            for setting in args.lookahead:
+                name = f"mara N={n} C={c}" + (" wait" if setting == "off" else "")
+                r = MaraRunner(replica, n, c, args.max_new_tokens, seed=0, lookahead=setting == "on")
+                runners[name] = (r.step, r.counters)
+                mara[name] = r
 
     totals = {name: [0.0, 0, 0] for name in runners}
     for step, _ in runners.values():  # warm-up (allocations, first prefill)

@@ -37,12 +37,12 @@ every round and section: what would start after it is recorded as skipped). The 
 time-boxed. A decode step of these models in eager PyTorch is bound by kernel launches and Python, not
 FLOPs: a batch-16 step of the 8B is 2 x 8e9 x 16 = 0.26 TFLOP (under 1 ms at ~500 TFLOP/s bf16) and
 reads 16 GB of weights (3.4 ms at 4.8 TB/s), while a 30-layer forward costs ~15-25 ms of launches
-whatever the size, so every model is sized at ~20 ms per forward. Per model: 5 env configurations x
-``--seconds`` (5) x ``--rounds`` (2) = 50 s, plus warm-ups (the authors' strategy costs ~23 forwards per
+whatever the size, so every model is sized at ~20 ms per forward. Per model: 6 env configurations x
+``--seconds`` (5) x ``--rounds`` (2) = 60 s, plus warm-ups (the authors' strategy costs ~23 forwards per
 position: ~0.5 s); decoding 3 systems x 2 batch sizes x 2 rounds of 64-token answers (~80 forwards each
 for plain / always-accept, ~2x for the random agent) plus a warm-up, ~40 s; build and calibration
-~10 s: ~1.7 min per model, 5 min for three. The learner section: 2 learners x 3 sizes (576, 2048, 4096)
-x ``--sac-seconds`` (5) = 30 s. With start-up, ~6 min in all, leaving room under the 8 minutes.
+~10 s: ~1.9 min per model, 5.5 min for three. The learner section: 2 learners x 3 sizes (576, 2048, 4096)
+x ``--sac-seconds`` (5) = 30 s. With start-up, ~6.5 min in all, leaving room under the 8 minutes.
 
 **A bare GPU machine** with only torch and transformers (>= 5.0) needs four more packages, all pure
 Python: ``python benchmarks/gpu_suite.py --list-packages`` prints them pinned to the versions tested
@@ -391,10 +391,15 @@ def env_section(replica: Any, args: argparse.Namespace, budget: Budget, progress
     for label, eager in (("authors", True), ("lazy batch-1", False)):
         baseline = Batch1Baseline(replica, prompts, args.max_new_tokens, eager=eager, seed=0)
         runners[label] = (baseline.step_position, lambda b=baseline: (b.decisions, b.tokens))
-    for n in args.envs:
-        runner = MaraRunner(replica, n, args.chunk, args.max_new_tokens, seed=0, prompts=args.prompt_source)
-        runners[f"mara N={n}"] = (runner.step, runner.counters)
-        mara[f"mara N={n}"] = runner
+    # every N works ahead of the decisions (the default); the largest N also without it ("wait")
+    settings = [(n, True) for n in args.envs] + [(max(args.envs), False)]
+    for n, lookahead in settings:
+        name = f"mara N={n}" + ("" if lookahead else " wait")
+        runner = MaraRunner(
+            replica, n, args.chunk, args.max_new_tokens, seed=0, prompts=args.prompt_source, lookahead=lookahead
+        )
+        runners[name] = (runner.step, runner.counters)
+        mara[name] = runner
 
     for step, _ in runners.values():  # warm-up: allocations, first prefill, kernel selection
         for _ in range(2):
@@ -786,8 +791,8 @@ class Suite:
         from tqdm.auto import tqdm
 
         args = self.args
-        per_model = 1 + args.rounds * (2 + len(args.envs) + len(args.batch_sizes))  # progress units of one model
-        planned = len(args.models) * (2 + len(args.envs)) * args.seconds * args.rounds
+        per_model = 1 + args.rounds * (3 + len(args.envs) + len(args.batch_sizes))  # progress units of one model
+        planned = len(args.models) * (3 + len(args.envs)) * args.seconds * args.rounds
         planned += (len(self.hiddens) + len(args.models)) * 2 * args.sac_seconds
         print(
             f"gpu_suite: {', '.join(args.models)} on {self.device} ({args.dtype}); time-boxed measurement up to "

@@ -305,6 +305,16 @@ class MARAConfig:
             )
         },
     )
+    lookahead: bool = field(
+        default=True,
+        metadata={
+            "help": (
+                "in forwards that run anyway, forward the forced token after each candidate under decision ahead "
+                "of the decision, so that an accept followed by a forced token needs no extra round of forwards "
+                "(mara_env.decoder); the same episodes either way."
+            )
+        },
+    )
     obs_dtype: str = field(
         default="float32", metadata={"help": '"float32" or "float16" (halves replay-buffer memory).'}
     )

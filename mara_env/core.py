@@ -90,6 +90,7 @@ class MARACore:
                 chunk_size=chunk.size,
                 chunk_coverage=chunk.coverage,
                 packed=chunk.packed,
+                lookahead=config.lookahead,
             ),
         )
         self.max_prompt_tokens = config.max_prompt_tokens

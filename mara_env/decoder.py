@@ -17,10 +17,19 @@ Each row (one sequence) moves through these phases::
 - A row is ``DONE`` when it commits an EOS token or reaches ``max_new_tokens``.
 
 By default every call leaves *all* its rows READY or DONE, which an environment needs (each
-sub-environment returns an observation every step). With ``lockstep=False`` (aligned generation)
-a call returns after the first forward that leaves some row READY; rows still waiting for a forward
-(a forced token, a rejection past the chunk) join the next call's forward instead of costing
-forwards of their own while the others wait. A row's decisions and tokens are the same either way.
+sub-environment returns an observation every step). A row that takes a candidate followed by a
+forced token then needs two forwards in a row (the forced token's, then the next candidate's), so
+with many rows almost every step runs extra rounds of a few rows each. With ``lookahead`` the
+decoder works ahead in the rounds that run anyway: the set after each READY candidate is computed
+with the other rows' output head, and where it is a single token that token is forwarded after the
+candidate in scratch (:meth:`ReplicaEngine.forward` with ``follow``), as is the last candidate of a
+set after the second-to-last one. An accept (or a reject into the last candidate) then finds that
+forward done. Decisions, tokens and observations are the same as without lookahead.
+
+With ``lockstep=False`` (aligned generation) a call returns after the first forward that leaves
+some row READY; rows still waiting for a forward (a forced token, a rejection past the chunk) join
+the next call's forward instead of costing forwards of their own while the others wait.
+A row's decisions and tokens are the same either way.
 
 With several replicas, rows are split into contiguous blocks, one per replica, and the replicas'
 forwards run in parallel threads (torch releases the GIL inside its kernels).
@@ -50,6 +59,23 @@ class Phase(enum.Enum):
 
 
 @dataclass
+class Lookahead:
+    """Work done past candidate ``candidate`` in case it is accepted (decoders with ``lookahead``).
+
+    ``sets[m]`` is the candidate set after the candidate and ``m`` forced tokens; where ``sets[m]`` is a
+    single token, ``hidden[m]`` is that token's hidden state, forwarded ahead into scratch slot ``slots[m]``
+    (after the candidate and the forced tokens before it). ``taken`` counts the forced tokens committed
+    since the candidate was accepted.
+    """
+
+    candidate: int
+    sets: list[CandidateSet] = field(default_factory=list)
+    hidden: list[torch.Tensor] = field(default_factory=list)
+    slots: list[int] = field(default_factory=list)
+    taken: int = 0
+
+
+@dataclass
 class RowState:
     """Everything the decoder knows about one sequence."""
 
@@ -64,6 +90,10 @@ class RowState:
     chunk_hidden: torch.Tensor | None = None  # (chunk, hidden) on the replica's device
     last_hidden: torch.Tensor | None = None  # hidden state of the last committed token
     pending: int | None = None  # forced token awaiting its forward
+    scratch_end: int = 0  # first scratch slot not holding this position's chunk or work done ahead
+    ahead: Lookahead | None = None  # work done past the candidate under decision
+    after: Lookahead | None = None  # the same, for the candidate just taken
+    last: tuple[int, torch.Tensor] | None = None  # the set's last candidate forwarded ahead: (slot, hidden)
     finish_reason: str | None = None  # "eos" or "length"
     num_decisions: int = 0
     # sum over response tokens of log q(token): the episode's total reference log-probability,
@@ -91,6 +121,9 @@ class DecoderConfig:
         (:class:`mara_env.chunking.AdaptiveChunks`).
     :param packed: run a forward whose rows have different token counts without padding
         (:meth:`ReplicaEngine.forward_packed`) instead of padding every row to the widest.
+    :param lookahead: in forwards that run anyway, forward the forced token after each candidate under
+        decision (and a set's last candidate) ahead of the decision (module docstring); it pays where
+        every call must leave all rows READY (environments). Packed forwards do no work ahead.
     """
 
     candidates: CandidateConfig = field(default_factory=CandidateConfig)
@@ -98,6 +131,7 @@ class DecoderConfig:
     chunk_size: int = 1
     chunk_coverage: float | None = None
     packed: bool = False
+    lookahead: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
@@ -141,6 +175,8 @@ class AcceptRejectDecoder:
             chunk_rule if chunk_rule is not None else make_chunk_rule(config.chunk_size, config.chunk_coverage)
         )
         self.eos = self.replicas[0].eos_token_ids
+        self.ahead_forwarded = 0  # tokens forwarded ahead of a decision (statistics for benchmarks)
+        self.ahead_used = 0  # of those, tokens later taken (each saved a forward of its own)
         # Contiguous blocks: row -> (replica, local row); more replicas than rows leaves some idle.
         n_rep = min(len(self.replicas), num_rows)
         bounds = np.linspace(0, num_rows, n_rep + 1).round().astype(int)
@@ -277,16 +313,34 @@ class AcceptRejectDecoder:
         st.response.append(token)
         st.ref_logprob += float(np.log(st.cands.probs[k]))
         st.accepted_ranks.append(k)
+        ahead, after, last = st.ahead, st.after, st.last
+        st.ahead = st.after = st.last = None
         if token in self.eos or len(st.response) >= self.config.max_new_tokens:
             st.finish_reason = "eos" if token in self.eos else "length"
             st.phase = Phase.DONE
             st.chunk_hidden = st.last_hidden = None
             return
+        rep, local = self._where[row]
         slot = k - st.chunk_start
         if st.chunk_hidden is not None and 0 <= slot < st.chunk_hidden.shape[0]:
-            rep, local = self._where[row]
             self.engines[rep].commit(local, slot)
             st.last_hidden = st.chunk_hidden[slot]
+            st.after = ahead if ahead is not None and ahead.candidate == k else None
+            st.phase = Phase.NEED_LOGITS
+        elif last is not None and k == len(st.cands) - 1:
+            self.ahead_used += 1
+            self.engines[rep].commit(local, last[0])
+            st.last_hidden = last[1]
+            st.phase = Phase.NEED_LOGITS
+        elif after is not None and after.taken < len(after.hidden):
+            # a forced token forwarded ahead; the accepted candidate and ``taken`` forced tokens are
+            # committed since, so its slot has moved ``taken + 1`` places towards the prefix
+            m = after.taken
+            self.ahead_used += 1
+            self.engines[rep].commit(local, after.slots[m] - (m + 1))
+            st.last_hidden = after.hidden[m]
+            after.taken += 1
+            st.after = after
             st.phase = Phase.NEED_LOGITS
         else:
             st.pending = token
@@ -297,18 +351,7 @@ class AcceptRejectDecoder:
         """Move rows forward until each is READY or DONE, batching every forward across them."""
         forwards = 0
         while True:
-            need_logits = [(r, loc) for r, loc in items if self.rows[r].phase is Phase.NEED_LOGITS]
-            if need_logits:
-                hidden = torch.stack([self.rows[r].last_hidden for r, _ in need_logits])
-                sets = candidate_sets(engine.logits(hidden), self.config.candidates)
-                for (row, _), cands in zip(need_logits, sets):
-                    st = self.rows[row]
-                    st.cands, st.index, st.chunk_hidden, st.last_hidden = cands, 0, None, None
-                    st.set_sizes.append(len(cands))
-                    if len(cands) == 1:
-                        self._take(row, 0)
-                    else:
-                        st.phase = Phase.NEED_FORWARD
+            self._resolve_sets(engine, items)
             need_forward = [(r, loc) for r, loc in items if self.rows[r].phase is Phase.NEED_FORWARD]
             if not need_forward:
                 return
@@ -327,16 +370,130 @@ class AcceptRejectDecoder:
             widths = [len(t) for t in tokens]
             if self.config.packed and max(widths) * len(widths) > sum(widths):
                 hidden = engine.forward_packed(locals_, tokens)  # no padding to the widest row
+                ahead = []
             else:
-                hidden = engine.forward(locals_, tokens, "tree")
+                ahead = self._work_ahead(items) if self.config.lookahead else []
+                offsets = [0] * len(tokens) + [st.scratch_end for _, st, _, _ in ahead]
+                follow = [()] * len(tokens) + [f for _, _, _, f in ahead]
+                hidden = engine.forward(
+                    locals_ + [loc for loc, _, _, _ in ahead],
+                    tokens + [[t] for _, _, t, _ in ahead],
+                    "tree",
+                    offsets=offsets,
+                    follow=follow,
+                )
             for i, (row, local) in enumerate(need_forward):
                 st = self.rows[row]
+                st.ahead = st.last = None
                 if st.pending is not None:
                     engine.commit(local, 0)
                     st.pending = None
                     st.last_hidden = hidden[i][0]
+                    st.scratch_end = 0
                     st.phase = Phase.NEED_LOGITS
                 else:
                     st.chunk_start = st.index
                     st.chunk_hidden = hidden[i][: len(tokens[i])]
+                    st.scratch_end = len(tokens[i])
                     st.phase = Phase.READY
+            self.ahead_forwarded += len(ahead)
+            for i, (_, st, _, follow_slots) in enumerate(ahead, start=len(need_forward)):
+                if follow_slots:  # the forced token after the candidate (and the forced tokens before it)
+                    st.ahead.hidden.append(hidden[i][0])
+                    st.ahead.slots.append(st.scratch_end)
+                else:  # the set's last candidate
+                    st.last = (st.scratch_end, hidden[i][0])
+                st.scratch_end += 1
+
+    def _resolve_sets(self, engine: ReplicaEngine, items: list[tuple[int, int]]) -> None:
+        """Give every NEED_LOGITS row its candidate set (taking single-token sets), one output-head call
+        per round; with ``lookahead`` the same call computes the sets wanted by READY rows' work ahead."""
+        while True:
+            need_logits = [r for r, _ in items if self.rows[r].phase is Phase.NEED_LOGITS]
+            if not need_logits:
+                return
+            computed: dict[int, CandidateSet] = {}
+            own = [r for r in need_logits if self._known_set(self.rows[r]) is None]
+            if own:
+                ahead = self._sets_wanted(items) if self.config.lookahead else []
+                hidden = [self.rows[r].last_hidden for r in own] + [self._ahead_hidden(st) for st in ahead]
+                sets = candidate_sets(engine.logits(torch.stack(hidden)), self.config.candidates)
+                computed = dict(zip(own, sets))
+                for st, cands in zip(ahead, sets[len(own) :]):
+                    st.ahead.sets.append(cands)
+            for row in need_logits:
+                st = self.rows[row]
+                cands = computed[row] if row in computed else self._known_set(st)
+                if row in computed:
+                    st.after = None
+                st.cands, st.index, st.chunk_hidden, st.last_hidden = cands, 0, None, None
+                st.set_sizes.append(len(cands))
+                if len(cands) == 1:
+                    self._take(row, 0)  # may find the forced token forwarded ahead (NEED_LOGITS again)
+                else:
+                    st.after = None
+                    st.phase = Phase.NEED_FORWARD
+
+    @staticmethod
+    def _known_set(st: RowState) -> CandidateSet | None:
+        """The set after a row's last committed token, if work ahead computed it."""
+        if st.after is not None and st.after.taken < len(st.after.sets):
+            return st.after.sets[st.after.taken]
+        return None
+
+    def _continues(self, st: RowState, nth: int, token: int) -> bool:
+        """Whether a row's episode goes on after committing ``token`` as its ``nth`` token from now."""
+        return token not in self.eos and len(st.response) + nth < self.config.max_new_tokens
+
+    def _sets_wanted(self, items: list[tuple[int, int]]) -> list[RowState]:
+        """READY rows whose work ahead waits for a candidate set (after the candidate or a forced token)."""
+        wanted = []
+        for row, _ in items:
+            st = self.rows[row]
+            if st.phase is not Phase.READY:
+                continue
+            if st.ahead is None or st.ahead.candidate != st.index:
+                st.ahead = Lookahead(candidate=st.index) if self._continues(st, 1, st.candidate) else None
+                if st.ahead is not None:
+                    wanted.append(st)
+            elif st.ahead.hidden and len(st.ahead.sets) == len(st.ahead.hidden):
+                wanted.append(st)  # the set after the last forced token forwarded ahead
+        return wanted
+
+    @staticmethod
+    def _ahead_hidden(st: RowState) -> torch.Tensor:
+        """The hidden state whose output head gives the set a row's work ahead waits for."""
+        if st.ahead.hidden:
+            return st.ahead.hidden[-1]
+        return st.chunk_hidden[st.index - st.chunk_start]
+
+    def _work_ahead(self, items: list[tuple[int, int]]) -> list[tuple[int, RowState, int, list[int]]]:
+        """At most one token per READY row to forward ahead in this round: ``(local row, state, token, follow)``.
+
+        The forced token after the candidate (and after the forced tokens forwarded before it) follows
+        their scratch slots; the last candidate of a set, when the row decides on the one before it and
+        the chunk ends there, follows nothing (it is one more alternative for the position).
+        """
+        work = []
+        for row, local in items:
+            st = self.rows[row]
+            if st.phase is not Phase.READY:
+                continue
+            a = st.ahead
+            if a is not None and a.candidate == st.index and len(a.sets) == len(a.hidden) + 1:
+                m = len(a.hidden)  # forced tokens forwarded ahead so far
+                nxt = a.sets[m]
+                # the forced token would be the row's (m + 2)-th token from now; forward it only if the
+                # episode goes on after it (its hidden state gives the next set)
+                if len(nxt) == 1 and self._continues(st, m + 2, int(nxt.tokens[0])):
+                    work.append((local, st, int(nxt.tokens[0]), [st.index - st.chunk_start, *a.slots]))
+                    continue
+            n = len(st.cands)
+            if (
+                st.last is None
+                and st.index == n - 2
+                and st.chunk_start + st.chunk_hidden.shape[0] == n - 1
+                and self._continues(st, 1, int(st.cands.tokens[n - 1]))
+            ):
+                work.append((local, st, int(st.cands.tokens[n - 1]), []))
+        return work

@@ -18,6 +18,13 @@ overwritten by the next forward.
 Keys are stored after the model applies rotary embeddings, so a slot can move without changing
 its meaning: only the position ids passed to the forward matter.
 
+A ``"tree"`` forward can also place a row's tokens further into its scratch (``offsets``) and let them
+*follow* scratch tokens of earlier forwards (``follow``): a token that follows scratch slots ``s_1 ..
+s_m`` sees the prefix, those slots and itself, at position ``length + m``, as if ``s_1 .. s_m`` had been
+committed. The decoder uses it to run the forced token after a candidate under decision ahead of the
+decision (:mod:`mara_env.decoder`); committing the candidate and then that token's slot gives the same
+cache as the usual order.
+
 A "tree" forward of rows with different token counts pads every row to the widest, and a padded
 token costs as much compute as a real one. :meth:`ReplicaEngine.forward_packed` runs such a forward
 without padding: all rows' tokens form one sequence (batch 1), the rows' prefixes are gathered side by
@@ -69,13 +76,25 @@ class ReplicaEngine:
             self.length[r] = 0
 
     @torch.no_grad()
-    def forward(self, rows: Sequence[int], tokens: Sequence[Sequence[int]], mode: str) -> torch.Tensor:
+    def forward(
+        self,
+        rows: Sequence[int],
+        tokens: Sequence[Sequence[int]],
+        mode: str,
+        offsets: Sequence[int] | None = None,
+        follow: Sequence[Sequence[int]] | None = None,
+    ) -> torch.Tensor:
         """Run the new ``tokens`` of each row in one batched forward.
 
         :param rows: the rows taking part (distinct).
         :param tokens: for each row, its new token ids (at least one).
         :param mode: ``"chain"`` (consecutive tokens, committed at once) or ``"tree"`` (alternatives
             for one position, kept in scratch until :meth:`commit`).
+        :param offsets: ``"tree"`` only: for each row, the scratch slot of its first new token (default 0,
+            right after the prefix); scratch slots below it keep what earlier forwards put there.
+        :param follow: ``"tree"`` only: for each row, scratch slots of earlier forwards that its tokens
+            follow, in order (default none): the tokens see the prefix, those slots and themselves, at
+            position ``length + len(follow)``.
         :return: last-layer hidden states after the final norm, shape ``(len(rows), max_new, hidden)``;
             entries past a row's own token count are padding.
         """
@@ -83,8 +102,14 @@ class ReplicaEngine:
         n_new = [len(t) for t in tokens]
         self.num_tokens += sum(n_new)
         width = max(n_new)
-        past_len = max(self.length[r] for r in rows)
-        self._ensure_capacity(past_len + width)
+        offs = [0] * len(rows) if offsets is None else [int(o) for o in offsets]
+        follows = [[] for _ in rows] if follow is None else [[int(s) for s in f] for f in follow]
+        if mode == "chain" and (any(offs) or any(follows)):
+            raise ValueError("offsets and follow apply to 'tree' forwards only.")
+        # the gathered past reaches the furthest followed slot; new slots may lie beyond it
+        past_len = max(self.length[r] + (max(f) + 1 if f else 0) for r, f in zip(rows, follows))
+        end = max(self.length[r] + o + n for r, o, n in zip(rows, offs, n_new))
+        self._ensure_capacity(max(past_len + width, end))
         dev = self.device
         row_idx = torch.tensor(rows, device=dev)
         lengths = torch.tensor([self.length[r] for r in rows], device=dev)
@@ -95,20 +120,20 @@ class ReplicaEngine:
             ids[i, : len(t)] = torch.as_tensor(t, dtype=torch.long)
         ids = ids.to(dev)
 
-        offsets = torch.arange(width, device=dev)
         if mode == "chain":
-            positions = lengths[:, None] + offsets[None, :]
+            positions = lengths[:, None] + torch.arange(width, device=dev)[None, :]
         elif mode == "tree":
-            positions = lengths[:, None].expand(-1, width)
+            shift = torch.tensor([len(f) for f in follows], device=dev)
+            positions = (lengths + shift)[:, None].expand(-1, width)
         else:
             raise ValueError(f"mode must be 'chain' or 'tree', got {mode!r}")
-        mask = self._build_mask(lengths, counts, past_len, width, mode)
+        mask = self._build_mask(lengths, counts, past_len, width, mode, follows)
 
         # The model's cache update writes the new keys/values in place after ``past_len`` instead of
         # concatenating. When every row takes part, the storage itself is that buffer (no copy);
         # otherwise the taking-part rows' prefixes are gathered into one (one copy).
         cache = DynamicCache()
-        in_place = list(rows) == list(range(self.num_rows))
+        in_place = list(rows) == list(range(self.num_rows)) and not any(offs) and not any(follows)
         if in_place:
             cache.layers = [_BufferLayer(k, v, past_len) for k, v in zip(self._keys, self._values)]
         else:
@@ -128,7 +153,8 @@ class ReplicaEngine:
             use_cache=True,
             cache_position=torch.arange(past_len, past_len + width, device=dev),
         )
-        self._write_back(cache, row_idx, lengths, counts, past_len, width, in_place)
+        starts = lengths + torch.tensor(offs, device=dev)
+        self._write_back(cache, row_idx, starts, counts, past_len, width, in_place)
         if mode == "chain":
             for r, n in zip(rows, n_new):
                 self.length[r] += n
@@ -217,13 +243,24 @@ class ReplicaEngine:
     # ----------------------------------------------------------------------------------- internals
 
     def _build_mask(
-        self, lengths: torch.Tensor, counts: torch.Tensor, past_len: int, width: int, mode: str
+        self,
+        lengths: torch.Tensor,
+        counts: torch.Tensor,
+        past_len: int,
+        width: int,
+        mode: str,
+        follow: Sequence[Sequence[int]] = (),
     ) -> torch.Tensor:
         """Additive mask ``(rows, 1, width, past_len + width)``: 0 where attention is allowed."""
         dev = self.device
         cols = torch.arange(past_len, device=dev)
-        allow_past = cols[None, None, :] < lengths[:, None, None]  # (rows, 1, past)
-        allow_past = allow_past.expand(-1, width, -1)
+        allow_past = cols[None, :] < lengths[:, None]  # (rows, past)
+        pairs = [(i, s) for i, slots in enumerate(follow) for s in slots]
+        if pairs:  # the followed scratch slots, as if committed
+            i_idx = torch.tensor([i for i, _ in pairs], device=dev)
+            slot = torch.tensor([s for _, s in pairs], device=dev)
+            allow_past[i_idx, lengths[i_idx] + slot] = True
+        allow_past = allow_past[:, None, :].expand(-1, width, -1)
         q = torch.arange(width, device=dev)
         if mode == "chain":
             allow_new = q[None, :] <= q[:, None]  # causal among the new tokens
@@ -275,27 +312,27 @@ class ReplicaEngine:
         self,
         cache: DynamicCache,
         row_idx: torch.Tensor,
-        lengths: torch.Tensor,
+        starts: torch.Tensor,
         counts: torch.Tensor,
         past_len: int,
         width: int,
         in_place: bool,
     ) -> None:
-        """Copy each row's new keys/values into its slots right after its committed prefix.
+        """Copy each row's new keys/values into its scratch slots from ``starts`` (prefix length plus offset).
 
-        ``in_place``: the forward wrote into the storage itself (every row took part), so rows
-        already as long as the longest have their new slots where they belong.
+        ``in_place``: the forward wrote into the storage itself (every row took part, no offsets), so
+        rows already as long as the longest have their new slots where they belong.
         """
         dev = self.device
         j = torch.arange(width, device=dev)
         real = j[None, :] < counts[:, None]  # (rows, width)
         if in_place:  # only rows shorter than the longest need their new slots moved
-            real &= lengths[:, None] < past_len
+            real &= starts[:, None] < past_len
         local_rows, local_j = real.nonzero(as_tuple=True)
         if local_rows.numel() == 0:
             return
         dest_rows = row_idx[local_rows]
-        dest_cols = lengths[local_rows] + local_j
+        dest_cols = starts[local_rows] + local_j
         src_cols = past_len + local_j
         for layer, (k_store, v_store) in enumerate(zip(self._keys, self._values)):
             k_buf, v_buf = cache.layers[layer].keys, cache.layers[layer].values

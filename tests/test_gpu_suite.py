@@ -95,16 +95,16 @@ def _positive(value: float) -> bool:
 def test_env_rows_compare_every_strategy_with_both_baselines(smoke):
     report, _, _ = smoke
     rows = {r["strategy"]: r for r in report["models"]["tiny"]["env"]}
-    assert list(rows) == ["authors", "lazy batch-1", "mara N=1", "mara N=4"]
+    assert list(rows) == ["authors", "lazy batch-1", "mara N=1", "mara N=4", "mara N=4 wait"]
     for r in rows.values():
         assert _positive(r["decisions_per_s"]) and _positive(r["tokens_per_s"]), r
         assert r["decisions"] > 0 and r["seconds"] > 0
         assert r["x_lazy_b1"] == pytest.approx(r["decisions_per_s"] / rows["lazy batch-1"]["decisions_per_s"])
         assert r["x_authors"] == pytest.approx(r["decisions_per_s"] / rows["authors"]["decisions_per_s"])
     assert rows["lazy batch-1"]["x_lazy_b1"] == pytest.approx(1.0)
-    for n in (1, 4):
-        assert _positive(rows[f"mara N={n}"]["forwards_per_step"])
-        assert rows[f"mara N={n}"]["chunk_size"] == "1"  # "auto" on CPU
+    for name in ("mara N=1", "mara N=4", "mara N=4 wait"):
+        assert _positive(rows[name]["forwards_per_step"])
+        assert rows[name]["chunk_size"] == "1"  # "auto" on CPU
     assert rows["authors"]["forwards_per_step"] is None
 
 
