@@ -412,20 +412,20 @@ class AcceptRejectDecoder:
             need_logits = [r for r, _ in items if self.rows[r].phase is Phase.NEED_LOGITS]
             if not need_logits:
                 return
-            computed: dict[int, CandidateSet] = {}
-            own = [r for r in need_logits if self._known_set(self.rows[r]) is None]
+            known = {r: self._known_set(self.rows[r]) for r in need_logits}
+            own = [r for r, cands in known.items() if cands is None]
             if own:
                 ahead = self._sets_wanted(items) if self.config.lookahead else []
                 hidden = [self.rows[r].last_hidden for r in own] + [self._ahead_hidden(st) for st in ahead]
                 sets = candidate_sets(engine.logits(torch.stack(hidden)), self.config.candidates)
-                computed = dict(zip(own, sets))
+                for row, cands in zip(own, sets):
+                    known[row] = cands
+                    self.rows[row].after = None  # its work ahead, if any, is used up
                 for st, cands in zip(ahead, sets[len(own) :]):
                     st.ahead.sets.append(cands)
             for row in need_logits:
                 st = self.rows[row]
-                cands = computed[row] if row in computed else self._known_set(st)
-                if row in computed:
-                    st.after = None
+                cands = known[row]
                 st.cands, st.index, st.chunk_hidden, st.last_hidden = cands, 0, None, None
                 st.set_sizes.append(len(cands))
                 if len(cands) == 1:
