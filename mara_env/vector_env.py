@@ -65,13 +65,22 @@ class TokenAcceptRejectVectorEnv(VectorEnv):
     def reset(
         self, *, seed: int | list[int | None] | None = None, options: dict[str, Any] | None = None
     ) -> tuple[np.ndarray, dict[str, Any]]:
-        """Start a new episode in every sub-environment.
+        """Start a new episode in every sub-environment (or in those of ``options["reset_mask"]``).
 
         :param seed: an int (sub-environment ``i`` gets ``seed + i``), a list of per-environment
             seeds, or ``None``.
-        :param options: as for the single environment; ``"prompt"`` then applies to all.
+        :param options: as for the single environment (``"prompt"`` then applies to all), plus
+
+            - ``"prompts"``: one prompt per sub-environment (``None``: drawn from the prompt set); the
+              episodes after these draw their prompts as usual;
+            - ``"reset_mask"``: a boolean array of ``num_envs`` (Gymnasium's partial reset): only those
+              sub-environments start a new episode, the others go on with theirs. The observations of
+              all are returned, the infos of the reset ones.
         """
-        super().reset(seed=int(seed) if isinstance(seed, (int, np.integer)) else None)
+        options = dict(options or {})
+        rows = self._rows if "reset_mask" not in options else self._masked(options.pop("reset_mask"))
+        if rows is self._rows:
+            super().reset(seed=int(seed) if isinstance(seed, (int, np.integer)) else None)
         if seed is None:
             seeds: list[int | None] = [None] * self.num_envs
         elif isinstance(seed, (int, np.integer)):
@@ -80,16 +89,51 @@ class TokenAcceptRejectVectorEnv(VectorEnv):
             seeds = list(seed)
             if len(seeds) != self.num_envs:
                 raise ValueError(f"reset: got {len(seeds)} seeds for {self.num_envs} environments.")
-        self.core.seed_rows(self._rows, seeds)
-        skipped = self.core.start_rows(self._rows, options)
+        self.core.seed_rows(rows, [seeds[row] for row in rows])
+        skipped = self._start(rows, options or None)
         self._started = True
         infos: dict[str, Any] = {}
-        for row in self._rows:
+        for row in rows:
             info = self.core.candidate_info(row)
             if skipped[row]:
                 info["skipped_episodes"] = skipped[row]
             infos = self._add_info(infos, info, row)
         return self.core.observations(self._rows), infos
+
+    def _masked(self, mask: Any) -> list[int]:
+        """The rows of a partial reset's ``reset_mask``."""
+        array = np.asarray(mask)
+        if array.dtype != np.bool_ or array.shape != (self.num_envs,) or not array.any():
+            raise ValueError(
+                f"reset options: 'reset_mask' must be a boolean array of shape ({self.num_envs},) with at least one "
+                f"True (the sub-environments to reset), got {mask!r:.80}."
+            )
+        if not self._started and not array.all():
+            raise ValueError("reset options: a partial reset ('reset_mask') needs a full reset() first.")
+        return [int(row) for row in np.flatnonzero(array)]
+
+    def _start(self, rows: list[int], options: dict[str, Any] | None) -> dict[int, int]:
+        """Start the episodes of ``rows``, with ``options["prompts"]`` giving each row its own prompt."""
+        if options is None or "prompts" not in options:
+            return dict(zip(rows, self.core.start_rows(rows, options)))
+        rest = {key: value for key, value in options.items() if key != "prompts"}
+        prompts = options["prompts"]
+        if rest:
+            raise ValueError(
+                f"reset options: 'prompts' (one prompt per sub-environment) cannot be combined with "
+                f"{', '.join(map(repr, rest))}; give one prompt per row in 'prompts' instead."
+            )
+        if isinstance(prompts, str) or not isinstance(prompts, (list, tuple)) or len(prompts) != self.num_envs:
+            raise ValueError(
+                f"reset options: 'prompts' must be a list of {self.num_envs} prompts (one per sub-environment, None to "
+                f"draw one), got {prompts!r:.80}; for one prompt in every row use 'prompt'."
+            )
+        drawn = [row for row in rows if prompts[row] is None]
+        skipped = dict(zip(drawn, self.core.start_rows(drawn) if drawn else []))
+        for row in rows:
+            if prompts[row] is not None:  # the core takes one prompt for all the rows it starts: one row at a time
+                skipped[row] = self.core.start_rows([row], {"prompt": prompts[row]})[0]
+        return skipped
 
     def step(self, actions: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
         if not self._started:

@@ -1,6 +1,7 @@
 """Soft Actor-Critic for discrete action spaces, with the Stable-Baselines3 API."""
 
 import math
+from collections.abc import Callable
 from typing import Any, ClassVar, TypeVar
 
 import numpy as np
@@ -257,6 +258,9 @@ class DiscreteSAC(OffPolicyAlgorithm):
         self.warmup = warmup
         self.critic_warmup_steps = critic_warmup_steps
         self.ent_coef_optimizer: th.optim.Adam | None = None
+        #: An extra term of the actor loss, called at every gradient step with the algorithm (e.g.
+        #: :class:`agents.teacher.BehaviourCloning`); ``None`` or a returned ``None``: no term. Not saved.
+        self.auxiliary_actor_loss: Callable[[DiscreteSAC], th.Tensor | None] | None = None
 
         if _init_setup_model:
             self._setup_model()
@@ -349,6 +353,7 @@ class DiscreteSAC(OffPolicyAlgorithm):
 
         # Kept as tensors and read once at the end: no host sync per step just for logging
         step_stats: list[th.Tensor] = []
+        auxiliary_stats: list[th.Tensor] = []
 
         # The critic-only burst still owed (all of it at the first update)
         critic_only_steps = max(0, self.critic_warmup_steps - self._n_updates)
@@ -397,6 +402,10 @@ class DiscreteSAC(OffPolicyAlgorithm):
             # Q is detached: the actor loss must not move the critics.
             min_q_values = th.stack(current_q_values).amin(dim=0).detach()
             actor_loss = (probs * (ent_coef * log_probs - min_q_values)).sum(dim=1).mean()
+            auxiliary = None if self.auxiliary_actor_loss is None else self.auxiliary_actor_loss(self)
+            if auxiliary is not None:
+                actor_loss = actor_loss + auxiliary
+                auxiliary_stats.append(auxiliary.detach().reshape(1))
 
             losses = th.stack([critic_loss, actor_loss, ent_coef_loss])
             # The losses share no parameters (each one sees the others' inputs detached),
@@ -441,6 +450,8 @@ class DiscreteSAC(OffPolicyAlgorithm):
         self.logger.record("train/entropy", entropy_mean)
         if self.ent_coef_optimizer is not None:
             self.logger.record("train/ent_coef_loss", ent_coef_loss_mean)
+        if auxiliary_stats:
+            self.logger.record("train/auxiliary_actor_loss", th.cat(auxiliary_stats).mean().item())
 
     def _non_finite_error(
         self,
@@ -505,7 +516,8 @@ class DiscreteSAC(OffPolicyAlgorithm):
         )
 
     def _excluded_save_params(self) -> list[str]:
-        return [*super()._excluded_save_params(), "actor", "critic", "critic_target"]
+        # The auxiliary loss holds data of the run that set it (e.g. demonstrations), not of the model
+        return [*super()._excluded_save_params(), "actor", "critic", "critic_target", "auxiliary_actor_loss"]
 
     def _get_torch_save_params(self) -> tuple[list[str], list[str]]:
         state_dicts = ["policy", "actor.optimizer", "critic.optimizer"]

@@ -10,7 +10,9 @@ A run has three sections:
 ``train``
     ``total_decisions``, ``num_envs``, ``seed``, ``checkpoint_every``, ``log_every``, ``device``,
     ``progress_bar``, and the Ray cluster of distributed training: ``collectors``, ``ray_address``,
-    ``collector_gpus``, ``collect_steps`` (:class:`TrainSettings`, :mod:`agents.distributed`).
+    ``collector_gpus``, ``collect_steps`` (:class:`TrainSettings`, :mod:`agents.distributed`), and
+    learning from a teacher: ``teacher``, ``teacher_weight``, ``teacher_k``, ``teacher_prompts``,
+    ``teacher_bc``, ``teacher_bc_decisions`` (:mod:`agents.teacher`).
 
 Precedence: :data:`DEFAULT_RUN` < config file (TOML or YAML) < command-line flags. A run writes its
 fully resolved config with :meth:`RunConfig.dump`; ``mara train --config <run>/config.yaml``
@@ -29,6 +31,7 @@ repeats it. Example file (``run.yaml``)::
 from __future__ import annotations
 
 import copy
+import math
 import re
 import sys
 from collections.abc import Mapping
@@ -41,6 +44,7 @@ import yaml
 from agents.files import write_text_atomic
 from agents.hints import did_you_mean
 from agents.registry import ALGORITHMS, check_overrides, get_spec, resolve_kwargs
+from agents.teacher import TEACHERS
 from mara_env import VERSIONS, MARAConfig, type_problem
 
 #: The default run ("main job"): what ``mara train`` does with no options. The embedded
@@ -71,6 +75,13 @@ DEFAULT_RUN: dict[str, dict[str, Any]] = {
         ray_address=None,
         collector_gpus=None,
         collect_steps=8,
+        # Learning from ARGS (agents.teacher): None trains on the agent's own experience only
+        teacher=None,
+        teacher_weight=10.0,
+        teacher_k=10,
+        teacher_prompts=64,
+        teacher_bc=0.0,
+        teacher_bc_decisions=15_000,
     ),
 }
 
@@ -112,9 +123,30 @@ class TrainSettings:
         default=8,
         metadata={"help": "vector steps per collection task of a collector (collect_steps * num_envs decisions)."},
     )
+    teacher: str | None = field(
+        default=None,
+        metadata={
+            "help": "learn from a teacher's demonstrations: 'args' (reward-guided decoding on training prompts, "
+            "replayed through the environment into the replay buffer; agents/teacher.py) or none."
+        },
+    )
+    teacher_weight: float = field(default=10.0, metadata={"help": "the ARGS teacher's reward weight w (>= 0)."})
+    teacher_k: int = field(default=10, metadata={"help": "the ARGS teacher's candidates per position (>= 2)."})
+    teacher_prompts: int = field(
+        default=64,
+        metadata={"help": "training prompts the teacher answers; its replayed decisions count in total_decisions."},
+    )
+    teacher_bc: float = field(
+        default=0.0,
+        metadata={"help": "weight of the behaviour-cloning term on the teacher's decisions (0: none), fading to 0."},
+    )
+    teacher_bc_decisions: int = field(
+        default=15_000, metadata={"help": "decisions over which the behaviour-cloning weight fades to 0."}
+    )
 
     def __post_init__(self) -> None:
-        for name in ("total_decisions", "num_envs", "checkpoint_every", "log_every", "collect_steps"):
+        names = ("total_decisions", "num_envs", "checkpoint_every", "log_every", "collect_steps", "teacher_prompts")
+        for name in (*names, "teacher_bc_decisions"):
             value = getattr(self, name)
             if type_problem("int", value) is None and value < 1:
                 raise ValueError(f"train.{name} must be an integer >= 1, got {value!r}.")
@@ -122,6 +154,22 @@ class TrainSettings:
             raise ValueError(
                 f"train.collectors (--collectors) must be an integer >= 1 (Ray collector actors), got "
                 f"{self.collectors!r}; omit it (or set none) to train in this process."
+            )
+        if self.teacher is not None and self.teacher not in TEACHERS:
+            hint = did_you_mean(str(self.teacher), TEACHERS)
+            raise ValueError(
+                f"train.teacher (--teacher) {self.teacher!r} is not a teacher.{hint} Teachers: "
+                f"{', '.join(TEACHERS)}, or none."
+            )
+        for name, low in (("teacher_weight", 0.0), ("teacher_bc", 0.0)):
+            value = getattr(self, name)
+            if type_problem("float", value) is None and not (math.isfinite(value) and value >= low):
+                flag = "--" + name.replace("_", "-")
+                raise ValueError(f"train.{name} ({flag}) must be a finite number >= 0, got {value!r}.")
+        if type_problem("int", self.teacher_k) is None and self.teacher_k < 2:
+            raise ValueError(
+                f"train.teacher_k (--teacher-k) must be an integer >= 2 (ARGS's candidates per position; with one "
+                f"there is nothing to choose), got {self.teacher_k!r}."
             )
         gpus = self.collector_gpus
         if type_problem("float", gpus) is None and gpus is not None and gpus < 0:

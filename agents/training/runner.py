@@ -9,7 +9,9 @@ A run folder::
     checkpoint/        the latest checkpoint (model.zip, replay_buffer.npz, state.json), written atomically
     checkpoint.prev/   the one before, where --resume continues when checkpoint/ is found damaged
     model.zip          the final model (any registered algorithm; agents.loading.load_algorithm reads it)
-    summary.json       decisions, episodes, wall seconds, decisions/s, the final means
+    summary.json       decisions, episodes, wall seconds, decisions/s, the final means, the teacher's cost
+    teacher.json       with train.teacher: what the teacher did and cost (agents.teacher.TeacherReport)
+    teacher-demonstrations.npz   with train.teacher_bc > 0: the demonstrated decisions, for --resume
     cluster.json       with train.collectors: where each Ray collector ran and what it delivered
 
 :func:`make_env` and :func:`learn` are the steps every training shares (``mara train`` and
@@ -27,6 +29,7 @@ import json
 import os
 import shutil
 import sys
+import time
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -40,6 +43,15 @@ from agents.errors import CommandFailed, describe
 from agents.files import copy_atomic, write_text_atomic
 from agents.loading import load_algorithm
 from agents.registry import get_spec, make_algorithm
+from agents.teacher import (
+    BehaviourCloning,
+    Demonstrations,
+    TeacherReport,
+    load_demonstrations,
+    pretrain_steps,
+    run_teacher,
+    save_demonstrations,
+)
 from agents.training.callbacks import MARALoggingCallback, RunCheckpointCallback
 from agents.training.checkpoints import (
     CHECKPOINT_DIR,
@@ -60,6 +72,7 @@ __all__ = [
     "MODEL_FILE",
     "PROGRESS_FILE",
     "SUMMARY_FILE",
+    "TEACHER_FILE",
     "TENSORBOARD_DIR",
     "check_out",
     "learn",
@@ -75,6 +88,8 @@ CONFIG_FILE = "config.yaml"
 CLUSTER_FILE = "cluster.json"
 PROGRESS_FILE = "progress.csv"
 SUMMARY_FILE = "summary.json"
+TEACHER_FILE = "teacher.json"
+DEMONSTRATIONS_FILE = "teacher-demonstrations.npz"
 TENSORBOARD_DIR = "tb"
 #: ``<out>`` + this: where ``--overwrite`` keeps the replaced run until the new run's first checkpoint.
 REPLACED_SUFFIX = ".overwritten"
@@ -310,6 +325,7 @@ def train_run(
     :raises CommandFailed: training stopped with an error (the message says what is left and how to go on).
     """
     out = Path(out)
+    check_teacher(config)
     distributed = None
     if config.train.collectors is not None:
         # Ray collectors step the environments; this process holds the learner (agents.distributed)
@@ -338,6 +354,22 @@ def train_run(
         else:
             model = _load_checkpoint(config, checkpoint, venv, verbose)
             logging_callback.load_state_dict((state or {}).get("logging", {}))
+        teacher: TeacherReport | None = None
+        demos: Demonstrations | None = None
+        if checkpoint is None and train.teacher is not None:
+            # The teacher's decisions go into the replay buffer and count as the run's first decisions
+            teacher, demos = run_teacher(
+                model,
+                config.env_id,
+                config.env_kwargs,
+                prompts=train.teacher_prompts,
+                weight=train.teacher_weight,
+                k=train.teacher_k,
+                seed=train.seed,
+                progress=train.progress_bar,
+            )
+        elif train.teacher is not None and train.teacher_bc > 0 and (out / DEMONSTRATIONS_FILE).is_file():
+            demos = load_demonstrations(out / DEMONSTRATIONS_FILE)  # resumed: the cloning goes on where it was
 
         # The run starts: from here on the folder changes
         aside = None
@@ -351,6 +383,10 @@ def train_run(
                 config.dump(out / CONFIG_FILE)
             if distributed is not None:
                 write_text_atomic(out / CLUSTER_FILE, json.dumps(distributed.layout, indent=2))
+            if teacher is not None:
+                write_text_atomic(out / TEACHER_FILE, json.dumps(teacher.to_dict(), indent=2))
+                if demos is not None and train.teacher_bc > 0:
+                    save_demonstrations(out / DEMONSTRATIONS_FILE, demos)
         except BaseException:  # e.g. a folder that cannot be written: undo, and report it as given
             if aside is not None:
                 shutil.rmtree(out, ignore_errors=True)
@@ -369,12 +405,19 @@ def train_run(
         try:
             logger = make_logger(out, verbose, keep_until=model.num_timesteps if checkpoint else None)
             model.set_logger(logger)
+            if demos is not None and train.teacher_bc > 0:
+                model.auxiliary_actor_loss = BehaviourCloning(
+                    demos, train.teacher_bc, train.teacher_bc_decisions, model.batch_size, seed=train.seed
+                )
+            if teacher is not None:
+                _pretrain(model, teacher, out)
+                logging_callback.load_state_dict({"wall_seconds": teacher.wall_seconds})
             (learn if distributed is None else distributed.learn)(
                 model,
                 train.total_decisions - model.num_timesteps,
                 logging_callback,
                 [checkpoint_callback],
-                reset_num_timesteps=checkpoint is None,
+                reset_num_timesteps=checkpoint is None and teacher is None,
                 progress_bar=train.progress_bar,
             )
             if distributed is not None:  # the layout with what each collector delivered
@@ -409,6 +452,42 @@ def train_run(
             distributed.close()
 
 
+def check_teacher(config: RunConfig) -> None:
+    """Refuse a teacher setting the run cannot use, before anything is loaded."""
+    train = config.train
+    if train.teacher is None:
+        return
+    if train.collectors is not None:
+        raise ValueError(
+            "--teacher replays its demonstrations in this process and cannot be combined with --collectors "
+            "(Ray collectors); leave one of them out."
+        )
+    spec = get_spec(config.agent.algo)
+    if spec.on_policy:
+        raise ValueError(
+            f"--teacher puts demonstrations into a replay buffer, and --algo {config.agent.algo} learns on-policy "
+            "without one: use sac-discrete (or dqn / qrdqn, without --teacher-bc)."
+        )
+    if train.teacher_bc > 0 and config.agent.algo != "sac-discrete":
+        raise ValueError(
+            f"--teacher-bc adds a term to DiscreteSAC's actor loss; --algo {config.agent.algo} has no actor: "
+            "use --algo sac-discrete or --teacher-bc 0."
+        )
+
+
+def _pretrain(model: Any, teacher: TeacherReport, out: Path) -> None:
+    """The gradient steps the teacher's decisions earn under the model's schedule, before its own first step."""
+    start_wall, start_cpu = time.perf_counter(), time.process_time()
+    steps = pretrain_steps(model, model.num_timesteps)
+    if steps > 0 and model.replay_buffer.size() * model.n_envs >= model.batch_size:
+        model.train(gradient_steps=steps, batch_size=model.batch_size)
+        teacher.pretrain_steps = steps
+    teacher.seconds["pretrain"] = time.perf_counter() - start_wall
+    teacher.wall_seconds += teacher.seconds["pretrain"]
+    teacher.cpu_seconds += time.process_time() - start_cpu
+    write_text_atomic(out / TEACHER_FILE, json.dumps(teacher.to_dict(), indent=2))
+
+
 def _where(out: Path, config: RunConfig, *, put_back: bool) -> str:
     """What is left after training stopped early, and how to go on."""
     if put_back:
@@ -439,6 +518,8 @@ def _publish(out: Path, config: RunConfig, checkpoint: Path, *, resumed: bool) -
         "model": MODEL_FILE,
         "model_sha256": file_digest(out / MODEL_FILE)["sha256"],  # lets --resume tell a damaged model.zip
     }
+    if (out / TEACHER_FILE).is_file():  # the teacher's cost: scorer calls, LLM tokens, time (in wall_seconds too)
+        summary["teacher"] = json.loads((out / TEACHER_FILE).read_text(encoding="utf-8"))
     write_text_atomic(out / SUMMARY_FILE, json.dumps(summary, indent=2))
     return summary
 
