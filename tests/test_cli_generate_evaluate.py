@@ -128,3 +128,22 @@ def test_generate_reads_a_prompts_file_and_refuses_missing_or_empty_ones(tiny_ru
     assert main(["generate", "--run", str(run), "--file", str(empty)]) == 2
     err = capsys.readouterr().err
     assert "empty.txt" in err or "no prompts" in err
+
+
+def test_evaluate_states_the_spread_over_several_agents(tiny_run, capsys):
+    run, _ = tiny_run
+    args = ["evaluate", "--run", str(run), "--best-of", "0", "--no-progress"]
+    assert main([*args, "--out", str(run / "eval-one")]) == 0
+    assert "one agent is one training run" in capsys.readouterr().out
+    report = json.loads((run / "eval-one" / "report.json").read_text())
+    assert report["spread"] is None and "One agent is one training run" in (run / "eval-one" / "report.md").read_text()
+
+    # Two agents (here the same model under two names, as runs of one recipe would be): their mean and spread
+    second = ["--agent", f"again={run / 'model.zip'}"]
+    assert main([*args, *second, "--out", str(run / "eval-two"), "--seed", "3"]) == 0
+    assert "2 agents: preference rate mean" in capsys.readouterr().out
+    report = json.loads((run / "eval-two" / "report.json").read_text())
+    rates = [report["comparisons"][name]["rate"] for name in ("mara", "again")]
+    assert report["spread"]["systems"] == ["mara", "again"]
+    assert report["spread"]["rate"]["mean"] == pytest.approx(sum(rates) / 2)
+    assert "Spread over 2 agents" in (run / "eval-two" / "report.md").read_text()

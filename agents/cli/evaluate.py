@@ -178,6 +178,14 @@ def run(args: argparse.Namespace) -> int:
             f"  reward diff {reward['mean']:+.3f} [{reward['ci_low']:+.3f}, {reward['ci_high']:+.3f}]"
             f"  cost diff {cost['mean']:+.3f} [{cost['ci_low']:+.3f}, {cost['ci_high']:+.3f}]"
         )
+    if report["spread"]:
+        rate = report["spread"]["rate"]
+        print(
+            f"  {len(agents)} agents: preference rate mean {rate['mean']:+.3f} ± {rate['std']:.3f} (std over agents, "
+            "e.g. training seeds)"
+        )
+    elif len(agents) == 1:
+        print("  (one agent is one training run; pass several with --agent NAME=PATH for their mean and spread)")
     for name, s in report["systems"].items():
         per_token = s["llm_tokens_per_response_token"]
         shown = "-" if per_token is None else f"{per_token:.2f}"

@@ -332,10 +332,11 @@ def run_comparison(
         "best_of": n,
         "args": [g.name for g in args_gens],
         "deterministic_agents": deterministic,
+        "agents": len(agents),
         **{k: v for k, v in generator_kwargs.items() if isinstance(v, (int, float, str, type(None)))},
         **(dict(meta) if meta else {}),
     }
-    return write_report(out, systems, baseline=BASE, meta=info, training_log=training_log)
+    return write_report(out, systems, baseline=BASE, meta=info, training_log=training_log, spread_over=list(agents))
 
 
 def _best_of_n(

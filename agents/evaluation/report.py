@@ -114,6 +114,22 @@ def _markdown(
             )
     else:
         lines.append("*(only the baseline was evaluated: nothing to compare)*")
+    spread = report.get("spread")
+    if spread:
+        rate = spread["rate"]
+        lines += [
+            "",
+            f"**Spread over {len(spread['systems'])} agents** ({', '.join(spread['systems'])}; e.g. training seeds of "
+            f"one recipe): preference rate mean {rate['mean'] * 100:+.2f}% ± {rate['std'] * 100:.2f} (sample standard "
+            "deviation); each agent's interval above counts its answers only, not the spread between training runs.",
+        ]
+    elif len(report["comparisons"]) and report["meta"].get("agents") == 1:
+        lines += [
+            "",
+            "One agent is one training run: the same recipe trained with another seed scores differently (the "
+            "README's measured results give the spread over seeds). Pass several runs' agents (`mara evaluate "
+            "--agent NAME=PATH`, repeated) to report their mean and spread.",
+        ]
     if report["head_to_head"]:
         lines += [
             "",
@@ -197,6 +213,7 @@ def write_report(
     meta: dict | None = None,
     training_log: str | Path | None = None,
     examples: int = 5,
+    spread_over: Sequence[str] = (),
 ) -> dict[str, Any]:
     """
     Compare every system with the baseline and write the report files into ``folder``.
@@ -219,13 +236,17 @@ def write_report(
         date and time) is added unless given
     :param training_log: Stable-Baselines3 ``progress.csv`` of the training run, for ``training_curves.png``
     :param examples: Number of prompts shown with all responses side by side in ``report.md``
+    :param spread_over: Systems of one recipe (e.g. agents trained with different seeds): with two or more, the
+        mean and sample standard deviation of their preference rates against the baseline (``spread``)
     :return: The contents of ``report.json``: ``meta``, ``baseline``, ``level``, ``n_resamples``, ``seed``,
         ``samples_per_prompt``, ``systems`` (name -> :meth:`SystemResult.summary`), ``comparisons`` (name ->
         ``Preference.to_dict()`` plus ``baseline``, ``samples_per_prompt``, and ``reward_diff`` and ``cost_diff``,
         each ``MeanDifference.to_dict()`` of system - baseline), ``head_to_head`` (``"A vs B"`` for every
         other pair of non-baseline systems, A listed first: the same fields with B as the opponent), ``rows``
         (per prompt and sample: ``index``, ``sample``, ``prompt`` and per system ``response``, ``reward``,
-        ``cost``, ``num_tokens`` and ``outcome`` against the baseline), ``missing_training_columns`` and ``files``
+        ``cost``, ``num_tokens`` and ``outcome`` against the baseline), ``spread`` (with ``spread_over``:
+        ``systems`` and ``rate`` with ``mean``, ``std``, ``values``; else ``None``), ``missing_training_columns``
+        and ``files``
     """
     systems = list(systems)
     if not systems:
@@ -273,6 +294,18 @@ def write_report(
                 "cost_diff": mean_difference(a.cost_score, b.cost_score, **boot).to_dict(),
             }
 
+    spread = None
+    unknown = [name for name in spread_over if name not in comparisons]
+    if unknown:
+        listed = ", ".join(names)
+        raise ValueError(f"spread_over names {', '.join(unknown)}, which are not compared systems ({listed}).")
+    if len(spread_over) >= 2:
+        rates = np.array([comparisons[name]["rate"] for name in spread_over])
+        spread = {
+            "systems": list(spread_over),
+            "rate": {"mean": float(rates.mean()), "std": float(rates.std(ddof=1)), "values": rates.tolist()},
+        }
+
     rows = []
     for r, (i, j) in enumerate(zip(base.prompt_index, base.sample_index)):
         per_system = {}
@@ -317,6 +350,7 @@ def write_report(
             "systems": {s.name: s.summary() for s in systems},
             "comparisons": comparisons,
             "head_to_head": head_to_head,
+            "spread": spread,
             "rows": rows,
             "missing_training_columns": missing_columns,
             "files": files,
