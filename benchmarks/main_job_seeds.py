@@ -52,6 +52,8 @@ from seeded_runs import (  # benchmarks/seeded_runs.py, beside this script
 )
 
 from agents.evaluation.statistics import compare, preference
+from agents.training.run_config import RunConfig
+from agents.training.runner import CONFIG_FILE
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -167,7 +169,8 @@ def args_system(prompts_from: Path, out: Path, runs: dict[int, Path], evaluate_a
     prompts = list(dict.fromkeys(row["prompt"] for row in first["rows"]))
     batch = shlex.split(evaluate_args)
     batch_size = int(batch[batch.index("--batch-size") + 1]) if "--batch-size" in batch else 64
-    report = compare_agents({}, out, prompts, args=ARGS, batch_size=batch_size, progress=False)
+    env = RunConfig.from_file(prompts_from / CONFIG_FILE).env  # decoded with the runs' own settings
+    report = compare_agents({}, out, prompts, args=ARGS, batch_size=batch_size, progress=False, env=env)
     name = next(n for n in report["systems"] if n.startswith("args-"))
     base_again = [row["systems"]["base"]["response"] for row in report["rows"]]
     same_base = base_again == [row["systems"]["base"]["response"] for row in first["rows"]]

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from agents.cli.common import DECODING_KEYS, LLM_KEYS
 from agents.evaluation import held_out_prompts, run_comparison
 from agents.evaluation.statistics import compare, mean_difference, preference
 from agents.training.run_config import RunConfig
@@ -129,9 +130,13 @@ def compare_agents(
     batch_size: int = 64,
     progress: bool = True,
     meta: Mapping[str, Any] | None = None,
+    env: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """One comparison of every agent (and best-of-N / ARGS) with the base LLM, decoded as ``mara evaluate`` does."""
-    env = RunConfig.default().env
+    """One comparison of every agent (and best-of-N / ARGS) with the base LLM, decoded as ``mara evaluate`` does.
+
+    :param env: the runs' environment settings (default: the default run's).
+    """
+    env = RunConfig.default().env if env is None else env
     return run_comparison(
         {name: str(path) for name, path in agents.items()},
         out,
@@ -145,12 +150,11 @@ def compare_agents(
         cost_model=env["cost_model"],
         alpha_r=env["alpha_r"],
         alpha_c=env["alpha_c"],
-        top_k=env["top_k"],
-        top_p=env["top_p"],
-        temperature=env["temperature"],
         batch_size=batch_size,
         progress=progress,
         meta=meta,
+        # the LLM and decoding settings mara evaluate takes from a run
+        **{key: env[key] for key in (*LLM_KEYS, *DECODING_KEYS) if key in env},
     )
 
 
