@@ -160,7 +160,7 @@ class MaraRunner:
 
     def forwards_per_step(self) -> float:
         """LLM forwards per environment step (prompt prefills included)."""
-        return sum(e.num_forwards for e in self.envs.core.decoder.engines) / max(self.steps, 1)
+        return self.envs.core.decoder.num_forwards / max(self.steps, 1)
 
     def counters(self) -> tuple[int, int]:
         """Decisions so far, and response tokens so far (finished episodes plus running ones)."""
@@ -186,14 +186,14 @@ class ForwardBound:
         for _ in range(n_envs):
             ids = fmt.token_ids(prompts[int(rng.integers(len(prompts)))])[0]
             prefixes.append(list(ids) + rng.integers(vocab, size=max_new_tokens // 2).tolist())
-        self.engine.forward(list(range(n_envs)), prefixes, "chain")
+        self.engine.run(list(range(n_envs)), chain=prefixes)
         self.rows = list(range(n_envs))
         self.tokens = [[int(t)] for t in rng.integers(vocab, size=n_envs)]
         self.decisions = 0
 
     def step(self) -> None:
-        hidden = self.engine.forward(self.rows, self.tokens, "tree")
-        self.engine.logits(hidden[:, 0])
+        out = self.engine.run(self.rows, tree=self.tokens)
+        self.engine.logits(out.hidden)
         self.decisions += len(self.rows)
 
     def counters(self) -> tuple[int, int]:

@@ -374,10 +374,6 @@ class MARAConfig:
                 raise TypeError(f"MARA got an unknown argument {key!r}.{hint}")
         return cls(**kwargs)
 
-    def resolved_chunking(self, device: torch.device, set_cap: int) -> ChunkPlan:
-        """The environment's chunk plan on ``device`` (:func:`resolve_chunking`)."""
-        return resolve_chunking(self.chunk_size, device, set_cap)
-
     @property
     def np_obs_dtype(self) -> np.dtype:
         return np.dtype(self.obs_dtype)

@@ -138,7 +138,7 @@ class TokenAcceptRejectEnv(gym.Env[np.ndarray, np.int64]):
         step = self.core.decide([0], np.array([a]))
         reward = float(step.reward[0])
         if step.done[0]:
-            terminal, infos = self.core.finish([0])
+            terminal, infos = self.core.finish([step.ended[0]])
             reward += float(terminal[0])
             info = infos[0] | step_info(step, 0)
             self._needs_reset = True

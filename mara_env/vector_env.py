@@ -18,10 +18,10 @@ from mara_env.observation import ObservationLayout
 class TokenAcceptRejectVectorEnv(VectorEnv):
     """``num_envs`` episodes of :class:`~mara_env.env.TokenAcceptRejectEnv`, stepped together.
 
-    Each step runs one batched LLM forward per replica for all sub-environments that need new
-    hidden states (forced tokens and candidate chunks alike), with each sequence's KV cache kept
-    between steps. Sub-environments are split into contiguous blocks, one per replica, and the
-    replicas run concurrently. Sub-environment ``i`` behaves exactly like a single environment
+    Each step runs batched LLM forwards per replica for all sub-environments that need new
+    hidden states (forced tokens, candidate chunks and the prompts of restarted episodes alike), with
+    each sequence's KV cache kept between steps. Sub-environments are split into contiguous blocks,
+    one per replica, and the replicas run concurrently. Sub-environment ``i`` behaves exactly like a single environment
     seeded with ``seed + i``.
 
     Autoreset is ``SAME_STEP``: when a sub-environment's episode ends, the returned observation is
@@ -95,22 +95,21 @@ class TokenAcceptRejectVectorEnv(VectorEnv):
         if not self._started:
             raise RuntimeError("step() called before reset(); call envs.reset() first.")
         acts = self._parse_actions(actions)
-        step = self.core.decide(self._rows, acts)
+        # ended episodes restart within the step's own rounds of forwards (SAME_STEP autoreset)
+        step = self.core.decide(self._rows, acts, restart=True)
         done = step.done
         rewards = step.reward.copy()
         finished = [row for row in self._rows if done[row]]
         infos: dict[str, Any] = {}
         if finished:
-            terminal, episode_infos = self.core.finish(finished)
+            terminal, episode_infos = self.core.finish([step.ended[row] for row in finished])
             rewards[finished] += terminal
             zero = np.zeros(self.single_observation_space.shape, dtype=self.single_observation_space.dtype)
             for row, ep_info in zip(finished, episode_infos):
                 ep_info |= step_info(step, row)
                 infos = self._add_info(infos, {"final_obs": zero.copy(), "final_info": ep_info}, row)
-            skipped = self.core.start_rows(finished)
-            for row, n in zip(finished, skipped):
-                if n:
-                    infos = self._add_info(infos, {"skipped_episodes": n}, row)
+                if step.skipped[row]:
+                    infos = self._add_info(infos, {"skipped_episodes": step.skipped[row]}, row)
         for row in self._rows:
             infos = self._add_info(infos, self.core.candidate_info(row) | step_info(step, row), row)
         obs = self.core.observations(self._rows)

@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agents.generation import ContinuousBatch, Generation, MARAGenerator, RowRequest
-from mara_env import Phase
 
 __all__ = ["BatcherStats", "ContinuousBatcher", "Job", "QueueFull"]
 
@@ -168,7 +167,7 @@ class ContinuousBatcher:
                 if incoming:
                     rows = self._batch.free_rows[: len(incoming)]
                     self._rows.update(zip(rows, incoming))
-                    self._finish(self._batch.start(rows, [job.request for job in incoming]))
+                    self._batch.start(rows, [job.request for job in incoming])
                 if self._rows:
                     self._step()
             except Exception as exc:  # a failure of the model: fail the answers in progress, keep serving
@@ -203,8 +202,7 @@ class ContinuousBatcher:
 
     def _step(self) -> None:
         before = self._batch.num_decisions
-        rows = self._batch.decoder.rows
-        deciding = {self._groups.get(id(job)) for r, job in self._rows.items() if rows[r].phase is Phase.READY}
+        deciding = {self._groups.get(id(self._rows[r])) for r in self._batch.ready_rows}
         ended = self._batch.step()
         decided = self._batch.num_decisions - before
         if decided:

@@ -18,7 +18,7 @@ def model_names(generator: MARAGenerator, run: Path | None, agent: str | None) -
     :param run: the training run, if the agent came from one.
     :param agent: the agent file given instead of a run.
     """
-    base = generator.replicas[0].name
+    base = generator.session.replicas[0].name
     aligned = Path(run).name if run is not None else Path(agent).stem if agent else "mara"
     if aligned == base:
         aligned = f"{aligned}-mara"

@@ -20,7 +20,6 @@ import numpy as np
 from agents.generation import Generation, MARAGenerator, RowRequest
 from agents.serving.batcher import ContinuousBatcher, Job, QueueFull
 from agents.serving.protocol import APIError, ChatMessage, _Sampling
-from mara_env import default_max_prompt_tokens
 
 __all__ = ["CompletionService", "Prompt"]
 
@@ -65,9 +64,9 @@ class CompletionService:
         self.aligned_name = aligned_name
         self.base_name = base_name
         self.default_max_tokens = max_tokens
-        # max_new_tokens=0, chunk 0: the room for a prompt is the whole context
-        self.context = default_max_prompt_tokens(generator.replicas[0].model, 0, 0)
-        self.chunk_size = generator.largest_chunk  # the room kept after the prompt
+        self.session = generator.session
+        self.context = self.session.context
+        self.chunk_size = self.session.largest_chunk  # the room kept after the prompt
         self.batcher = ContinuousBatcher(
             generator, max_batch, queue_size, self.context if self.context is not None else 1 << 20
         )
@@ -99,14 +98,14 @@ class CompletionService:
         """The chat's prompt ids in the run's prompt format (its chat template and system prompt)."""
         if not messages:
             raise APIError(400, "messages is empty; send at least one message, e.g. a user turn.", param="messages")
-        fmt = self.generator.prompt_format
+        fmt = self.session.prompt_format
         turns = [{"role": "system" if m.role == "developer" else m.role, "content": m.text} for m in messages]
         if fmt.system_prompt is not None and turns[0]["role"] != "system":
             turns.insert(0, {"role": "system", "content": fmt.system_prompt})
         if not fmt.uses_chat_template:  # the plain template of one user text
             text = "\n\n".join(t["content"] for t in turns)
             return self._encode_user(text, "messages")
-        tok = self.generator.tokenizer
+        tok = self.session.tokenizer
         text = tok.apply_chat_template(turns, add_generation_prompt=True, tokenize=False)
         # chat templates carry their own special tokens, as PromptFormat encodes them
         return Prompt(text, list(tok(text, add_special_tokens=False)["input_ids"]))
@@ -121,7 +120,7 @@ class CompletionService:
     def _encode_user(self, text: str, param: str) -> Prompt:
         if not text.strip():
             raise APIError(400, f"{param} holds no text; send a non-empty prompt.", param=param)
-        fmt = self.generator.prompt_format
+        fmt = self.session.prompt_format
         ids, _ = fmt.token_ids(text)
         return Prompt(fmt.text(text), ids)
 
@@ -162,7 +161,7 @@ class CompletionService:
         The candidate sets are the agent's training settings; other ``temperature`` or ``top_p`` values would
         change them (and the reference probabilities the agent sees), so they are refused.
         """
-        config = self.generator.candidates
+        config = self.session.candidates
         for name, value, own in (
             ("temperature", body.temperature, config.temperature),
             ("top_p", body.top_p, config.top_p),
@@ -273,7 +272,7 @@ class CompletionService:
                 if kind == "error":
                     raise RuntimeError(value)
                 if kind == "tokens":
-                    text = self.generator._decode(value)
+                    text = self.session.decode(value)
                     if len(text) > len(shown[i]) and text.startswith(shown[i]) and not text.endswith("\ufffd"):
                         piece, shown[i] = text[len(shown[i]) :], text
                         yield i, piece, None
