@@ -28,12 +28,19 @@ cost no forward and rows waiting for a forward share it.
 
 A row that takes a candidate followed by a forced token needs two forwards in a row (the forced
 token's, then the next candidate's), so in an environment with many rows almost every step runs
-extra rounds of a few rows each. With ``lookahead`` the decoder works ahead in the rounds that run
-anyway: the set after each READY candidate is computed with the other rows' output head, and where it
-is a single token that token is forwarded after the candidate in scratch (``follow`` in
-:meth:`ReplicaEngine.run`), as is the last candidate of a set after the second-to-last one. An accept
-(or a reject into the last candidate) then finds that forward done. Decisions, tokens and
-observations are the same as without lookahead.
+extra rounds of a few rows each. With ``lookahead`` the decoder works ahead of each READY row's
+decision, one token per branch per forward, in the forwards that run anyway:
+
+- the *accept* branch: the set after the candidate (computed with the other rows' output head), then
+  the token that follows it, forwarded after the candidate in scratch (``follow`` in
+  :meth:`ReplicaEngine.run`): a forced token, whose own set then comes with the next head call, and so
+  on, until the chain reaches a set of several candidates, whose first candidate is forwarded last;
+- the *reject* branch: the next candidate of the set, when the chunk does not hold it.
+
+An accept (or a reject) then finds the forwards it needs done, and a row whose work ahead covers its
+next decision needs no forward at all in that step; an environment whose rows need nothing runs one
+forward of work ahead per step anyway (it costs the same forward the next step would need, and keeps
+the next decisions covered). Decisions, tokens and observations are the same as without lookahead.
 
 With several replicas, rows are split into contiguous blocks, one per replica, and the replicas'
 forwards run in parallel threads (torch releases the GIL inside its kernels).
@@ -74,10 +81,11 @@ WAITING = (Phase.PREFILL, Phase.NEED_LOGITS, Phase.NEED_FORWARD)
 class Lookahead:
     """Work done past candidate ``candidate`` in case it is accepted (decoders with ``lookahead``).
 
-    ``sets[m]`` is the candidate set after the candidate and ``m`` forced tokens; where ``sets[m]`` is a
-    single token, ``hidden[m]`` is that token's hidden state, forwarded ahead into scratch slot ``slots[m]``
-    (after the candidate and the forced tokens before it). ``taken`` counts the forced tokens committed
-    since the candidate was accepted.
+    ``sets[m]`` is the candidate set after the candidate and ``m`` forced tokens. ``hidden[m]`` is the hidden
+    state of the token that follows there, forwarded ahead into scratch slot ``slots[m]`` (after the candidate
+    and the tokens before it): the forced token where ``sets[m]`` is a single token, else the set's first
+    candidate, which ends the chain. ``taken`` counts the forced tokens committed since the candidate was
+    accepted.
     """
 
     candidate: int
@@ -106,7 +114,8 @@ class RowState:
     scratch_end: int = 0  # first scratch slot not holding this position's chunk or work done ahead
     ahead: Lookahead | None = None  # work done past the candidate under decision
     after: Lookahead | None = None  # the same, for the candidate just taken
-    last: tuple[int, HiddenRef] | None = None  # the set's last candidate forwarded ahead: (slot, hidden)
+    chunk_slot: int = 0  # the scratch slot of the chunk's first candidate
+    sibling: tuple[int, HiddenRef] | None = None  # candidate ``index + 1`` forwarded ahead: (slot, hidden)
     finish_reason: str | None = None  # "eos" or "length"
     num_decisions: int = 0
     # sum over response tokens of log q(token): the episode's total reference log-probability,
@@ -129,6 +138,17 @@ class RowState:
     def in_chunk(self, k: int) -> bool:
         """Whether candidate ``k``'s hidden state is in the computed chunk."""
         return self.chunk is not None and self.chunk_start <= k < self.chunk_start + self.chunk_len
+
+    def slot_of(self, k: int) -> int:
+        """The scratch slot of candidate ``k`` of the chunk."""
+        return self.chunk_slot + k - self.chunk_start
+
+    def use_chunk(self, start: int, length: int, ref: HiddenRef, slot: int) -> None:
+        """Candidates ``start .. start + length - 1`` are computed (hidden states from ``ref`` on, scratch slots
+        from ``slot`` on): the row is READY on candidate ``start``."""
+        self.index, self.chunk_start, self.chunk_len, self.chunk, self.chunk_slot = start, start, length, ref, slot
+        self.scratch_end = max(self.scratch_end, slot + length)
+        self.phase = Phase.READY
 
 
 @dataclass(frozen=True)
@@ -250,7 +270,7 @@ class AcceptRejectDecoder:
         st = self.rows[row]
         st.phase = Phase.DONE
         st.chunk = st.last_hidden = st.cands = None
-        st.pending = st.ahead = st.after = st.last = None
+        st.pending = st.ahead = st.after = st.sibling = None
 
     def decide(self, rows: Sequence[int], actions: Sequence[int]) -> np.ndarray:
         """Apply the agent's decisions (1 = accept, 0 = reject) on READY ``rows``; no forward runs.
@@ -278,7 +298,12 @@ class AcceptRejectDecoder:
                 self.chunks.record(st.cands.probs, st.index)
                 self._take(row, st.index)  # the last candidate is taken without asking
             elif not st.in_chunk(st.index):
-                st.phase = Phase.NEED_FORWARD
+                sibling, st.sibling = st.sibling, None
+                if sibling is not None:
+                    self.ahead_used += 1
+                    st.use_chunk(st.index, 1, sibling[1], sibling[0])
+                else:
+                    st.phase = Phase.NEED_FORWARD
         return logp
 
     def waiting(self, rows: Sequence[int] | None = None) -> list[int]:
@@ -370,8 +395,8 @@ class AcceptRejectDecoder:
         st.response.append(token)
         st.ref_logprob += float(np.log(st.cands.probs[k]))
         st.accepted_ranks.append(k)
-        ahead, after, last = st.ahead, st.after, st.last
-        st.ahead = st.after = st.last = None
+        ahead, after, sibling = st.ahead, st.after, st.sibling
+        st.ahead = st.after = st.sibling = None
         if token in self.eos or len(st.response) >= self.config.max_new_tokens:
             st.finish_reason = "eos" if token in self.eos else "length"
             st.phase = Phase.DONE
@@ -380,14 +405,14 @@ class AcceptRejectDecoder:
         rep, local = self._where[row]
         if st.in_chunk(k):
             tensor, first = st.chunk
-            self.engines[rep].commit(local, k - st.chunk_start)
+            self.engines[rep].commit(local, st.slot_of(k))
             st.last_hidden = (tensor, first + k - st.chunk_start)
             st.after = ahead if ahead is not None and ahead.candidate == k else None
             st.phase = Phase.NEED_LOGITS
-        elif last is not None and k == len(st.cands) - 1:
+        elif sibling is not None and k == st.index:  # the last candidate, forwarded ahead
             self.ahead_used += 1
-            self.engines[rep].commit(local, last[0])
-            st.last_hidden = last[1]
+            self.engines[rep].commit(local, sibling[0])
+            st.last_hidden = sibling[1]
             st.phase = Phase.NEED_LOGITS
         elif after is not None and after.taken < len(after.hidden):
             # a forced token forwarded ahead; the accepted candidate and ``taken`` forced tokens are
@@ -437,44 +462,52 @@ class AcceptRejectDecoder:
                 tree.append(st.cands.tokens[st.index : st.index + size].tolist())
         locals_ = [loc for _, loc in need]
         widths = [len(c) + len(t) for c, t in zip(chain, tree)]
-        ahead: list[tuple[int, RowState, int, list[int]]] = []
         if self.config.packed and max(widths) * len(widths) > sum(widths):
             out = engine.run(locals_, chain, tree, packed=True)  # no padding to the widest row
-        else:
-            ahead = self._work_ahead(rows_here) if self.config.lookahead else []
-            n = len(need)
-            out = engine.run(
-                locals_ + [loc for loc, _, _, _ in ahead],
-                chain + [[] for _ in ahead],
-                tree + [[t] for _, _, t, _ in ahead],
-                offsets=[0] * n + [st.scratch_end for _, st, _, _ in ahead],
-                follow=[()] * n + [f for _, _, _, f in ahead],
-            )
-        self._assign(need, chain, tree, out)
-        self.ahead_forwarded += len(ahead)
-        for i, (_, st, _, follow_slots) in enumerate(ahead, start=len(need)):
-            ref = (out.hidden, out.start[i])
-            if follow_slots:  # the forced token after the candidate (and the forced tokens before it)
-                st.ahead.hidden.append(ref)
-                st.ahead.slots.append(st.scratch_end)
-            else:  # the set's last candidate
-                st.last = (st.scratch_end, ref)
-            st.scratch_end += 1
+            self._assign(need, chain, tree, out, list(range(len(need))))
+            return
+        ahead = self._work_ahead(rows_here) if self.config.lookahead else []
+        # one batch row per cache row, in cache order (every row taking part runs on the storage in place)
+        entries = sorted(
+            [(loc, c, t, 0, [()] * len(t)) for loc, c, t in zip(locals_, chain, tree)]
+            + [
+                (loc, [], [tok for tok, _ in work], self.rows[row].scratch_end, [f for _, f in work])
+                for row, loc, work in ahead
+            ]
+        )
+        order = {loc: i for i, (loc, *_) in enumerate(entries)}
+        out = engine.run(
+            [e[0] for e in entries],
+            [e[1] for e in entries],
+            [e[2] for e in entries],
+            offsets=[e[3] for e in entries],
+            follow=[e[4] for e in entries],
+        )
+        self._assign(need, chain, tree, out, [order[loc] for loc in locals_])
+        for row, loc, work in ahead:
+            st = self.rows[row]
+            for t, (_, follow_slots) in enumerate(work):
+                ref, slot = (out.hidden, out.start[order[loc]] + t), st.scratch_end
+                if follow_slots:  # the accept branch: the token after the candidate and the tokens before it
+                    st.ahead.hidden.append(ref)
+                    st.ahead.slots.append(slot)
+                else:  # the reject branch: the next candidate
+                    st.sibling = (slot, ref)
+                st.scratch_end += 1
+                self.ahead_forwarded += 1
 
-    def _assign(self, need: list[tuple[int, int]], chain: list, tree: list, out: RoundOutput) -> None:
+    def _assign(self, need: list[tuple[int, int]], chain: list, tree: list, out: RoundOutput, at: list[int]) -> None:
+        """Rows of ``need`` after a forward in which their tokens were batch rows ``at``."""
         for i, (row, _) in enumerate(need):
             st = self.rows[row]
-            st.ahead = st.last = None
+            st.ahead = st.sibling = None
+            st.scratch_end = 0  # a new chunk or a forced token: nothing of this position is in scratch
             if chain[i]:  # the forced token, committed by the forward
                 st.pending = None
-                st.last_hidden = (out.hidden, out.start[i])
-                st.scratch_end = 0
+                st.last_hidden = (out.hidden, out.start[at[i]])
                 st.phase = Phase.NEED_LOGITS
             else:
-                st.chunk_start, st.chunk_len = st.index, len(tree[i])
-                st.chunk = (out.hidden, out.start[i])
-                st.scratch_end = len(tree[i])
-                st.phase = Phase.READY
+                st.use_chunk(st.index, len(tree[i]), (out.hidden, out.start[at[i]]), 0)
 
     def _resolve_sets(self, engine: ReplicaEngine, items: list[tuple[int, int]]) -> None:
         """Give every NEED_LOGITS row of ``items`` its candidate set (taking single-token sets), one
@@ -503,8 +536,15 @@ class AcceptRejectDecoder:
                 st.set_sizes.append(len(cands))
                 if len(cands) == 1:
                     self._take(row, 0)  # may find the forced token forwarded ahead (NEED_LOGITS again)
+                    continue
+                after, st.after = st.after, None
+                if after is not None and after.taken < len(after.hidden):
+                    # the set's first candidate, forwarded ahead after the taken candidate and forced tokens:
+                    # ``taken + 1`` tokens are committed since, so its slot has moved that many places
+                    self.ahead_used += 1
+                    st.scratch_end = 0
+                    st.use_chunk(0, 1, after.hidden[after.taken], after.slots[after.taken] - (after.taken + 1))
                 else:
-                    st.after = None
                     st.phase = Phase.NEED_FORWARD
 
     @staticmethod
@@ -529,7 +569,7 @@ class AcceptRejectDecoder:
                 st.ahead = Lookahead(candidate=st.index) if self._continues(st, 1, st.candidate) else None
                 if st.ahead is not None:
                     wanted.append(st)
-            elif st.ahead.hidden and len(st.ahead.sets) == len(st.ahead.hidden):
+            elif st.ahead.hidden and len(st.ahead.sets) == len(st.ahead.hidden) and len(st.ahead.sets[-1]) == 1:
                 wanted.append(st)  # the set after the last forced token forwarded ahead
         return wanted
 
@@ -540,33 +580,38 @@ class AcceptRejectDecoder:
             return st.ahead.hidden[-1]
         return st.candidate_hidden
 
-    def _work_ahead(self, items: list[tuple[int, int]]) -> list[tuple[int, RowState, int, list[int]]]:
-        """At most one token per READY row to forward ahead in this round: ``(local row, state, token, follow)``.
+    def _work_ahead(self, items: list[tuple[int, int]]) -> list[tuple[int, int, list[tuple[int, list[int]]]]]:
+        """What READY rows forward ahead in this round, at most one token per branch: ``(row, local row,
+        [(token, followed slots), ...])``, the tokens going to the row's scratch from ``scratch_end`` on
+        (module docstring).
 
-        The forced token after the candidate (and after the forced tokens forwarded before it) follows
-        their scratch slots; the last candidate of a set, when the row decides on the one before it and
-        the chunk ends there, follows nothing (it is one more alternative for the position).
+        The accept branch's next token follows the candidate's scratch slot and those of the tokens forwarded
+        after it; the reject branch's next candidate follows nothing (it is one more alternative for the
+        position).
         """
         work = []
         for row, local in items:
             st = self.rows[row]
             if st.phase is not Phase.READY:
                 continue
+            tokens: list[tuple[int, list[int]]] = []
             a = st.ahead
             if a is not None and a.candidate == st.index and len(a.sets) == len(a.hidden) + 1:
-                m = len(a.hidden)  # forced tokens forwarded ahead so far
+                m = len(a.hidden)  # tokens forwarded ahead so far, all forced
                 nxt = a.sets[m]
-                # the forced token would be the row's (m + 2)-th token from now; forward it only if the
-                # episode goes on after it (its hidden state gives the next set)
-                if len(nxt) == 1 and self._continues(st, m + 2, int(nxt.tokens[0])):
-                    work.append((local, st, int(nxt.tokens[0]), [st.index - st.chunk_start, *a.slots]))
-                    continue
-            n = len(st.cands)
+                token = int(nxt.tokens[0])
+                # a forced token would be the row's (m + 2)-th token from now: forward it only if the episode
+                # goes on after it (its hidden state gives the next set); a first candidate is a decision
+                if len(nxt) > 1 or self._continues(st, m + 2, token):
+                    tokens.append((token, [st.slot_of(st.index), *a.slots]))
+            k, n = st.index + 1, len(st.cands)
             if (
-                st.last is None
-                and st.index == n - 2
-                and st.chunk_start + st.chunk_len == n - 1
-                and self._continues(st, 1, int(st.cands.tokens[n - 1]))
+                st.sibling is None
+                and k < n
+                and not st.in_chunk(k)
+                and (k < n - 1 or self._continues(st, 1, int(st.cands.tokens[k])))
             ):
-                work.append((local, st, int(st.cands.tokens[n - 1]), []))
+                tokens.append((int(st.cands.tokens[k]), []))
+            if tokens:
+                work.append((row, local, tokens))
         return work

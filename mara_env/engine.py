@@ -11,11 +11,13 @@ taking-part row new tokens in two parts:
   chain and itself, all at position ``length + len(chain)``, and lands in scratch until
   :meth:`ReplicaEngine.commit` keeps one of them (an accepted candidate costs no second forward).
 
-A tree can also be placed further into the row's scratch (``offsets``) and *follow* scratch tokens of
-earlier forwards (``follow``): a token that follows scratch slots ``s_1 .. s_m`` sees the prefix, those
-slots and itself, at position ``length + m``, as if they had been committed. The decoder uses it to run a
-forced token after a candidate under decision ahead of the decision (:mod:`mara_env.decoder`); committing
-the candidate and then that token's slot gives the same cache as the usual order.
+A tree can also be placed further into the row's scratch (``offsets``; the slots below are kept), and each
+of its tokens can *follow* scratch tokens of earlier forwards (``follow``): a token that follows scratch
+slots ``s_1 .. s_m`` sees the prefix, those slots and itself, at position ``length + m``, as if they had
+been committed. The decoder uses it to work ahead of a decision (:mod:`mara_env.decoder`): the token after
+a candidate under decision follows the candidate's slot, the next candidate of the set follows nothing,
+both in one row of the batch; committing the candidate and then the follower's slot gives the same cache
+as the usual order.
 
 Keys are stored after the model applies rotary embeddings, so a slot can move without changing its
 meaning: only the position ids passed to the forward matter.
@@ -28,7 +30,8 @@ count of the model's own cache. Masks, position ids and write-back indices are b
 NumPy and copied over once. Two layouts:
 
 - *rows* (the default): the taking-part rows form the batch, each row's new tokens padded to the widest;
-  when every row takes part the forward runs on the cache storage itself (no gather);
+  when every row takes part the forward runs on the cache storage itself (no gather), its new slots
+  written past every row's prefix and kept scratch, then moved to their own slots;
 - *packed* (:meth:`ReplicaEngine.run` with ``packed=True``): all rows' new tokens form one sequence after
   all their prefixes, and a block mask lets each token see its own row only. No padding, at the price of
   a gather of every prefix and a wider attention: it pays where the rows' token counts differ a lot and
@@ -126,8 +129,8 @@ class ReplicaEngine:
             has at least one new token in all.
         :param offsets: for each row, the scratch slot of its first tree token (default 0, right after the
             prefix); slots below it keep what earlier forwards put there. Rows with a chain take 0.
-        :param follow: for each row, scratch slots of earlier forwards that its tree tokens follow, in order
-            (default none): they see the prefix, those slots and themselves, at position
+        :param follow: for each row, for each of its tree tokens, the scratch slots of earlier forwards it
+            follows, in order (default none): the token sees the prefix, those slots and itself, at position
             ``length + len(follow)``. Rows with a chain follow nothing.
         :param packed: the packed layout (one sequence, no padding; no ``offsets`` or ``follow``).
         """
@@ -137,12 +140,15 @@ class ReplicaEngine:
         n_chain = np.array([len(c) for c in chain], dtype=np.int64)
         n_new = n_chain + np.array([len(t) for t in tree], dtype=np.int64)
         offs = np.zeros(n, dtype=np.int64) if offsets is None else np.asarray(offsets, dtype=np.int64)
-        follows = [()] * n if follow is None else follow
+        follows = [[()] * len(t) for t in tree] if follow is None else follow
+        followed = np.array([any(len(f) for f in row_follow) for row_follow in follows], dtype=bool)
         if n == 0 or (n_new < 1).any():
             raise ValueError("every taking-part row needs at least one new token.")
-        if ((n_chain > 0) & ((offs > 0) | np.array([len(f) > 0 for f in follows]))).any():
+        if any(len(f) != len(t) for f, t in zip(follows, tree)):
+            raise ValueError("follow needs one list of followed slots per tree token.")
+        if ((n_chain > 0) & ((offs > 0) | followed)).any():
             raise ValueError("offsets and follow apply to tree tokens after no chain only.")
-        if packed and (offs.any() or any(follows)):
+        if packed and (offs.any() or followed.any()):
             raise ValueError("the packed layout takes no offsets or follow.")
         self.num_forwards += 1
         self.num_tokens += int(n_new.sum())
@@ -152,15 +158,17 @@ class ReplicaEngine:
         token_row = np.repeat(np.arange(n), n_new)
         j = np.arange(len(ids)) - np.repeat(np.cumsum(n_new) - n_new, n_new)  # index within its row
         dest = lengths[token_row] + offs[token_row] + j
+        # each token's followed slots, flat (chain tokens follow nothing)
+        token_follow: list[Sequence[int]] = []
+        for c, row_follow in zip(chain, follows):
+            token_follow += [()] * len(c) + list(row_follow)
+        shift = np.array([len(f) for f in token_follow], dtype=np.int64)
         is_tree = j >= n_chain[token_row]
-        shift = np.array([len(f) for f in follows], dtype=np.int64)
-        positions = np.where(
-            is_tree, lengths[token_row] + n_chain[token_row] + shift[token_row], lengths[token_row] + j
-        )
+        positions = np.where(is_tree, lengths[token_row] + n_chain[token_row] + shift, lengths[token_row] + j)
         if packed:
             out = self._run_packed(rows, lengths, ids, token_row, j, n_chain, positions, dest)
         else:
-            out = self._run_rows(rows, lengths, ids, token_row, j, n_chain, n_new, follows, positions, dest)
+            out = self._run_rows(rows, lengths, ids, token_row, j, n_chain, n_new, offs, token_follow, positions, dest)
         for r, c in zip(rows, n_chain):
             self.length[r] += int(c)
         return out
@@ -184,14 +192,20 @@ class ReplicaEngine:
         j: np.ndarray,
         n_chain: np.ndarray,
         n_new: np.ndarray,
-        follows: Sequence[Sequence[int]],
+        offs: np.ndarray,
+        token_follow: Sequence[Sequence[int]],
         positions: np.ndarray,
         dest: np.ndarray,
     ) -> RoundOutput:
         n, width = len(rows), int(n_new.max())
-        # the attended past reaches every row's prefix and the furthest scratch slot it follows
-        reach = np.array([length + (max(f) + 1 if len(f) else 0) for length, f in zip(lengths, follows)])
-        past = int(reach.max())
+        # the attended past reaches every row's prefix and the furthest scratch slot its tokens follow
+        reach = lengths.copy()
+        for t, f in enumerate(token_follow):
+            if f:
+                reach[token_row[t]] = max(reach[token_row[t]], lengths[token_row[t]] + max(f) + 1)
+        in_place = list(rows) == list(range(self.num_rows))
+        # in place, the new slots are written past every row's kept scratch (the slots below its offset)
+        past = int(np.maximum(reach, lengths + offs).max() if in_place else reach.max())
         self._ensure_capacity(max(past + width, int(dest.max()) + 1))
         self._flush_moves()
         dev = self.device
@@ -203,10 +217,10 @@ class ReplicaEngine:
         grid_pos[token_row, j] = positions
         allow = np.zeros((n, width, past + width), dtype=bool)
         allow[:, :, :past] = np.arange(past)[None, None, :] < lengths[:, None, None]
-        pairs = [(i, length + s) for i, (length, f) in enumerate(zip(lengths, follows)) for s in f]
+        pairs = [(t, s) for t, f in enumerate(token_follow) for s in f]
         if pairs:  # followed scratch slots, as if committed
-            pi, ps = np.array(pairs).T
-            allow[pi, :, ps] = True
+            pt, ps = np.array(pairs).T
+            allow[token_row[pt], j[pt], lengths[token_row[pt]] + ps] = True
         q = np.arange(width)[None, :, None]
         k = np.arange(width)[None, None, :]
         nc, nn = n_chain[:, None, None], n_new[:, None, None]
@@ -215,7 +229,6 @@ class ReplicaEngine:
         allow[:, :, past:] = (chain_q & (k <= q)) | (~chain_q & real_q & ((k < nc) | (k == q))) | (~real_q & (k == q))
         allow[:, :, :past] &= real_q[:, :, 0][:, :, None]
 
-        in_place = list(rows) == list(range(self.num_rows)) and past == int(lengths.max())
         if in_place:  # the storage itself is the cache buffer: new slots land at past .. past + width
             keys = self._keys[:, :, :, : past + width]
             values = self._values[:, :, :, : past + width]
@@ -229,7 +242,7 @@ class ReplicaEngine:
         src_col = past + j
         src_row = token_row if not in_place else np.asarray(rows)[token_row]
         dest_row = np.asarray(rows)[token_row]
-        if in_place:  # rows as long as the longest already have their slots where they belong
+        if in_place:  # tokens already in their own slots (the longest rows' first scratch) stay
             moved = dest != src_col
             src_row, src_col, dest_row, dest = src_row[moved], src_col[moved], dest_row[moved], dest[moved]
         self._write(keys, values, src_row, src_col, dest_row, dest)

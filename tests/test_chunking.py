@@ -126,7 +126,7 @@ def test_packed_forward_equals_the_padded_one():
         torch.testing.assert_close(b.row(i)[: len(p)], a.row(i)[: len(p)], atol=1e-5, rtol=1e-5)
     steps = [
         ([0, 1, 2, 3], [[], [], [], [9]], [[3, 4, 5], [6], [7, 8], [10, 11, 12]], [(1, 0), (3, 2)]),
-        ([1, 3], [[2], []], [[3], [4]], [(1, 1), (3, 0)]),
+        ([1, 3], [[2], []], [[3], [4]], [(1, 0), (3, 0)]),  # a tree after a chain: slot 0 after it
         ([0, 1, 2, 3], [[], [], [], []], [[5], [6, 7], [8], [9]], []),
     ]
     for rows, chain, tree, commits in steps:

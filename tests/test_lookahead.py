@@ -33,11 +33,11 @@ def test_tokens_that_follow_scratch_slots_see_them_as_committed(peaked_llm):
     # row 0: three candidates in scratch slots 0-2; row 1: one candidate in slot 0
     engine.run([0, 1], tree=[[20, 21, 22], [30]])
     # candidate 21 (slot 1) followed by 40 in slot 3; candidate 30 (slot 0) followed by 41 in slot 1
-    out = engine.run([0, 1], tree=[[40], [41]], offsets=[3, 1], follow=[[1], [0]])
+    out = engine.run([0, 1], tree=[[40], [41]], offsets=[3, 1], follow=[[[1]], [[0]]])
     np.testing.assert_allclose(out.row(0)[0].numpy(), fresh_hidden(model, [5, 9, 14, 3, 21, 40]), atol=2e-5)
     np.testing.assert_allclose(out.row(1)[0].numpy(), fresh_hidden(model, [7, 2, 30, 41]), atol=2e-5)
     # a second token following both: position length + 2, sees the candidate and the first one
-    out = engine.run([0], tree=[[42]], offsets=[4], follow=[[1, 3]])
+    out = engine.run([0], tree=[[42]], offsets=[4], follow=[[[1, 3]]])
     np.testing.assert_allclose(out.row(0)[0].numpy(), fresh_hidden(model, [5, 9, 14, 3, 21, 40, 42]), atol=2e-5)
     # committing the candidate, then the followers' slots (moved one place per commit), is the usual cache
     engine.commit(0, 1)
