@@ -12,6 +12,7 @@ from mara_env.config import MARAConfig
 from mara_env.core import Decisions, MARACore
 from mara_env.decoder import RowState
 from mara_env.observation import ObservationLayout
+from mara_env.rendering import RENDER_FPS, RENDER_MODES, check_render_mode, text_frame
 
 
 def parse_action(action: Any, name: str = "action") -> int:
@@ -86,6 +87,9 @@ class TokenAcceptRejectEnv(gym.Env[np.ndarray, np.int64]):
     ``num_tokens``, ``num_decisions``, ``finish_reason`` (``"eos"``/``"length"``), ``ref_logprob`` and
     ``prompt_truncated``.
 
+    **render modes** (:mod:`mara_env.rendering`): ``"ansi"`` (the prompt and the answer so far as text) and
+    ``"rgb_array"`` (that text drawn on a fixed-size image, for video recorders and SB3's ``make_vec_env``).
+
     **reset options**: ``{"prompt": str}`` or ``{"prompt_index": int}`` to choose the prompt;
     otherwise it is drawn uniformly from the prompt set with the environment's seeded generator.
 
@@ -102,13 +106,11 @@ class TokenAcceptRejectEnv(gym.Env[np.ndarray, np.int64]):
         >>> obs, reward, terminated, truncated, info = env.step(1)
     """
 
-    metadata: ClassVar[dict[str, Any]] = {"render_modes": ["ansi"]}
+    metadata: ClassVar[dict[str, Any]] = {"render_modes": list(RENDER_MODES), "render_fps": RENDER_FPS}
 
     def __init__(self, llm: Any = None, *, render_mode: str | None = None, **kwargs: Any) -> None:
         self.config = MARAConfig.from_kwargs({"llm": llm, **kwargs})
-        if render_mode not in (None, "ansi"):
-            raise ValueError(f"render_mode must be None or 'ansi', got {render_mode!r}.")
-        self.render_mode = render_mode
+        self.render_mode = check_render_mode(render_mode)
         self.core = MARACore(1, self.config)
         self.observation_space = spaces.Box(
             -np.inf, np.inf, shape=(self.core.layout.size,), dtype=self.config.np_obs_dtype
@@ -147,10 +149,13 @@ class TokenAcceptRejectEnv(gym.Env[np.ndarray, np.int64]):
         info = self.core.candidate_info(0) | step_info(step, 0)
         return self.core.observations([0])[0], reward, False, False, info
 
-    def render(self) -> str | None:
-        if self.render_mode == "ansi":
-            return self.core.render_text(0)
-        return None
+    def render(self) -> str | np.ndarray | None:
+        """``"ansi"``: the prompt and the answer so far as text; ``"rgb_array"``: that text as an
+        ``(H, W, 3)`` image (:mod:`mara_env.rendering`); ``None`` without a render mode."""
+        if self.render_mode is None:
+            return None
+        text = self.core.render_text(0)
+        return text if self.render_mode == "ansi" else text_frame(text)
 
     def close(self) -> None:
         self.core.close()

@@ -13,6 +13,7 @@ from mara_env.config import MARAConfig
 from mara_env.core import MARACore
 from mara_env.env import step_info
 from mara_env.observation import ObservationLayout
+from mara_env.rendering import RENDER_FPS, RENDER_MODES, check_render_mode, text_frame
 
 
 class TokenAcceptRejectVectorEnv(VectorEnv):
@@ -42,13 +43,16 @@ class TokenAcceptRejectVectorEnv(VectorEnv):
         >>> obs, rewards, terminated, truncated, info = envs.step(np.ones(8, dtype=np.int64))
     """
 
-    metadata: ClassVar[dict[str, Any]] = {"autoreset_mode": AutoresetMode.SAME_STEP, "render_modes": ["ansi"]}
+    metadata: ClassVar[dict[str, Any]] = {
+        "autoreset_mode": AutoresetMode.SAME_STEP,
+        "render_modes": list(RENDER_MODES),
+        "render_fps": RENDER_FPS,
+    }
 
     def __init__(self, num_envs: int = 1, llm: Any = None, *, render_mode: str | None = None, **kwargs: Any) -> None:
         if isinstance(num_envs, bool) or not isinstance(num_envs, (int, np.integer)) or num_envs < 1:
             raise ValueError(f"num_envs must be an integer >= 1, got {num_envs!r}.")
-        if render_mode not in (None, "ansi"):
-            raise ValueError(f"render_mode must be None or 'ansi', got {render_mode!r}.")
+        check_render_mode(render_mode)
         self.config = MARAConfig.from_kwargs({"llm": llm, **kwargs})
         self.num_envs = int(num_envs)
         self.render_mode = render_mode
@@ -117,10 +121,12 @@ class TokenAcceptRejectVectorEnv(VectorEnv):
         truncated = np.zeros(self.num_envs, dtype=bool)
         return obs, rewards, done.copy(), truncated, infos
 
-    def render(self) -> tuple[str, ...] | None:
-        if self.render_mode == "ansi":
-            return tuple(self.core.render_text(row) for row in self._rows)
-        return None
+    def render(self) -> tuple[str, ...] | tuple[np.ndarray, ...] | None:
+        """One render per sub-environment, as the single environment's ``render`` (:mod:`mara_env.rendering`)."""
+        if self.render_mode is None:
+            return None
+        texts = [self.core.render_text(row) for row in self._rows]
+        return tuple(texts) if self.render_mode == "ansi" else tuple(text_frame(text) for text in texts)
 
     @property
     def observation_layout(self) -> ObservationLayout:
