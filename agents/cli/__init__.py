@@ -23,9 +23,9 @@ __all__ = ["INPUT_ERRORS", "CommandFailed", "build_parser", "describe", "main"]
 
 #: Subcommand name -> one-line description. The module is ``agents.cli.<name>``.
 SUBCOMMANDS: dict[str, str] = {
-    "train": "train an agent on MARA-v0 (checkpoints, TensorBoard, resumable)",
-    "generate": "generate responses with a trained agent",
-    "evaluate": "evaluate trained agents against the reference LLM",
+    "train": "train an agent on MARA-v1 (or MARA-v0): checkpoints, TensorBoard, resumable",
+    "generate": "generate answers with a trained agent (or the LLM alone)",
+    "evaluate": "compare trained agents with the base LLM, best-of-N and ARGS on held-out prompts",
     "serve": "serve the aligned model behind an OpenAI-compatible HTTP API",
 }
 
@@ -57,6 +57,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         prog="mara", description="MARA: token-level accept/reject alignment of LLMs with reinforcement learning."
     )
     parser.add_argument("--debug", action="store_true", help="show full tracebacks of errors")
+    parser.add_argument("--version", action="version", version=f"%(prog)s (mara-rl) {version()}")
     subparsers = parser.add_subparsers(dest="command", metavar="{" + ",".join(SUBCOMMANDS) + "}")
     subparsers.required = True
     for name, description in SUBCOMMANDS.items():
@@ -66,6 +67,13 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         if name == command:
             _load(name).add_arguments(sub)
     return parser
+
+
+def version() -> str:
+    """The installed mara-rl's version (``pyproject.toml`` is the one place it is written)."""
+    from mara_env import __version__
+
+    return __version__
 
 
 def _load(name: str) -> ModuleType:

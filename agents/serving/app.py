@@ -227,15 +227,16 @@ class _BearerAuth:
 
 
 def _totals(answers: list) -> dict[str, Any]:
-    """The ``mara`` field of a whole response: decisions and histogram summed, KL averaged over choices."""
+    """The ``mara`` field of a whole response: tokens, decisions and position counts summed, KL estimates
+    averaged over choices (names as :func:`~agents.answer_stats.answer_statistics`)."""
     stats = [mara_stats(g) for g in answers]
-    width = max(len(s["accepted_rank_histogram"]) for s in stats)
-    hist = [
-        sum(s["accepted_rank_histogram"][k] for s in stats if k < len(s["accepted_rank_histogram"]))
-        for k in range(width)
+    width = max(len(s["accept_position_counts"]) for s in stats)
+    counts = [
+        sum(s["accept_position_counts"][k] for s in stats if k < len(s["accept_position_counts"])) for k in range(width)
     ]
     return {
-        "decisions": sum(s["decisions"] for s in stats),
-        "accepted_rank_histogram": hist,
-        "kl": sum(s["kl"] for s in stats) / len(stats),
+        "num_tokens": sum(s["num_tokens"] for s in stats),
+        "num_decisions": sum(s["num_decisions"] for s in stats),
+        "accept_position_counts": counts,
+        "kl_estimate": sum(s["kl_estimate"] for s in stats) / len(stats),
     }

@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from agents.answer_stats import answer_statistics
 from agents.generation import Generation
 
 __all__ = [
@@ -133,18 +134,12 @@ def completion_id(prefix: str) -> tuple[str, int]:
 def mara_stats(generation: Generation) -> dict[str, Any]:
     """The ``mara`` extension field of a choice: how the agent decoded the answer.
 
-    ``decisions``: accept/reject decisions taken; ``accepted_rank_histogram``: how many answer tokens were the
-    1st, 2nd, ... candidate (:meth:`~agents.generation.Generation.accept_position_counts`); ``kl``: the
-    single-sample estimate of ``KL(pi || q)`` in nats (0 for the base model, which samples ``q``);
-    ``ref_logprob``: ``log q(y | x)``; ``prompt_truncated``.
+    The statistics of :func:`agents.answer_stats.answer_statistics`, under the names ``mara generate --json``
+    uses: ``num_tokens``, ``num_decisions``, ``finish_reason``, ``kl_estimate`` (the single-sample estimate of
+    ``KL(pi || q)`` in nats; 0 for the base model, which samples ``q``), ``ref_logprob`` (``log q(y | x)``),
+    ``accept_position_counts``, ``mean_set_size``, ``prompt_truncated``.
     """
-    return {
-        "decisions": generation.num_decisions,
-        "accepted_rank_histogram": generation.accept_position_counts().tolist(),
-        "kl": generation.kl,
-        "ref_logprob": generation.ref_logprob,
-        "mean_set_size": sum(generation.set_sizes) / max(len(generation.set_sizes), 1),
-    }
+    return answer_statistics(generation)
 
 
 def usage(prompt_tokens: int, generations: list[Generation]) -> dict[str, int]:
