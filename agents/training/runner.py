@@ -52,6 +52,7 @@ from agents.training.checkpoints import (
     recover_checkpoint,
     set_aside_damaged,
 )
+from agents.training.hparams import log_run_config
 from agents.training.run_config import RunConfig, check_agent_flags
 
 __all__ = [
@@ -369,6 +370,7 @@ def train_run(
         try:
             logger = make_logger(out, verbose, keep_until=model.num_timesteps if checkpoint else None)
             model.set_logger(logger)
+            log_run_config(logger, config, model.num_timesteps)  # TensorBoard's HParams tab and config.yaml
             (learn if distributed is None else distributed.learn)(
                 model,
                 train.total_decisions - model.num_timesteps,
