@@ -93,3 +93,12 @@ def test_default_run_errors_name_the_searched_path(tmp_path, monkeypatch, capsys
     assert str(tmp_path / "runs" / "mara-default") in err and "current directory" in err
     assert main(["evaluate"]) == 2
     assert str(tmp_path / "runs" / "mara-default") in capsys.readouterr().err
+
+
+def test_top_level_help_imports_no_torch():
+    import subprocess
+    import sys
+
+    code = "import sys; from agents.cli import main; main(['--version']); print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().endswith("False"), "mara --version and mara --help stay instant: no torch import"

@@ -70,10 +70,15 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 
 def version() -> str:
-    """The installed mara-rl's version (``pyproject.toml`` is the one place it is written)."""
-    from mara_env import __version__
+    """The installed mara-rl's version (``pyproject.toml`` is the one place it is written; read without
+    importing the packages, so that ``mara --help`` stays instant)."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
 
-    return __version__
+    try:
+        return installed("mara-rl")
+    except PackageNotFoundError:  # a source tree that was never installed, as mara_env.__version__
+        return "0+unknown"
 
 
 def _load(name: str) -> ModuleType:
