@@ -15,28 +15,86 @@ DECODING_KEYS = ("top_k", "top_p", "temperature", "system_prompt", "chunk_size",
 LLM_KEYS = ("llm", "devices", "dtype", "trust_remote_code")
 
 
+def check_run_folder(run: Path) -> None:
+    """Refuse a ``--run`` that is not a training run folder, saying what it is and which flag takes it."""
+    if not run.exists():
+        aside = _replaced(run)
+        if aside.is_dir():
+            raise FileNotFoundError(_replaced_message(run, aside))
+        raise FileNotFoundError(f"--run {run} does not exist. Pass the folder `mara train --out` wrote.")
+    if run.is_file():
+        raise NotADirectoryError(
+            f"--run {run} is a file, not a training run folder; to use it as the agent, pass --agent {run}."
+        )
+    if not (run / "config.yaml").is_file():
+        from agents.agent_file import is_agent_file
+
+        if is_agent_file(run):
+            raise FileNotFoundError(
+                f"--run {run} is an agent folder, not a training run (no config.yaml): pass it with --agent {run}."
+            )
+        raise FileNotFoundError(
+            f"{run} is not a training run: it has no config.yaml. Pass the folder `mara train` wrote."
+        )
+
+
+def check_agent_path(path: str | Path, flag: str = "--agent") -> None:
+    """Refuse an agent path that does not exist, or a folder holding no agent, saying which flag takes it."""
+    from agents.agent_file import AGENT_SETTINGS, is_agent_file
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{flag} '{path}' does not exist.")
+    if path.is_dir() and not is_agent_file(path):
+        if (path / "config.yaml").is_file():
+            raise IsADirectoryError(
+                f"{flag} {path} is a training run folder, not an agent file: pass it with --run {path} (its agent and "
+                "its decoding settings)."
+            )
+        if not (path / "model.zip").is_file():
+            raise IsADirectoryError(
+                f"{flag} {path} is a folder holding no agent (no {AGENT_SETTINGS}, no model.zip). Pass an agent file: "
+                "a run's agent.json or model.zip, an agent folder, or an actor .pt."
+            )
+
+
+def _replaced(run: Path) -> Path:
+    """Where an interrupted ``mara train --overwrite`` keeps the run it was replacing."""
+    from agents.training.runner import REPLACED_SUFFIX
+
+    return run.with_name(run.name + REPLACED_SUFFIX)
+
+
+def _replaced_message(run: Path, aside: Path) -> str:
+    return (
+        f"{run} holds no agent, but an interrupted `mara train --overwrite` left the run it was replacing in "
+        f"{aside}: `mara train --out {run} --resume` puts it back (or pass --run {aside})."
+    )
+
+
 def run_env_settings(run: Path | None) -> dict[str, Any]:
     """The ``env`` section of a run's ``config.yaml`` (all ``MARA-v0`` settings), or the defaults."""
     from agents.training.run_config import RunConfig
 
     if run is None:
         return dict(RunConfig.default().env)
-    config = run / "config.yaml"
-    if not config.is_file():
-        raise FileNotFoundError(
-            f"{run} is not a training run: it has no config.yaml. Pass the folder `mara train` wrote."
-        )
-    return dict(RunConfig.from_file(config).env)
+    check_run_folder(run)
+    return dict(RunConfig.from_file(run / "config.yaml").env)
 
 
 def run_agent(run: Path) -> Path:
-    """The run's final agent, or its last checkpoint if training did not finish."""
-    for path in (run / "model.zip", run / "checkpoint" / "model.zip"):
+    """The run's final agent (its agent file, else ``model.zip``), or its last checkpoint if training did not finish."""
+    from agents.agent_file import AGENT_SETTINGS
+
+    for path in (run / AGENT_SETTINGS, run / "model.zip", run / "checkpoint" / "model.zip"):
         if path.is_file():
             return path
+    aside = _replaced(run)
+    if aside.is_dir():
+        raise FileNotFoundError(_replaced_message(run, aside))
     raise FileNotFoundError(
-        f"{run} holds no agent (no model.zip, no checkpoint/model.zip). Train it with `mara train --out {run}` "
-        "or `--resume` it, or pass --agent PATH."
+        f"{run} holds no agent (no {AGENT_SETTINGS}, no model.zip, no checkpoint/model.zip). Train it with "
+        f"`mara train --out {run}` or `--resume` it, or pass --agent PATH."
     )
 
 
@@ -55,6 +113,7 @@ def resolve_agent(args: argparse.Namespace, fallback: str = "") -> tuple[Path | 
     """
     run_dir = run_folder(args)
     if args.agent:
+        check_agent_path(args.agent)
         return run_dir, args.agent
     if run_dir is not None:
         return run_dir, str(run_agent(run_dir))
