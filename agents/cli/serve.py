@@ -31,11 +31,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     parser.add_argument(
-        "--api-key", default=os.environ.get("MARA_API_KEY"), help="bearer token every route requires (or $MARA_API_KEY)"
+        "--api-key", help="bearer token every route requires (default: $MARA_API_KEY; neither: no authentication)"
     )
     parser.add_argument("--max-batch", type=int, default=16, help="answers decoded at once (default 16)")
     parser.add_argument(
         "--queue-size", type=int, default=64, help="answers that may wait for a row before 503 (default 64)"
+    )
+    parser.add_argument(
+        "--max-request-bytes",
+        type=int,
+        default=4 << 20,
+        help="largest request body read, in bytes; larger ones get 413 (default 4 MiB)",
+    )
+    parser.add_argument(
+        "--request-timeout",
+        type=float,
+        default=600.0,
+        help="seconds an answer may take from its request's arrival before it is stopped with 504 (default 600)",
     )
     parser.add_argument("--model-name", help="the aligned model's name (default: the run folder's name)")
     add_decoding_arguments(parser)
@@ -47,7 +59,16 @@ def run(args: argparse.Namespace) -> int:
         raise ModuleNotFoundError(f"mara serve needs {' and '.join(missing)}: pip install 'mara-rl[serve]'.")
     from agents.generation import MARAGenerator
     from agents.serving import model_names, serve
+    from agents.serving.limits import RequestLimits
 
+    api_key = args.api_key if args.api_key is not None else os.environ.get("MARA_API_KEY")
+    if api_key is not None and not api_key.strip():
+        source = "--api-key is empty" if args.api_key is not None else "$MARA_API_KEY is set but empty"
+        raise ValueError(
+            f"{source}: every client would pass with an empty bearer token. Give a real key, or leave both unset to "
+            "serve without authentication."
+        )
+    limits = RequestLimits(max_body_bytes=args.max_request_bytes, timeout_s=args.request_timeout)
     run_dir, agent = resolve_agent(args)
     settings, max_new = generator_settings(run_env_settings(run_dir), args)
     settings["batch_size"] = args.max_batch
@@ -61,9 +82,10 @@ def run(args: argparse.Namespace) -> int:
         base_name=base,
         host=args.host,
         port=args.port,
-        api_key=args.api_key,
+        api_key=api_key,
         max_batch=args.max_batch,
         queue_size=args.queue_size,
         max_tokens=max_new,
+        limits=limits,
     )
     return 0
