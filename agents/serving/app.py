@@ -107,7 +107,7 @@ def create_app(service: CompletionService, *, api_key: str | None = None, limits
         if first.get("type") == "json_invalid":
             message = f"The request body is not valid JSON ({first.get('ctx', {}).get('error', 'parse error')})."
             return JSONResponse(error_body(message, code="invalid_json"), status_code=400)
-        return JSONResponse(_validation_error(first), status_code=400)
+        return JSONResponse(_validation_error(list(exc.errors())), status_code=400)
 
     @app.exception_handler(Exception)
     async def unexpected(_request: Any, exc: Exception) -> Any:  # a bug: said as JSON (and logged with its traceback)
@@ -311,12 +311,19 @@ def _check_encodable(texts: Any, param: str) -> None:
             ) from None
 
 
-def _validation_error(first: dict[str, Any]) -> dict[str, Any]:
+def _field(error: dict[str, Any]) -> str:
+    """The field an error is about (``messages.0.content``): a union's branch names dropped from its location."""
+    loc = [str(p) for p in error.get("loc", ()) if p != "body"]
+    return ".".join(p for p in loc if not any(c in p for c in "[]") and p not in ("str", "int", "float", "bool"))
+
+
+def _validation_error(errors: list[dict[str, Any]]) -> dict[str, Any]:
     """OpenAI's error body for pydantic's first complaint, naming the field (``messages.0.content``)."""
-    # A union's branches add their type names to the location (content.str, content.list[TextPart])
-    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
-    fields = [p for p in loc if not any(c in p for c in "[]") and p not in ("str", "int", "float", "bool", "list")]
-    where = ".".join(fields)
+    first = errors[0] if errors else {}
+    where = _field(first)
+    # Of a union's complaints about one field, the branch of the value's own type says what is wrong
+    same = [e for e in errors if _field(e) == where]
+    first = next((e for e in same if not str(e.get("type", "")).endswith("_type")), first)
     kind, msg = first.get("type", ""), str(first.get("msg", "invalid value")).removeprefix("Value error, ")
     if kind == "extra_forbidden":
         message = f"Unrecognized request argument supplied: {where}."
