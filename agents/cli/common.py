@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 from typing import Any
 
@@ -112,6 +113,8 @@ def resolve_agent(args: argparse.Namespace, fallback: str = "") -> tuple[Path | 
     :raises FileNotFoundError: neither an agent nor a run.
     """
     run_dir = run_folder(args)
+    if run_dir is not None:
+        check_run_folder(run_dir)
     if args.agent:
         check_agent_path(args.agent)
         return run_dir, args.agent
@@ -121,6 +124,20 @@ def resolve_agent(args: argparse.Namespace, fallback: str = "") -> tuple[Path | 
     raise FileNotFoundError(f"no agent: {DEFAULT_RUN_DIR} does not exist. Train one with `mara train`, {offers}.")
 
 
+#: What a torch device is called: ``cpu``, ``cuda``, ``cuda:1``, ``mps``, ...
+_DEVICE = re.compile(r"(cpu|cuda|mps|xpu|npu|hpu|meta)(:\d+)?")
+
+
+def device_name(text: str) -> str:
+    """An argparse type for ``--devices``: a device name, else an error that says a prompt may have been taken."""
+    if not _DEVICE.fullmatch(text.strip()):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a device (cpu, cuda, cuda:N, mps). --devices takes every word after it: put prompts "
+            "before --devices, or after a -- that ends the flags"
+        )
+    return text.strip()
+
+
 def add_decoding_arguments(parser: argparse.ArgumentParser, batch_size: int = 16) -> None:
     """Flags that override the run's decoding settings (default: the run's own values).
 
@@ -128,7 +145,7 @@ def add_decoding_arguments(parser: argparse.ArgumentParser, batch_size: int = 16
     """
     g = parser.add_argument_group("LLM and decoding (default: the training run's settings)")
     g.add_argument("--llm", help="LLM: hub id, local folder or .gguf (default: the run's; embedded SmolLM2)")
-    g.add_argument("--devices", nargs="+", help="devices for LLM replicas, e.g. cuda:0 cuda:1")
+    g.add_argument("--devices", nargs="+", type=device_name, help="devices for LLM replicas, e.g. cuda:0 cuda:1")
     g.add_argument("--dtype", help="LLM dtype: auto, float32, bfloat16, float16")
     g.add_argument("--top-k", type=int)
     g.add_argument("--top-p", type=float)
