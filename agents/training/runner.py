@@ -464,7 +464,14 @@ def _publish(out: Path, config: RunConfig, checkpoint: Path, *, resumed: bool) -
     state = read_checkpoint_state(checkpoint)
     copy_atomic(checkpoint / MODEL_FILE, out / MODEL_FILE)
     # The agent file (safetensors + JSON) is what generate/evaluate/serve read: no pickle in it
-    save_agent_file(load_algorithm(out / MODEL_FILE, device="cpu"), out)
+    try:
+        save_agent_file(load_algorithm(out / MODEL_FILE, device="cpu"), out)
+        agent_sha256 = file_digest(out / AGENT_SETTINGS)["sha256"]
+    except TypeError as error:  # a setting the format cannot name (a custom class): model.zip serves alone
+        warnings.warn(f"no agent file written for {out}: {describe(error)} The run's model.zip is.", stacklevel=2)
+        for stale in (AGENT_SETTINGS, AGENT_WEIGHTS):  # an earlier segment's must not stand for this model
+            (out / stale).unlink(missing_ok=True)
+        agent_sha256 = None
     wall = float(state.get("wall_seconds") or 0.0)
     summary = {
         "algo": config.agent.algo,
@@ -476,8 +483,8 @@ def _publish(out: Path, config: RunConfig, checkpoint: Path, *, resumed: bool) -
         "resumed": resumed,
         "model": MODEL_FILE,
         "model_sha256": file_digest(out / MODEL_FILE)["sha256"],  # lets --resume tell a damaged model.zip
-        "agent_file": AGENT_SETTINGS,
-        "agent_sha256": file_digest(out / AGENT_SETTINGS)["sha256"],  # its weights' digest is inside
+        "agent_file": AGENT_SETTINGS if agent_sha256 else None,
+        "agent_sha256": agent_sha256,  # its weights' digest is inside
     }
     write_text_atomic(out / SUMMARY_FILE, json.dumps(summary, indent=2))
     return summary
