@@ -22,15 +22,20 @@ on file systems with working ``flock`` (local disks; NFS only where the server s
 
 from __future__ import annotations
 
-import fcntl
 import os
 import sys
 import threading
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from agents.errors import CommandFailed
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; runs are not locked there (said once, below)
+    fcntl = None  # type: ignore[assignment]
 
 __all__ = ["LOCK_SUFFIX", "RunLocked", "lock_path", "run_lock"]
 
@@ -80,6 +85,9 @@ def run_lock(out: str | os.PathLike) -> Iterator[Path]:
 
 
 def _acquire(path: Path, out: Path) -> int:
+    if fcntl is None:
+        warnings.warn(f"this platform has no flock: {out} is not locked against a second writer.", stacklevel=3)
+        return os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
