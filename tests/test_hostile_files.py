@@ -267,9 +267,7 @@ def test_oversized_and_truncated_entries_are_refused(tmp_path, marker, monkeypat
     assert bomb.stat().st_size < 1 << 20
     refused(lambda: load_algorithm(bomb), tmp_path, marker, r"'data' inflates to 68,157,440 bytes")
     monkeypatch.setattr(loading, "MAX_ENTRY_BYTES", 1000)  # a weights entry past the limit, without writing GBs
-    refused(
-        lambda: load_algorithm(FIXTURE), tmp_path, marker, r"'\w+\.pth' inflates to .* more than the 1,000"
-    )
+    refused(lambda: load_algorithm(FIXTURE), tmp_path, marker, r"'\w+\.pth' inflates to .* more than the 1,000")
     monkeypatch.undo()
 
     whole = FIXTURE.read_bytes()
