@@ -30,6 +30,20 @@ def parse_action(action: Any, name: str = "action") -> int:
     return int(value)
 
 
+def check_open(closed: bool, call: str) -> None:
+    """Refuse ``reset``/``step`` on a closed environment, whose LLM and caches are released."""
+    if closed:
+        raise RuntimeError(
+            f"{call}() called after close(): the environment has released its LLM and caches. Create a new one."
+        )
+
+
+def first_line(exc: BaseException) -> str:
+    """``Type: first line of the message`` of an error, for the error of the next call."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
 def step_info(step: Decisions, i: int) -> dict[str, float]:
     """The per-decision info entries of decision ``i``: ``ref_logp``, ``kl_reward``, ``shaping_reward``."""
     return {
@@ -117,26 +131,43 @@ class TokenAcceptRejectEnv(gym.Env[np.ndarray, np.int64]):
         )
         self.action_space = spaces.Discrete(2)
         self._needs_reset = True
+        self._closed = False
+        self._failed: str | None = None  # an error inside the last step, until reset() starts afresh
 
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
     ) -> tuple[np.ndarray, dict[str, Any]]:
+        check_open(self._closed, "reset")
         super().reset(seed=seed)
         # The environment's own generator chooses prompts, so Gymnasium's seeding rules hold.
         self.core.rngs[0] = self.np_random
+        self._needs_reset = True  # until the new episode has started
         skipped = self.core.start_rows([0], options)
-        self._needs_reset = False
+        self._needs_reset, self._failed = False, None
         info = self.core.candidate_info(0)
         if skipped[0]:
             info["skipped_episodes"] = skipped[0]
         return self.core.observations([0])[0], info
 
     def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        check_open(self._closed, "step")
+        if self._failed is not None:
+            raise RuntimeError(
+                f"step() after an error inside an earlier step ({self._failed}): the episode cannot go on; call "
+                "env.reset() to start a new one."
+            )
         if self._needs_reset:
             raise RuntimeError(
                 "step() called before reset() or after the episode ended (terminated=True); call env.reset() first."
             )
-        a = parse_action(action)
+        a = parse_action(action)  # a wrong action is refused before anything changes: the episode goes on
+        try:
+            return self._step(a)
+        except BaseException as exc:
+            self._failed = first_line(exc)
+            raise
+
+    def _step(self, a: int) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         step = self.core.decide([0], np.array([a]))
         reward = float(step.reward[0])
         if step.done[0]:
@@ -158,7 +189,9 @@ class TokenAcceptRejectEnv(gym.Env[np.ndarray, np.int64]):
         return text if self.render_mode == "ansi" else text_frame(text)
 
     def close(self) -> None:
-        self.core.close()
+        if not self._closed:
+            self.core.close()
+        self._closed = True
         super().close()
 
     @property

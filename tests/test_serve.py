@@ -24,6 +24,7 @@ from agents.answer_stats import ANSWER_STATISTICS
 from agents.cli import build_parser
 from agents.generation import MARAGenerator, RowRequest
 from agents.serving import CompletionService, create_app
+from agents.serving.limits import RequestLimits
 from mara_env import PromptFormat
 
 SETTINGS = dict(top_k=8, top_p=0.95, devices=["cpu"])
@@ -39,14 +40,17 @@ def free_port() -> int:
 
 
 @contextmanager
-def running(agent, *, max_batch: int = 8, queue_size: int = 16, max_tokens: int = 12) -> Iterator[str]:
+def running(
+    agent, *, max_batch: int = 8, queue_size: int = 16, max_tokens: int = 12, limits: RequestLimits | None = None
+) -> Iterator[str]:
     """A server on a free loopback port; yields its base URL (``.../v1``)."""
     gen = MARAGenerator(_llm(), agent, batch_size=max_batch, **SETTINGS)
     service = CompletionService(
         gen, aligned_name=ALIGNED, base_name=BASE, max_tokens=max_tokens, max_batch=max_batch, queue_size=queue_size
     )
     port = free_port()
-    config = uvicorn.Config(create_app(service, api_key=KEY), host="127.0.0.1", port=port, log_level="warning")
+    app = create_app(service, api_key=KEY, limits=limits)
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 from typing import Any
 
@@ -31,32 +32,88 @@ DECODING_KEYS = ("top_k", "top_p", "temperature", "system_prompt", "chunk_size",
 LLM_KEYS = ("llm", "devices", "dtype", "trust_remote_code")
 
 
+def check_run_folder(run: Path) -> None:
+    """Refuse a ``--run`` that is not a training run folder, saying what it is and which flag takes it."""
+    if not run.exists():
+        aside = _replaced(run)
+        if aside.is_dir():
+            raise FileNotFoundError(_replaced_message(run, aside))
+        raise FileNotFoundError(
+            f"--run {searched(run)} does not exist. Pass the folder `mara train --out` wrote, or run the command "
+            "from the folder where you trained."
+        )
+    if run.is_file():
+        raise NotADirectoryError(
+            f"--run {run} is a file, not a training run folder; to use it as the agent, pass --agent {run}."
+        )
+    if not (run / "config.yaml").is_file():
+        from agents.agent_file import is_agent_file
+
+        if is_agent_file(run):
+            raise FileNotFoundError(
+                f"--run {run} is an agent folder, not a training run (no config.yaml): pass it with --agent {run}."
+            )
+        raise FileNotFoundError(
+            f"{searched(run)} is not a training run: it has no config.yaml. Pass the folder `mara train` wrote."
+        )
+
+
+def check_agent_path(path: str | Path, flag: str = "--agent") -> None:
+    """Refuse an agent path that does not exist, or a folder holding no agent, saying which flag takes it."""
+    from agents.agent_file import AGENT_SETTINGS, is_agent_file
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{flag} '{path}' does not exist.")
+    if path.is_dir() and not is_agent_file(path):
+        if (path / "config.yaml").is_file():
+            raise IsADirectoryError(
+                f"{flag} {path} is a training run folder, not an agent file: pass it with --run {path} (its agent and "
+                "its decoding settings)."
+            )
+        if not (path / "model.zip").is_file():
+            raise IsADirectoryError(
+                f"{flag} {path} is a folder holding no agent (no {AGENT_SETTINGS}, no model.zip). Pass an agent file: "
+                "a run's agent.json or model.zip, an agent folder, or an actor .pt."
+            )
+
+
+def _replaced(run: Path) -> Path:
+    """Where an interrupted ``mara train --overwrite`` keeps the run it was replacing."""
+    from agents.training.runner import REPLACED_SUFFIX
+
+    return run.with_name(run.name + REPLACED_SUFFIX)
+
+
+def _replaced_message(run: Path, aside: Path) -> str:
+    return (
+        f"{run} holds no agent, but an interrupted `mara train --overwrite` left the run it was replacing in "
+        f"{aside}: `mara train --out {run} --resume` puts it back (or pass --run {aside})."
+    )
+
+
 def run_env_settings(run: Path | None) -> dict[str, Any]:
     """The ``env`` section of a run's ``config.yaml`` (all ``MARA-v0`` settings), or the defaults."""
     from agents.training.run_config import RunConfig
 
     if run is None:
         return dict(RunConfig.default().env)
-    config = run / "config.yaml"
-    if not run.exists():
-        raise FileNotFoundError(
-            f"no training run at {searched(run)}. Pass --run with the folder `mara train --out` wrote, or run the "
-            "command from the folder where you trained."
-        )
-    if not config.is_file():
-        raise FileNotFoundError(
-            f"{searched(run)} is not a training run: it has no config.yaml. Pass the folder `mara train` wrote."
-        )
-    return dict(RunConfig.from_file(config).env)
+    check_run_folder(run)
+    return dict(RunConfig.from_file(run / "config.yaml").env)
 
 
 def run_agent(run: Path) -> Path:
-    """The run's final agent, or its last checkpoint if training did not finish."""
-    for path in (run / "model.zip", run / "checkpoint" / "model.zip"):
+    """The run's final agent (its agent file, else ``model.zip``), or its last checkpoint if training did not finish."""
+    from agents.agent_file import AGENT_SETTINGS
+
+    for path in (run / AGENT_SETTINGS, run / "model.zip", run / "checkpoint" / "model.zip"):
         if path.is_file():
             return path
+    aside = _replaced(run)
+    if aside.is_dir():
+        raise FileNotFoundError(_replaced_message(run, aside))
     raise FileNotFoundError(
-        f"{searched(run)} holds no agent (no model.zip, no checkpoint/model.zip). Train it with "
+        f"{searched(run)} holds no agent (no {AGENT_SETTINGS}, no model.zip, no checkpoint/model.zip). Train it with "
         f"`mara train --out {run}` or `--resume` it, or pass --agent PATH."
     )
 
@@ -75,7 +132,10 @@ def resolve_agent(args: argparse.Namespace, fallback: str = "") -> tuple[Path | 
     :raises FileNotFoundError: neither an agent nor a run.
     """
     run_dir = run_folder(args)
+    if run_dir is not None:
+        check_run_folder(run_dir)
     if args.agent:
+        check_agent_path(args.agent)
         return run_dir, args.agent
     if run_dir is not None:
         return run_dir, str(run_agent(run_dir))
@@ -84,6 +144,20 @@ def resolve_agent(args: argparse.Namespace, fallback: str = "") -> tuple[Path | 
         f"no agent: no --run or --agent was given and the default run {searched(DEFAULT_RUN_DIR)} does not exist. "
         f"Train one with `mara train` (it writes {DEFAULT_RUN_DIR} under the current directory), {offers}."
     )
+
+
+#: What a torch device is called: ``cpu``, ``cuda``, ``cuda:1``, ``mps``, ...
+_DEVICE = re.compile(r"(cpu|cuda|mps|xpu|npu|hpu|meta)(:\d+)?")
+
+
+def device_name(text: str) -> str:
+    """An argparse type for ``--devices``: a device name, else an error that says a prompt may have been taken."""
+    if not _DEVICE.fullmatch(text.strip()):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a device (cpu, cuda, cuda:N, mps). --devices takes every word after it: put prompts "
+            "before --devices, or after a -- that ends the flags"
+        )
+    return text.strip()
 
 
 def add_decoding_arguments(parser: argparse.ArgumentParser, batch_size: int | None = 16) -> None:
@@ -103,6 +177,7 @@ def add_decoding_arguments(parser: argparse.ArgumentParser, batch_size: int | No
     g.add_argument(
         "--devices",
         nargs="+",
+        type=device_name,
         metavar="TEXT",
         help=with_default("devices of LLM replicas, e.g. cuda:0 cuda:1", None, shown=run),
     )

@@ -22,7 +22,14 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from agents.cli.common import DEFAULT_RUN_DIR, add_decoding_arguments, generator_settings, run_agent, run_env_settings
+from agents.cli.common import (
+    DEFAULT_RUN_DIR,
+    add_decoding_arguments,
+    check_agent_path,
+    generator_settings,
+    run_agent,
+    run_env_settings,
+)
 from agents.cli.flags import with_default
 
 
@@ -140,8 +147,7 @@ def run(args: argparse.Namespace) -> int:
         name, sep, path = item.partition("=")
         if not sep:
             name, path, replaced = "mara", item, True
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"--agent {item}: '{path}' does not exist.")
+        check_agent_path(path, f"--agent {item}:")
         agents[name] = path
     if not replaced:
         agents = {"mara": str(run_agent(args.run)), **agents}

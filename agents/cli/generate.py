@@ -69,6 +69,10 @@ def read_prompts(args: argparse.Namespace) -> list[str]:
         path = Path(args.file)
         if not path.exists():
             raise FileNotFoundError(f"prompts file '{path}' does not exist.")
+        if path.is_dir():  # else read as the id of a dataset on a hub
+            raise IsADirectoryError(
+                f"--file {path} is a folder; give a prompts file (.txt, .jsonl, .json, .csv or .parquet)."
+            )
         prompts += load_prompts(str(path), column=args.column)
     for item in args.prompts:
         if item == "-":

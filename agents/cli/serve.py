@@ -40,8 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--api-key",
         metavar="TEXT",
-        default=os.environ.get("MARA_API_KEY"),
-        help=with_default("bearer token every route requires", None, shown="$MARA_API_KEY, else none: no key"),
+        help=with_default("bearer token every route requires", None, shown="$MARA_API_KEY; neither: no authentication"),
     )
     parser.add_argument(
         "--max-batch",
@@ -58,6 +57,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=with_default("answers that may wait for a row before 503", 64),
     )
     parser.add_argument(
+        "--max-request-bytes",
+        type=int,
+        metavar="INT",
+        default=4 << 20,
+        help=with_default("largest request body read, in bytes; larger ones get 413", None, shown="4194304 (4 MiB)"),
+    )
+    parser.add_argument(
+        "--request-timeout",
+        type=float,
+        metavar="FLOAT",
+        default=600.0,
+        help=with_default("seconds an answer may take from its request's arrival before it is stopped with 504", 600),
+    )
+    parser.add_argument(
         "--model-name",
         metavar="TEXT",
         help=with_default("the aligned model's name", None, shown="the run folder's name"),
@@ -71,7 +84,16 @@ def run(args: argparse.Namespace) -> int:
         raise ModuleNotFoundError(f"mara serve needs {' and '.join(missing)}: pip install 'mara-rl[serve]'.")
     from agents.generation import MARAGenerator
     from agents.serving import model_names, serve
+    from agents.serving.limits import RequestLimits
 
+    api_key = args.api_key if args.api_key is not None else os.environ.get("MARA_API_KEY")
+    if api_key is not None and not api_key.strip():
+        source = "--api-key is empty" if args.api_key is not None else "$MARA_API_KEY is set but empty"
+        raise ValueError(
+            f"{source}: every client would pass with an empty bearer token. Give a real key, or leave both unset to "
+            "serve without authentication."
+        )
+    limits = RequestLimits(max_body_bytes=args.max_request_bytes, timeout_s=args.request_timeout)
     run_dir, agent = resolve_agent(args)
     settings, max_new = generator_settings(run_env_settings(run_dir), args)
     settings["batch_size"] = args.max_batch  # the decoder's rows: the continuous batch's width
@@ -85,9 +107,10 @@ def run(args: argparse.Namespace) -> int:
         base_name=base,
         host=args.host,
         port=args.port,
-        api_key=args.api_key,
+        api_key=api_key,
         max_batch=args.max_batch,
         queue_size=args.queue_size,
         max_tokens=max_new,
+        limits=limits,
     )
     return 0

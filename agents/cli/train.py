@@ -35,6 +35,7 @@ from agents.training.run_config import (
     hyperparameter_owners,
     parse_value,
 )
+from agents.training.run_lock import run_lock
 from agents.training.runner import CONFIG_FILE, check_out, put_back_replaced, resume_run, train_run
 from mara_env import MARA_V1, VERSIONS, MARAConfig
 from mara_env.config import setting_help
@@ -259,12 +260,14 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError("--resume continues the run in --out and --overwrite deletes it: pass only one.")
         if args.config:
             raise ValueError(f"--resume reads the run's own {out / CONFIG_FILE}; do not pass --config.")
-    put_back_replaced(out)
-    if args.resume:
-        return resume_run(out, flags, verbose=args.verbose)
+    # One writer per run folder: the lock comes before anything reads or moves --out
+    with run_lock(out):
+        put_back_replaced(out)
+        if args.resume:
+            return resume_run(out, flags, verbose=args.verbose)
 
-    config = RunConfig.from_file(args.config) if args.config else RunConfig.default()
-    check_agent_flags(flags["agent"], flags["agent"].get("algo", config.agent.algo))
-    config = RunConfig.from_sections(flags, source="command line", base=config)
-    check_out(out, overwrite=args.overwrite)
-    return train_run(config, out, verbose=args.verbose, replace=args.overwrite)
+        config = RunConfig.from_file(args.config) if args.config else RunConfig.default()
+        check_agent_flags(flags["agent"], flags["agent"].get("algo", config.agent.algo))
+        config = RunConfig.from_sections(flags, source="command line", base=config)
+        check_out(out, overwrite=args.overwrite)
+        return train_run(config, out, verbose=args.verbose, replace=args.overwrite)
