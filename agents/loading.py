@@ -242,12 +242,18 @@ def load_agent(path: str | os.PathLike, device: str | th.device = "auto") -> Bas
     - an agent file (:mod:`agents.agent_file`: a folder with ``agent.json`` + ``agent.safetensors``, or
       either of the two files);
     - an actor in the authors' layout (:data:`AUTHORS_SUFFIXES`, ``weights_only=True``);
-    - a saved SB3 zip (:func:`load_algorithm`), or a folder holding ``model.zip``.
+    - a saved SB3 zip (:func:`load_algorithm`), or a folder holding ``model.zip``;
+    - ``hf:ID[@REVISION][:FILE]``: an agent file or an authors' actor on the Hugging Face Hub, downloaded
+      (:func:`agents.hub.hub_agent_path`; a zip is never fetched from the Hub).
 
-    :param path: the file or folder.
+    :param path: the file or folder, or an ``hf:`` reference.
     :param device: torch device of a loaded SB3 model (an authors' actor loads on the CPU).
     :raises FileNotFoundError: no such file, or a folder without an agent.
     """
+    if isinstance(path, str) and path.startswith("hf:"):
+        from agents.hub import hub_agent_path  # lazy: only Hub references need huggingface_hub
+
+        path = hub_agent_path(path)
     path = Path(path)
     if path.is_dir():
         if is_agent_file(path):

@@ -39,7 +39,7 @@ def _entries(text: str) -> dict[str, tuple[list[str], str]]:
 def test_every_flag_with_a_value_shows_its_type_and_default(command, capsys, monkeypatch):
     monkeypatch.setenv("COLUMNS", "100")
     entries = _entries(_help(capsys, command))
-    assert len(entries) > 5
+    assert len(entries) >= 5
     valued = 0
     for flag, (words, help_text) in entries.items():
         if not words:  # a switch (--overwrite, --json): present or not
@@ -51,8 +51,10 @@ def test_every_flag_with_a_value_shows_its_type_and_default(command, capsys, mon
         else:
             parts = re.split(r"[|=]", metavar)
             assert all(part in METAVARS or part == "NAME" for part in parts), (flag, metavar)
-        assert "(default:" in help_text, f"mara {command} {flag}: no default in its help: {help_text!r}"
-    assert valued >= 5
+        assert "(default:" in help_text or "(required)" in help_text, (
+            f"mara {command} {flag}: no default: {help_text!r}"
+        )
+    assert valued >= 3
 
 
 def test_train_help_shows_every_hyperparameter_default(capsys, monkeypatch):

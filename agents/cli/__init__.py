@@ -1,4 +1,4 @@
-"""The ``mara`` command: ``mara train``, ``mara generate``, ``mara evaluate``, ``mara serve``.
+"""The ``mara`` command: ``mara train``, ``generate``, ``evaluate``, ``serve``, ``push`` and ``pull``.
 
 Each subcommand is a module of this package exposing ``add_arguments(parser)`` and
 ``run(args) -> int``. Only the chosen subcommand's module is imported, so ``mara train`` never
@@ -27,6 +27,8 @@ SUBCOMMANDS: dict[str, str] = {
     "generate": "generate answers with a trained agent (or the LLM alone)",
     "evaluate": "compare trained agents with the base LLM, best-of-N and ARGS on held-out prompts",
     "serve": "serve the aligned model behind an OpenAI-compatible HTTP API",
+    "push": "share a training run's agent on the Hugging Face Hub, with a model card",
+    "pull": "download an agent shared on the Hugging Face Hub",
 }
 
 #: Exit code for errors in the user's input (as argparse uses).

@@ -118,6 +118,16 @@ def run_agent(run: Path) -> Path:
     )
 
 
+def local_agent_path(path: str) -> str:
+    """An ``--agent`` value as a local path: an ``hf:ID[@REVISION][:FILE]`` reference is downloaded first
+    (:func:`agents.hub.hub_agent_path`), anything else is returned as it is."""
+    if path.startswith("hf:"):
+        from agents.hub import hub_agent_path
+
+        return str(hub_agent_path(path))
+    return path
+
+
 def run_folder(args: argparse.Namespace) -> Path | None:
     """``--run``, else the default run when it exists and no ``--agent`` is given."""
     if args.run is None and not args.agent and DEFAULT_RUN_DIR.exists():
@@ -131,12 +141,15 @@ def resolve_agent(args: argparse.Namespace, fallback: str = "") -> tuple[Path | 
     :param fallback: what else the command offers without an agent, for the error (e.g. ``--raw``).
     :raises FileNotFoundError: neither an agent nor a run.
     """
+    agent = local_agent_path(args.agent) if args.agent else args.agent
     run_dir = run_folder(args)
+    if run_dir is None and agent and agent != args.agent and (Path(agent) / "config.yaml").is_file():
+        run_dir = Path(agent)  # an agent pulled from the Hub decodes with the settings it was trained under
     if run_dir is not None:
         check_run_folder(run_dir)
-    if args.agent:
-        check_agent_path(args.agent)
-        return run_dir, args.agent
+    if agent:
+        check_agent_path(agent)
+        return run_dir, agent
     if run_dir is not None:
         return run_dir, str(run_agent(run_dir))
     offers = "pass --run DIR or --agent PATH" + (f", or {fallback}" if fallback else "")

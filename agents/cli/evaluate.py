@@ -27,6 +27,7 @@ from agents.cli.common import (
     add_decoding_arguments,
     check_agent_path,
     generator_settings,
+    local_agent_path,
     run_agent,
     run_env_settings,
 )
@@ -147,6 +148,7 @@ def run(args: argparse.Namespace) -> int:
         name, sep, path = item.partition("=")
         if not sep:
             name, path, replaced = "mara", item, True
+        path = local_agent_path(path)
         check_agent_path(path, f"--agent {item}:")
         agents[name] = path
     if not replaced:
