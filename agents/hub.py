@@ -152,7 +152,7 @@ def push_to_hub(
     run = Path(run)
     with tempfile.TemporaryDirectory(prefix="mara-push-") as staging_dir:
         staging = Path(staging_dir)
-        settings = _stage(run, staging)
+        settings = _stage(run, staging, repo_id)
         message = commit_message or (
             f"Upload MARA agent ({settings.get('algo')}, {settings.get('num_timesteps')} decisions)"
         )
@@ -168,7 +168,7 @@ def push_to_hub(
             raise _hub_error(error, f"push to {repo_id}", revision) from error
 
 
-def _stage(run: Path, staging: Path) -> dict[str, Any]:
+def _stage(run: Path, staging: Path, repo_id: str) -> dict[str, Any]:
     """Copy (or convert) what goes up into ``staging``; returns the agent's ``agent.json`` record."""
     if is_agent_file(run):
         for name in (AGENT_SETTINGS, AGENT_WEIGHTS):
@@ -191,7 +191,7 @@ def _stage(run: Path, staging: Path) -> dict[str, Any]:
     for figure in sorted((run / "eval").glob("*.png")):
         shutil.copy2(figure, staging / "eval" / figure.name)
     settings = read_agent_settings(staging)
-    (staging / "README.md").write_text(model_card(staging), encoding="utf-8")
+    (staging / "README.md").write_text(model_card(staging, repo_id), encoding="utf-8")
     return settings
 
 
@@ -229,7 +229,7 @@ def model_card(folder: str | Path, repo_id: str | None = None) -> str:
     lines += [
         f"# MARA agent: {agent['algo']} on {llm_name}",
         "",
-        "A token-level accept/reject agent trained with [mara-rl](https://pypi.org/project/mara-rl/) (MARA, "
+        "A token-level accept/reject agent trained with mara-rl (MARA, "
         '"Token-level Accept or Reject", IJCAI 2025). It does not change the LLM\'s weights: at every position '
         "the LLM proposes its top-k / top-p candidates and the agent accepts or rejects them one at a time, "
         "looking at the LLM's hidden state. It must decode with the settings below (the candidate sets it was "
@@ -284,12 +284,17 @@ def model_card(folder: str | Path, repo_id: str | None = None) -> str:
 def _evaluation(report: dict[str, Any]) -> list[str]:
     if not report:
         return ["## Evaluation", "", "No evaluation was uploaded with this agent (`mara evaluate` writes one).", ""]
-    meta = report.get("meta", {})
-    prompts, samples = meta.get("prompts"), report.get("samples_per_prompt", 1)
+    samples = report.get("samples_per_prompt", 1)
+    # meta["prompts"] is the prompt source for `mara evaluate` (a count when write_report was called without
+    # one), so the number of prompts comes from the rows: one per prompt and sample.
+    source = report.get("meta", {}).get("prompts")
+    of_source = f" of `{source}`" if isinstance(source, str) else ""
+    n_prompts = len({row.get("index") for row in report.get("rows", [])})
     lines = [
         "## Evaluation",
         "",
-        f"`mara evaluate` on {prompts} held-out prompts ({samples} answer(s) per prompt and system), each system "
+        f"`mara evaluate` on {n_prompts} held-out prompts{of_source} ({samples} answer(s) per prompt and system), "
+        "each system "
         f"against the base LLM ({report.get('baseline')}): a system wins a prompt only if its reward is higher "
         "*and* its cost lower (the paper's appendix A.2); 95% prompt-bootstrap intervals.",
         "",

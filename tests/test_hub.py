@@ -201,6 +201,7 @@ def test_push_then_pull_gives_the_same_agent_without_unpickling(hub, trained_run
     assert "library_name: mara-rl" in card and "sac-discrete" in card
     assert "| top_k" not in card and "8, 0.95, 1.0" in card, "the decoding settings it was trained under"
     assert "preference rate" in card and "| mara |" in card, "the evaluation table"
+    assert "on 2 held-out prompts" in card and "hf:me/mara-tiny" in card
 
 
 def test_revisions_pin_the_files(hub, trained_run, tmp_path):
