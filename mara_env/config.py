@@ -268,8 +268,9 @@ class MARAConfig:
         default="default",
         metadata={
             "help": (
-                "a list of strings, a file (txt, jsonl, json, csv, parquet), a Hugging Face dataset id, or a built-in"
-                " name (see mara_env.prompts.BUILTIN_PROMPT_SETS)."
+                "a list of strings, a file (txt, jsonl, json, csv, parquet), a Hugging Face dataset id (column:"
+                " prompt_column), a datasets.Dataset or DatasetDict, or a built-in name (see"
+                " mara_env.prompts.BUILTIN_PROMPT_SETS)."
             )
         },
     )

@@ -11,8 +11,9 @@ from gymnasium.vector.utils import batch_space
 
 from mara_env.config import MARAConfig
 from mara_env.core import MARACore
-from mara_env.env import step_info
+from mara_env.env import check_open, first_line, step_info
 from mara_env.observation import ObservationLayout
+from mara_env.rendering import RENDER_FPS, RENDER_MODES, check_render_mode, text_frame
 
 
 class TokenAcceptRejectVectorEnv(VectorEnv):
@@ -42,13 +43,16 @@ class TokenAcceptRejectVectorEnv(VectorEnv):
         >>> obs, rewards, terminated, truncated, info = envs.step(np.ones(8, dtype=np.int64))
     """
 
-    metadata: ClassVar[dict[str, Any]] = {"autoreset_mode": AutoresetMode.SAME_STEP, "render_modes": ["ansi"]}
+    metadata: ClassVar[dict[str, Any]] = {
+        "autoreset_mode": AutoresetMode.SAME_STEP,
+        "render_modes": list(RENDER_MODES),
+        "render_fps": RENDER_FPS,
+    }
 
     def __init__(self, num_envs: int = 1, llm: Any = None, *, render_mode: str | None = None, **kwargs: Any) -> None:
         if isinstance(num_envs, bool) or not isinstance(num_envs, (int, np.integer)) or num_envs < 1:
             raise ValueError(f"num_envs must be an integer >= 1, got {num_envs!r}.")
-        if render_mode not in (None, "ansi"):
-            raise ValueError(f"render_mode must be None or 'ansi', got {render_mode!r}.")
+        check_render_mode(render_mode)
         self.config = MARAConfig.from_kwargs({"llm": llm, **kwargs})
         self.num_envs = int(num_envs)
         self.render_mode = render_mode
@@ -61,6 +65,7 @@ class TokenAcceptRejectVectorEnv(VectorEnv):
         self.action_space = batch_space(self.single_action_space, self.num_envs)
         self._rows = list(range(self.num_envs))
         self._started = False
+        self._failed: str | None = None  # an error inside the last step, until reset() starts afresh
 
     def reset(
         self, *, seed: int | list[int | None] | None = None, options: dict[str, Any] | None = None
@@ -71,6 +76,7 @@ class TokenAcceptRejectVectorEnv(VectorEnv):
             seeds, or ``None``.
         :param options: as for the single environment; ``"prompt"`` then applies to all.
         """
+        check_open(self.closed, "reset")
         super().reset(seed=int(seed) if isinstance(seed, (int, np.integer)) else None)
         if seed is None:
             seeds: list[int | None] = [None] * self.num_envs
@@ -81,8 +87,9 @@ class TokenAcceptRejectVectorEnv(VectorEnv):
             if len(seeds) != self.num_envs:
                 raise ValueError(f"reset: got {len(seeds)} seeds for {self.num_envs} environments.")
         self.core.seed_rows(self._rows, seeds)
+        self._started = False  # until every new episode has started
         skipped = self.core.start_rows(self._rows, options)
-        self._started = True
+        self._started, self._failed = True, None
         infos: dict[str, Any] = {}
         for row in self._rows:
             info = self.core.candidate_info(row)
@@ -92,9 +99,22 @@ class TokenAcceptRejectVectorEnv(VectorEnv):
         return self.core.observations(self._rows), infos
 
     def step(self, actions: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        check_open(self.closed, "step")
+        if self._failed is not None:
+            raise RuntimeError(
+                f"step() after an error inside an earlier step ({self._failed}): the episodes cannot go on; call "
+                "envs.reset() to start new ones."
+            )
         if not self._started:
             raise RuntimeError("step() called before reset(); call envs.reset() first.")
-        acts = self._parse_actions(actions)
+        acts = self._parse_actions(actions)  # wrong actions are refused before anything changes
+        try:
+            return self._step(acts)
+        except BaseException as exc:
+            self._failed = first_line(exc)
+            raise
+
+    def _step(self, acts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
         # ended episodes restart within the step's own rounds of forwards (SAME_STEP autoreset)
         step = self.core.decide(self._rows, acts, restart=True)
         done = step.done
@@ -116,10 +136,12 @@ class TokenAcceptRejectVectorEnv(VectorEnv):
         truncated = np.zeros(self.num_envs, dtype=bool)
         return obs, rewards, done.copy(), truncated, infos
 
-    def render(self) -> tuple[str, ...] | None:
-        if self.render_mode == "ansi":
-            return tuple(self.core.render_text(row) for row in self._rows)
-        return None
+    def render(self) -> tuple[str, ...] | tuple[np.ndarray, ...] | None:
+        """One render per sub-environment, as the single environment's ``render`` (:mod:`mara_env.rendering`)."""
+        if self.render_mode is None:
+            return None
+        texts = [self.core.render_text(row) for row in self._rows]
+        return tuple(texts) if self.render_mode == "ansi" else tuple(text_frame(text) for text in texts)
 
     @property
     def observation_layout(self) -> ObservationLayout:

@@ -143,6 +143,10 @@ class ContinuousBatch:
         if self._active.pop(row, None) is not None:
             self.decoder.release(row)
 
+    def end(self, row: int) -> Generation:
+        """End the answer on ``row`` as it stands (a stop text reached, say) and free the row."""
+        return self._finish(row, len(self.decoder.rows[row].response))
+
     def close(self) -> None:
         self.decoder.close()
 

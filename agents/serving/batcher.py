@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,11 +41,14 @@ class Job:
     :param request: what to decode (prompt ids, random stream, limit, aligned or base model).
     :param loop: the event loop of the handler waiting for it.
     :param stream: send ``("tokens", ids)`` events while decoding.
+    :param stop: ends the answer as it stands, after any step, when it returns ``True`` for the answer's
+        token ids so far (OpenAI's ``stop`` sequences; called on the decoding thread).
     """
 
     request: RowRequest
     loop: asyncio.AbstractEventLoop
     stream: bool = False
+    stop: Callable[[list[int]], bool] | None = None
     events: asyncio.Queue = field(default_factory=asyncio.Queue)
     cancelled: bool = False
     _sent: int = 0  # answer tokens already sent as a "tokens" event
@@ -212,12 +216,23 @@ class ContinuousBatcher:
             if decided > 1 and len(deciding) > 1:
                 self.stats.shared_steps += 1
         self._finish(ended)
+        self._finish(self._ended_by_stop())
         for row, job in self._rows.items():
             if job.stream:
                 ids = self._batch.response(row)
                 if len(ids) > job._sent:
                     job._sent = len(ids)
                     job._post(("tokens", list(ids)))
+
+    def _ended_by_stop(self) -> list[tuple[int, Generation]]:
+        """The answers whose job's ``stop`` test passes, ended now as they stand (their rows are free)."""
+        ended = []
+        for row, job in list(self._rows.items()):
+            if job.stop is not None:
+                ids = self._batch.response(row)
+                if job.stop(ids):
+                    ended.append((row, self._batch.end(row)))
+        return ended
 
     def _finish(self, ended: list[tuple[int, Generation]]) -> None:
         for row, generation in ended:
