@@ -436,7 +436,7 @@ def env_section(replica: Any, args: argparse.Namespace, budget: Budget, progress
                 x_authors=rate[name] / max(rate["authors"], 1e-9),
                 forwards_per_step=mara[name].forwards_per_step() if name in mara else None,
                 chunk_size=chunk_size(mara[name]) if name in mara else None,
-                **costs.get(name, {}),
+                **{k: v for k, v in costs.get(name, {}).items() if k != "forwards_per_step"},
             )
         )
     for runner in mara.values():

@@ -44,7 +44,8 @@ from agents.accept import AcceptFunction, as_accept_function
 from agents.generation.answers import Generation, GenerationStats, check_prompts
 from agents.generation.continuous import ContinuousBatch, RowRequest
 from agents.generation.plain import batched_generate
-from mara_env import AcceptRejectDecoder, CandidateConfig, ChunkPlan, ObservationLayout, observe
+from mara_env import AcceptRejectDecoder, CandidateConfig, ChunkPlan, ObservationLayout, PromptFormat, observe
+from mara_env.llm import LLMReplica
 from mara_env.session import DecodingSession
 
 __all__ = ["MARAGenerator"]
@@ -120,6 +121,27 @@ class MARAGenerator:
                 agent, hidden, device=self.session.device, observation=observation
             )
         self.last_stats = GenerationStats()
+
+    # the session's set-up, under the names MARAGenerator has always had
+    @property
+    def replicas(self) -> list[LLMReplica]:
+        return self.session.replicas
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.session.tokenizer
+
+    @property
+    def prompt_format(self) -> PromptFormat:
+        return self.session.prompt_format
+
+    @property
+    def candidates(self) -> CandidateConfig:
+        return self.session.candidates
+
+    @property
+    def hidden_size(self) -> int:
+        return self.session.hidden_size
 
     @property
     def has_agent(self) -> bool:

@@ -67,7 +67,7 @@ def create_app(service: CompletionService, *, api_key: str | None = None, limits
             "api_key is empty: give a non-empty key (every client then sends it), or none to serve without."
         )
     limits = limits or RequestLimits()
-    tokenizer = service.generator.tokenizer
+    tokenizer = service.session.tokenizer
     token_chars = longest_token_chars(tokenizer)
     # Templating and tokenising run here, one request at a time, never on the event loop
     prompts_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mara-prompts")
