@@ -37,6 +37,10 @@ decision, one token per branch per forward, in the forwards that run anyway:
   on, until the chain reaches a set of several candidates, whose first candidate is forwarded last;
 - the *reject* branch: the next candidate of the set, when the chunk does not hold it.
 
+On a CPU (``ahead_both`` false) only forced tokens and a set's last candidate are worked ahead: there a
+token costs its compute, and forwarding a first candidate or a next candidate for every waiting row
+doubles the forwards that carry them.
+
 An accept (or a reject) then finds the forwards it needs done, and a row whose work ahead covers its
 next decision needs no forward at all in that step; an environment whose rows need nothing runs one
 forward of work ahead per step anyway (it costs the same forward the next step would need, and keeps
@@ -236,6 +240,12 @@ class AcceptRejectDecoder:
         self.ahead_forwarded = 0  # tokens forwarded ahead of a decision (statistics for benchmarks)
         self.ahead_used = 0  # of those, tokens later taken (each saved a forward of its own)
         self.num_syncs = 0  # copies from the device to the host (each waits for the device)
+        #: work ahead on both branches of a decision (the accept branch's next candidate and the reject
+        #: branch's too). On an accelerator a forward costs its launches whatever its tokens, so every
+        #: saved round counts; on a CPU each token costs its compute (measured: a 32-row forward of two
+        #: tokens per row takes twice one of one), so there only forced tokens and a set's last candidate
+        #: (taken without a decision) are worked ahead.
+        self.ahead_both = any(r.device.type != "cpu" for r in self.replicas)
         # Contiguous blocks: row -> (replica, local row); more replicas than rows leaves some idle.
         n_rep = min(len(self.replicas), num_rows)
         bounds = np.linspace(0, num_rows, n_rep + 1).round().astype(int)
@@ -602,14 +612,16 @@ class AcceptRejectDecoder:
                 token = int(nxt.tokens[0])
                 # a forced token would be the row's (m + 2)-th token from now: forward it only if the episode
                 # goes on after it (its hidden state gives the next set); a first candidate is a decision
-                if len(nxt) > 1 or self._continues(st, m + 2, token):
+                if (len(nxt) > 1 and self.ahead_both) or (len(nxt) == 1 and self._continues(st, m + 2, token)):
                     tokens.append((token, [st.slot_of(st.index), *a.slots]))
             k, n = st.index + 1, len(st.cands)
             if (
                 st.sibling is None
                 and k < n
                 and not st.in_chunk(k)
-                and (k < n - 1 or self._continues(st, 1, int(st.cands.tokens[k])))
+                and (
+                    (k < n - 1 and self.ahead_both) or (k == n - 1 and self._continues(st, 1, int(st.cands.tokens[k])))
+                )
             ):
                 tokens.append((int(st.cands.tokens[k]), []))
             if tokens:

@@ -328,7 +328,8 @@ class ReplicaEngine:
         """A buffer ``(layers, len(row_idx), heads, past + width, dim)`` holding those rows' first ``past`` slots."""
         buf = store.new_empty((store.shape[0], row_idx.shape[0], store.shape[2], past + width, store.shape[4]))
         if past:
-            buf[:, :, :, :past] = store[:, :, :, :past].index_select(1, row_idx)
+            # one advanced-indexing copy; index_select on the sliced (strided) storage is ~30x slower on CPU
+            buf[:, :, :, :past] = store[:, row_idx, :, :past]
         return buf
 
     def _write(

@@ -58,7 +58,7 @@ def test_offsets_and_follow_are_for_tree_tokens_only(peaked_llm):
         engine.run([0], chain=[[1, 2]], offsets=[1])
 
 
-def rollout(model, tok, lookahead: bool, chunk_size, n: int = 6, steps: int = 120):
+def rollout(model, tok, lookahead: bool, chunk_size, n: int = 6, steps: int = 120, both: bool = True):
     envs = TokenAcceptRejectVectorEnv(
         n,
         llm=(model, tok),
@@ -70,6 +70,7 @@ def rollout(model, tok, lookahead: bool, chunk_size, n: int = 6, steps: int = 12
         chunk_size=chunk_size,
         lookahead=lookahead,
     )
+    envs.core.decoder.ahead_both = both  # both branches (the accelerators' rule), or the CPU's
     fmt = PromptFormat(tok)
     obs, info = envs.reset(seed=3)
     rng = np.random.default_rng(0)
@@ -90,10 +91,12 @@ def rollout(model, tok, lookahead: bool, chunk_size, n: int = 6, steps: int = 12
     return trace, responses, max(exact), stats
 
 
-@pytest.mark.parametrize("chunk_size", [1, 2, "adaptive"])
-def test_lookahead_gives_the_same_episodes_with_fewer_forwards(peaked_llm, chunk_size):
+@pytest.mark.parametrize("chunk_size,both", [(1, True), (2, True), ("adaptive", True), (1, False)])
+def test_lookahead_gives_the_same_episodes_with_fewer_forwards(peaked_llm, chunk_size, both):
     model, tok = peaked_llm
-    ahead, ahead_responses, ahead_error, (ahead_forwards, forwarded, used) = rollout(model, tok, True, chunk_size)
+    ahead, ahead_responses, ahead_error, (ahead_forwards, forwarded, used) = rollout(
+        model, tok, True, chunk_size, both=both
+    )
     wait, wait_responses, _, (wait_forwards, none_forwarded, _) = rollout(model, tok, False, chunk_size)
     assert ahead_responses == wait_responses
     for (o1, t1, r1, d1), (o2, t2, r2, d2) in zip(ahead, wait):
