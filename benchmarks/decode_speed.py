@@ -64,11 +64,15 @@ def run(
 ) -> tuple[int, float, int]:
     """One pass of system ``name`` over ``prompts``: answer tokens, seconds, LLM tokens."""
     g = gens[name]
-    if name == "plain":
-        out = g.generate_raw(prompts, max_new, seed=seed, record_stats=False)
-    else:
-        out = g.generate(prompts, max_new, seed=seed)
+    out = answers(g, name, prompts, max_new, seed)
     return sum(x.num_tokens for x in out), g.last_stats.wall_seconds, g.last_stats.llm_tokens
+
+
+def answers(g: MARAGenerator, name: str, prompts: list[str], max_new: int, seed: int) -> list:
+    """System ``name``'s answers: plain ``generate`` for ``plain``, aligned decoding otherwise."""
+    if name == "plain":
+        return g.generate_raw(prompts, max_new, seed=seed, record_stats=False)
+    return g.generate(prompts, max_new, seed=seed)
 
 
 def cost(gens: dict[str, MARAGenerator], name: str, prompts: list[str], max_new: int, seed: int) -> dict[str, float]:
@@ -80,10 +84,7 @@ def cost(gens: dict[str, MARAGenerator], name: str, prompts: list[str], max_new:
     forwards = ForwardCounter(model)
     try:
         with OpCounter() as ops:
-            if name == "plain":
-                out = g.generate_raw(prompts, max_new, seed=seed, record_stats=False)
-            else:
-                out = g.generate(prompts, max_new, seed=seed)
+            out = answers(g, name, prompts, max_new, seed)
     finally:
         forwards.close()
     tokens = sum(x.num_tokens for x in out)

@@ -215,11 +215,6 @@ class ForwardBound:
     def counters(self) -> tuple[int, int]:
         return self.decisions, 0
 
-    def ops_per_step(self) -> int:
-        with OpCounter() as ops:
-            self.step()
-        return ops.count
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
