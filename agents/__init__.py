@@ -1,7 +1,8 @@
 """Agents for MARA and what is built from them, one concept per module.
 
 - The algorithms (``agents.sac_discrete`` with its policies, ``agents.reference_anchor``,
-  ``agents.presets``, ``agents.hyperparameters``, ``agents.registry``, ``agents.loading``,
+  ``agents.presets``, ``agents.hyperparameters``, ``agents.registry``, ``agents.safe_unpickler``,
+  ``agents.agent_file``, ``agents.loading``,
   ``agents.accept``): they work on any Gymnasium environment with a ``Discrete`` action space and never
   import ``mara_env`` (``tests/test_layering.py``).
 - The application on top, which uses ``mara_env``: ``agents.generation`` (aligned generation),
@@ -29,7 +30,9 @@ __all__ = [
     "NonFiniteLossError",
     "export_authors_actor",
     "import_authors_actor",
+    "load_agent_file",
     "mara_preset",
+    "save_agent_file",
 ]
 
 #: Where each export lives. Loaded on first use, so that ``import agents`` (and DiscreteSAC on any
@@ -43,7 +46,9 @@ _EXPORTS = {
     "NonFiniteLossError": "agents.sac_discrete",
     "export_authors_actor": "agents.authors_format",
     "import_authors_actor": "agents.authors_format",
+    "load_agent_file": "agents.agent_file",
     "mara_preset": "agents.presets",
+    "save_agent_file": "agents.agent_file",
 }
 
 

@@ -1,10 +1,12 @@
-"""Reading saved agents: SB3 zips of any registered algorithm, safely, and actors in the authors' layout.
+"""Reading saved agents without running code from the file: agent files, SB3 zips, actors in the authors' layout.
 
 :func:`load_algorithm` loads a ``model.save()`` zip of any algorithm of :data:`agents.registry.ALGORITHMS`,
-detecting which (:func:`detect_algorithm`), without running pickled code: SB3 keeps non-JSON attributes
-as cloudpickle, which this module reads with an unpickler that only builds known data types.
+detecting which (:func:`detect_algorithm`): SB3 keeps non-JSON attributes as pickles, which this module
+reads with :func:`agents.safe_unpickler.safe_loads` (an exact allow-list of data types), after checking
+that no entry of the zip inflates beyond what an agent takes. It also reads agent files
+(:mod:`agents.agent_file`: safetensors weights plus JSON settings, no pickle at all).
 :func:`load_authors_actor` builds an actor from the MARA authors' released state dict
-(:mod:`agents.authors_format`), and :func:`load_agent` picks between the two by file suffix.
+(:mod:`agents.authors_format`), and :func:`load_agent` picks among the three by path.
 
 Zips saved by earlier versions keep loading: their pickled policy classes are resolved by module path,
 and :data:`MOVED_MODULES` maps any path that has since moved to where the class lives now. Example::
@@ -22,11 +24,11 @@ Like the registry, this module never imports ``mara_env``.
 from __future__ import annotations
 
 import base64
-import io
 import json
 import os
 import pickle
 import zipfile
+import zlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -37,9 +39,11 @@ from gymnasium import spaces
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.torch_layers import FlattenExtractor
 
-from agents.authors_format import import_authors_actor, load_weights, weights_error
+from agents.agent_file import AGENT_SETTINGS, is_agent_file, load_agent_file
+from agents.authors_format import UnsafeFileError, import_authors_actor, load_weights, weights_error
 from agents.registry import ALGORITHMS, get_spec
 from agents.sac_discrete.policies import DiscreteActor
+from agents.safe_unpickler import UnsafePickleError, safe_loads
 
 __all__ = [
     "AUTHORS_SUFFIXES",
@@ -61,79 +65,25 @@ AUTHORS_SUFFIXES = (".pt", ".pth", ".bin")
 MOVED_MODULES: Mapping[str, str] = {}
 
 
-class _SafeUnpickler(pickle.Unpickler):
-    """Unpickle only the data types an SB3 save stores: spaces, schedules, arrays, policy classes.
-
-    SB3 keeps its non-JSON attributes as cloudpickle, which can run any code when loaded. This
-    unpickler resolves a global only when it is a known harmless function or a class of an
-    allowed kind from an allowed package, so a crafted zip cannot call ``os.system`` and the like.
-    """
-
-    _FUNCTIONS = frozenset(
-        {
-            ("builtins", "set"),
-            ("builtins", "frozenset"),
-            ("builtins", "slice"),
-            ("builtins", "range"),
-            ("builtins", "complex"),
-            ("builtins", "bytearray"),
-            ("builtins", "object"),
-            ("collections", "deque"),
-            ("collections", "OrderedDict"),
-            ("_codecs", "encode"),
-            ("copyreg", "_reconstructor"),
-            ("numpy", "dtype"),
-            ("numpy", "ndarray"),
-            ("numpy.random._pickle", "__bit_generator_ctor"),
-            ("numpy.random._pickle", "__generator_ctor"),
-            ("numpy.random._pickle", "__randomstate_ctor"),
-            ("numpy.random.bit_generator", "SeedSequence"),
-            ("numpy.random.bit_generator", "__pyx_unpickle_SeedSequence"),
-            ("numpy.random._pcg64", "PCG64"),
-            ("numpy.random._mt19937", "MT19937"),
-            ("numpy.random._philox", "Philox"),
-            ("numpy.random._sfc64", "SFC64"),
-            ("numpy.random._generator", "Generator"),
-        }
-        | {
-            (f"numpy.{core}.{module}", name)
-            for core in ("core", "_core")
-            for module, name in (("multiarray", "_reconstruct"), ("multiarray", "scalar"), ("numeric", "_frombuffer"))
-        }
-    )
-    _PACKAGES = ("stable_baselines3.", "sb3_contrib.", "agents.", "gymnasium.spaces.", "torch.optim.", "torch.nn.")
-
-    def find_class(self, module: str, name: str) -> Any:
-        module = MOVED_MODULES.get(module, module)
-        if (module, name) in self._FUNCTIONS or module == "numpy.dtypes":
-            return super().find_class(module, name)
-        if module.startswith(self._PACKAGES):
-            obj = super().find_class(module, name)
-            if isinstance(obj, type) and issubclass(obj, _allowed_bases()):
-                return obj
-        raise pickle.UnpicklingError(f"{module}.{name}")
+#: The largest uncompressed entries of a saved zip that are read: its ``data`` JSON and each weights
+#: file. A save of an agent for an 8B model's 4096-wide hidden state is ~100 MB; beyond these a zip
+#: is damaged or hostile (a small zip can declare gigabytes), and it is refused before anything is read.
+MAX_DATA_BYTES = 64 << 20
+MAX_ENTRY_BYTES = 4 << 30
 
 
-def _allowed_bases() -> tuple[type, ...]:
-    from stable_baselines3.common.buffers import BaseBuffer
-    from stable_baselines3.common.policies import BasePolicy
-    from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
-    from stable_baselines3.common.type_aliases import TrainFreq, TrainFrequencyUnit
-    from stable_baselines3.common.utils import ConstantSchedule, FloatSchedule, LinearSchedule
-
-    return (
-        BasePolicy,
-        BaseFeaturesExtractor,
-        BaseBuffer,
-        spaces.Space,
-        th.optim.Optimizer,
-        th.nn.Module,  # activation functions in policy_kwargs
-        TrainFreq,
-        TrainFrequencyUnit,
-        ConstantSchedule,
-        FloatSchedule,
-        LinearSchedule,
-    )
+def _check_archive(archive: zipfile.ZipFile, path: Path) -> None:
+    """Refuse a zip whose entries could not be an SB3 save's: too large once inflated, or encrypted."""
+    for info in archive.infolist():
+        limit = MAX_DATA_BYTES if info.filename == "data" else MAX_ENTRY_BYTES
+        if info.file_size > limit:
+            raise ValueError(
+                f"{path} is not an agent checkpoint: its entry {info.filename!r} inflates to {info.file_size:,} "
+                f"bytes, more than the {limit:,} an agent's {'settings' if limit == MAX_DATA_BYTES else 'weights'} "
+                "take (the file is damaged or was made to exhaust memory)."
+            )
+        if info.flag_bits & 0x1:
+            raise ValueError(f"{path} is not an agent checkpoint: its entry {info.filename!r} is encrypted.")
 
 
 def read_saved_data(path: str | Path) -> dict[str, Any]:
@@ -146,15 +96,18 @@ def read_saved_data(path: str | Path) -> dict[str, Any]:
     path = _zip_path(path)
     try:
         with zipfile.ZipFile(path) as archive:
+            _check_archive(archive, path)
             if "data" not in archive.namelist():
                 raise ValueError(
                     f"{path} is not an agent checkpoint: the zip has no 'data' entry (files saved with "
                     "model.save() by stable-baselines3 or agents.DiscreteSAC have one)."
                 )
             data = json.loads(archive.read("data"))
-    except zipfile.BadZipFile as exc:
-        raise ValueError(f"{path} is not an agent checkpoint: not a zip file (expected a model.save() zip).") from exc
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
+        raise ValueError(
+            f"{path} is not an agent checkpoint: not a zip file, or a damaged one (expected a model.save() zip; {exc})."
+        ) from exc
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise ValueError(f"{path} is not an agent checkpoint: its 'data' entry is not JSON.") from exc
     if not isinstance(data, dict) or "policy_class" not in data:
         raise ValueError(f"{path} is not an agent checkpoint: its 'data' has no policy_class.")
@@ -196,18 +149,26 @@ def detect_algorithm(data: Mapping[str, Any]) -> str:
 def load_algorithm(
     path: str | Path, env: Any = None, *, algo: str | None = None, device: str | th.device = "auto"
 ) -> BaseAlgorithm:
-    """Load an agent saved with ``model.save`` by any registered algorithm.
+    """Load an agent saved with ``model.save`` by any registered algorithm, or an agent file.
 
-    Pickled attributes are read with an unpickler that only builds known data types (spaces,
-    schedules, arrays, policy classes); weights are read with ``torch.load(weights_only=True)``.
+    Pickled attributes are read by :func:`agents.safe_unpickler.safe_loads`, which builds only the
+    data types of its exact allow-list (spaces, schedules, arrays) and names only known classes;
+    weights are read with ``torch.load(weights_only=True)``. An agent file (:mod:`agents.agent_file`)
+    holds no pickle at all.
 
-    :param path: the zip (``.zip`` may be left off), or a folder holding ``model.zip``.
+    :param path: the zip (``.zip`` may be left off), an agent folder (or its ``agent.safetensors``), or a
+        folder holding ``model.zip``.
     :param env: environment to attach (needed to continue training); its spaces must match.
     :param algo: registry name; ``None`` detects it from the file.
     :param device: torch device of the loaded policy.
     :raises FileNotFoundError: no such file.
     :raises ValueError: not an agent checkpoint, an unknown algorithm, or an unsafe pickled object.
     """
+    if (Path(path).is_dir() and is_agent_file(path)) or Path(path).suffix == ".safetensors":
+        model = load_agent_file(path, env, device=device)
+        if algo is not None and type(model) is not get_spec(algo).cls:
+            raise ValueError(f"{path} holds a {type(model).__name__} agent, not {algo}: pass algo=None.")
+        return model
     zip_path = _zip_path(path)
     data = read_saved_data(zip_path)
     if algo is None:
@@ -224,17 +185,17 @@ def load_algorithm(
     for key, value in data.items():
         if isinstance(value, dict) and ":serialized:" in value:
             try:
-                raw = base64.b64decode(value[":serialized:"])
-                custom_objects[key] = _SafeUnpickler(io.BytesIO(raw)).load()
-            except pickle.UnpicklingError as exc:
-                raise ValueError(
-                    f"{zip_path}: refusing to load attribute {key!r}: it holds a pickled {exc}, which is not "
-                    "one of the data types an agent checkpoint needs (it could run code). If you trust the "
-                    f"file, load it with {get_spec(name).cls.__name__}.load()."
+                raw = base64.b64decode(value[":serialized:"], validate=True)
+                custom_objects[key] = safe_loads(raw, MOVED_MODULES)
+            except UnsafePickleError as exc:
+                raise UnsafeFileError(
+                    f"refusing to load {zip_path}: its attribute {key!r} holds {exc} (loading it could run code). "
+                    "Use only agent files from sources you trust."
                 ) from exc
-            except Exception as exc:  # truncated or corrupt base64/pickle
+            except Exception as exc:  # truncated or corrupt base64/pickle, or a data type misused
                 raise ValueError(
-                    f"{zip_path} is not an agent checkpoint: attribute {key!r} is corrupt ({exc})."
+                    f"{zip_path} is not an agent checkpoint: attribute {key!r} is corrupt "
+                    f"({type(exc).__name__}: {str(exc)[:200]})."
                 ) from exc
     try:
         return get_spec(name).cls.load(zip_path, env=env, device=device, custom_objects=custom_objects)
@@ -243,8 +204,9 @@ def load_algorithm(
         if isinstance(exc, RuntimeError) and "PytorchStreamReader" not in str(exc):
             raise ValueError(f"{zip_path} could not be loaded as a {name} agent: {exc}") from exc
         raise weights_error(str(zip_path), exc, what="its weights") from exc
-    except (KeyError, zipfile.BadZipFile) as exc:
-        raise ValueError(f"{zip_path} could not be loaded as a {name} agent: {exc}") from exc
+    except (KeyError, TypeError, AssertionError, AttributeError, zipfile.BadZipFile, zlib.error) as exc:
+        # settings that do not fit the algorithm: a damaged or hand-made file
+        raise ValueError(f"{zip_path} could not be loaded as a {name} agent: {type(exc).__name__}: {exc}") from exc
 
 
 def load_authors_actor(path: str | os.PathLike) -> DiscreteActor:
@@ -275,15 +237,37 @@ def load_authors_actor(path: str | os.PathLike) -> DiscreteActor:
 
 
 def load_agent(path: str | os.PathLike, device: str | th.device = "auto") -> BaseAlgorithm | DiscreteActor:
-    """The agent in a file: an actor in the authors' layout (:data:`AUTHORS_SUFFIXES`), else a saved SB3 zip.
+    """The agent at ``path``, read without running code from the file.
 
-    :param path: the file.
+    - an agent file (:mod:`agents.agent_file`: a folder with ``agent.json`` + ``agent.safetensors``, or
+      either of the two files);
+    - an actor in the authors' layout (:data:`AUTHORS_SUFFIXES`, ``weights_only=True``);
+    - a saved SB3 zip (:func:`load_algorithm`), or a folder holding ``model.zip``;
+    - ``hf:ID[@REVISION][:FILE]``: an agent file or an authors' actor on the Hugging Face Hub, downloaded
+      (:func:`agents.hub.hub_agent_path`; a zip is never fetched from the Hub).
+
+    :param path: the file or folder, or an ``hf:`` reference.
     :param device: torch device of a loaded SB3 model (an authors' actor loads on the CPU).
-    :raises FileNotFoundError: no such file.
+    :raises FileNotFoundError: no such file, or a folder without an agent.
     """
+    if isinstance(path, str) and path.startswith("hf:"):
+        from agents.hub import hub_agent_path  # lazy: only Hub references need huggingface_hub
+
+        path = hub_agent_path(path)
     path = Path(path)
+    if path.is_dir():
+        if is_agent_file(path):
+            return load_agent_file(path, device=device)
+        if (path / "model.zip").is_file():
+            return load_algorithm(path / "model.zip", device=device)
+        raise FileNotFoundError(
+            f"the agent path {path} is a folder holding no agent (no {AGENT_SETTINGS}, no model.zip). Pass an agent "
+            "file (model.zip, an agent folder, a .pt actor); a training run folder goes to --run."
+        )
     if not path.is_file():
         raise FileNotFoundError(f"agent checkpoint '{path}' does not exist.")
     if path.suffix.lower() in AUTHORS_SUFFIXES:
         return load_authors_actor(path)
+    if path.suffix.lower() == ".safetensors" or path.name == AGENT_SETTINGS:
+        return load_agent_file(path, device=device)
     return load_algorithm(path, device=device)

@@ -103,9 +103,30 @@ class ReferenceLogits(nn.Module):
                 f"reference_logits: observation columns {list(self.indices)} are not the log-probabilities of the "
                 f"actions (their probabilities sum to {np.exp(worst):.3g}, not 1). The environment's observation has "
                 "no reference features there: create it with observation='hidden+ref' (MARA-v1) and pass "
-                "env.observation_layout.reference_logits."
+                "env.observation_layout.reference_logits; under VecNormalize, pass norm_obs=False (it rescales "
+                "those columns)."
             )
         self._checked = True
+
+
+def check_raw_observations(vec_normalize: Any, owner: str) -> None:
+    """Refuse observation normalisation under an anchored policy: it reads ``log p_ref(a | k)`` from raw columns.
+
+    ``VecNormalize(norm_obs=True)`` shifts and scales every observation column, the reference's
+    log-probabilities included, so the anchored logits would no longer be ``log p_ref(. | k) + f(s)``.
+
+    :param vec_normalize: the ``VecNormalize`` wrapping the environment (``unwrap_vec_normalize(env)``), or ``None``.
+    :param owner: who asks, for the message.
+    :raises ValueError: observations are normalised; the message gives the alternatives.
+    """
+    if vec_normalize is not None and getattr(vec_normalize, "norm_obs", False):
+        raise ValueError(
+            f"{owner}: the policy is anchored to the reference (reference_logits) and reads log p_ref(a|k) from the "
+            "raw observation, but VecNormalize(norm_obs=True) rescales every observation column. Use "
+            "VecNormalize(venv, norm_obs=False) (rewards only), scale the hidden state inside the network instead "
+            "(policy_kwargs input_layer_norm=True, sac-discrete's default), or drop the anchor "
+            "(policy_kwargs reference_logits=None)."
+        )
 
 
 def zero_output_(layer: nn.Linear) -> nn.Linear:

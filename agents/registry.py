@@ -39,11 +39,12 @@ from typing import Any
 from sb3_contrib import QRDQN
 from stable_baselines3 import A2C, DQN, PPO
 from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.vec_env import VecEnv, unwrap_vec_normalize
 
 from agents.hints import did_you_mean
 from agents.hyperparameters import range_problem
 from agents.presets import mara_preset
-from agents.reference_anchor import AnchoredActorCriticPolicy
+from agents.reference_anchor import AnchoredActorCriticPolicy, check_raw_observations
 from agents.sac_discrete import DiscreteSAC
 from agents.sac_discrete.policies import DiscreteSACPolicy
 
@@ -77,6 +78,8 @@ SHAPING_GAMMA = "shaping_gamma"
 #: :func:`make_algorithm`: ``"auto"`` anchors the policy when the observation carries the reference's
 #: log-probabilities (MARA-v1) and leaves it plain otherwise (MARA-v0); ``"observation"`` requires them.
 REFERENCE_LOGITS = ("auto", "observation")
+
+_PLAIN_POLICY = "MlpPolicy"
 
 #: Constructor parameters that are not hyperparameters: the caller or the run supplies them.
 NON_HYPERPARAMETERS = frozenset(
@@ -386,7 +389,7 @@ def _resolve_reference(name: str, env: Any, kwargs: dict[str, Any], kl: float | 
     if policy_kwargs or "policy_kwargs" in kwargs:
         kwargs["policy_kwargs"] = policy_kwargs
     if not anchored:
-        return "MlpPolicy"
+        return _PLAIN_POLICY
     if spec.anchored_policy is None:
         raise ValueError(
             f"{name} has no policy anchored to the reference (only "
@@ -444,7 +447,8 @@ def make_algorithm(
     spec = get_spec(name)
     config = env_config(env)
     kl = (None if config is None else float(config.kl_coef)) if kl_coef is None else kl_coef
-    if kwargs.get("ent_coef") == KL_COEF:
+    kl_tied = kwargs.get("ent_coef") == KL_COEF
+    if kl_tied:
         # Without a positive kl_coef: SAC learns its coefficient (from the authors' 0.01), PPO/A2C use none.
         learned = isinstance(inspect.signature(spec.cls.__init__).parameters["ent_coef"].default, str)
         fallback = "auto_0.01" if learned else 0.0
@@ -462,6 +466,17 @@ def make_algorithm(
             stacklevel=2,
         )
     policy = _resolve_reference(name, env, kwargs, kl)
+    vec_normalize = unwrap_vec_normalize(env) if isinstance(env, VecEnv) else None
+    if policy != _PLAIN_POLICY:
+        check_raw_observations(vec_normalize, f"{name} on a VecNormalize environment")
+    if vec_normalize is not None and vec_normalize.norm_reward and config is not None and kl_tied:
+        warnings.warn(
+            f"{name}: ent_coef is the environment's kl_coef ({kwargs['ent_coef']}), which makes the entropy bonus "
+            "cancel the per-decision KL reward only at the environment's own reward scale; VecNormalize(norm_reward="
+            "True) divides rewards by a running scale, so the objective is no longer E[R] - kl_coef * KL. Use "
+            "norm_reward=False, or scale the env's alpha_r/alpha_c instead.",
+            stacklevel=2,
+        )
     try:
         return spec.cls(
             policy, env, seed=seed, tensorboard_log=tensorboard_log, verbose=verbose, device=device, **kwargs

@@ -217,11 +217,15 @@ class ARGSGenerator:
         :param progress: show a progress bar over batches.
         """
         guide = _Guide(
-            self.reward, self.weight, self.sample, self.generator.tokenizer, scoring=self.weight > 0 and self.k > 1
+            self.reward,
+            self.weight,
+            self.sample,
+            self.generator.session.tokenizer,
+            scoring=self.weight > 0 and self.k > 1,
         )
         # Sampling draws from softmax of the hook's scores as they are: no temperature, top-k or top-p warper.
         sampling = dict(do_sample=True, top_k=0, top_p=1.0, temperature=1.0) if self.sample else dict(do_sample=False)
-        temperature = self.generator.candidates.temperature
+        temperature = self.generator.session.candidates.temperature
         results, stats = batched_generate(
             self.generator,
             prompts,

@@ -51,6 +51,7 @@ __all__ = [
     "load_demonstrations",
     "pretrain_steps",
     "replay_answers",
+    "run_teacher",
     "save_demonstrations",
 ]
 
@@ -153,6 +154,7 @@ def args_answers(
         None,
         devices=None if replicas is not None else env_kwargs.get("devices"),
         dtype=env_kwargs.get("dtype", "auto"),
+        trust_remote_code=env_kwargs.get("trust_remote_code", False),
         system_prompt=env_kwargs.get("system_prompt"),
         top_k=env_kwargs.get("top_k", 50),
         top_p=env_kwargs.get("top_p", 0.95),
@@ -167,7 +169,7 @@ def args_answers(
         env_kwargs.get("cost_model", "toxicity"),
         alpha_r=env_kwargs.get("alpha_r", 1.0),
         alpha_c=env_kwargs.get("alpha_c", 1.0),
-        device=scorer_device if scorer_device is not None else generator.replicas[0].device,
+        device=scorer_device if scorer_device is not None else generator.session.replicas[0].device,
     )
     args = ARGSGenerator(generator, terminal, weight=weight, k=k)
     answers = args.generate(list(prompts), env_kwargs.get("max_new_tokens", 512), progress=progress)

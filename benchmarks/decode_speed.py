@@ -35,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from op_count import ForwardCounter, OpCounter
 
 from agents.generation import MARAGenerator
 from mara_env import ChunkPlan
@@ -63,11 +64,37 @@ def run(
 ) -> tuple[int, float, int]:
     """One pass of system ``name`` over ``prompts``: answer tokens, seconds, LLM tokens."""
     g = gens[name]
-    if name == "plain":
-        out = g.generate_raw(prompts, max_new, seed=seed, record_stats=False)
-    else:
-        out = g.generate(prompts, max_new, seed=seed)
+    out = answers(g, name, prompts, max_new, seed)
     return sum(x.num_tokens for x in out), g.last_stats.wall_seconds, g.last_stats.llm_tokens
+
+
+def answers(g: MARAGenerator, name: str, prompts: list[str], max_new: int, seed: int) -> list:
+    """System ``name``'s answers: plain ``generate`` for ``plain``, aligned decoding otherwise."""
+    if name == "plain":
+        return g.generate_raw(prompts, max_new, seed=seed, record_stats=False)
+    return g.generate(prompts, max_new, seed=seed)
+
+
+def cost(gens: dict[str, MARAGenerator], name: str, prompts: list[str], max_new: int, seed: int) -> dict[str, float]:
+    """What one pass of system ``name`` over ``prompts`` (one batch) pays for (op_count): aten ops per answer
+    token, LLM forwards and host syncs per lockstep token (the longest answer's length: what a batch's
+    rows advance together), beside plain decoding's one forward per token."""
+    g = gens[name]
+    model = g.session.replicas[0].model
+    forwards = ForwardCounter(model)
+    try:
+        with OpCounter() as ops:
+            out = answers(g, name, prompts, max_new, seed)
+    finally:
+        forwards.close()
+    tokens = sum(x.num_tokens for x in out)
+    lockstep = max(x.num_tokens for x in out)
+    syncs = None if name == "plain" else g.last_stats.extra.get("host_syncs")
+    return dict(
+        ops_per_answer_token=ops.count / max(tokens, 1),
+        forwards_per_token=forwards.count / max(lockstep, 1),
+        syncs_per_token=None if syncs is None else syncs / max(lockstep, 1),
+    )
 
 
 def main() -> None:
@@ -126,6 +153,8 @@ def main() -> None:
                 totals[name][1] += seconds
                 totals[name][2] += llm_tokens
             print(f"B={batch} round {r + 1}/{args.rounds} done", flush=True)
+        # What a GPU pays for, counted on one batch after the timed rounds (counting slows what it counts).
+        costs = {name: cost(gens, name, prompts[:batch], args.max_new_tokens, seed=20_000) for name in gens}
         plain_speed = totals["plain"][0] / totals["plain"][1]
         for name, (tokens, seconds, llm_tokens) in totals.items():
             speed = tokens / seconds
@@ -139,17 +168,21 @@ def main() -> None:
                     bound_tokens_per_s=round(plain_speed, 2),
                     x_plain=round(speed / plain_speed, 3),
                     llm_tokens_per_answer_token=round(llm_tokens / tokens, 2),
+                    **{k: None if v is None else round(v, 2) for k, v in costs[name].items()},
                 )
             )
 
     lines = [
-        "| system | batch | tokens/s | bound: plain tokens/s | of bound (x plain) | LLM tokens per answer token |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| system | batch | tokens/s | bound: plain tokens/s | of bound (x plain) | LLM tokens per answer token "
+        "| forwards per token | aten ops per answer token | host syncs per token |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
+        syncs = "" if row["syncs_per_token"] is None else f"{row['syncs_per_token']:.2f}"
         lines.append(
             f"| {row['system']} | {row['batch_size']} | {row['tokens_per_s']:.1f} | {row['bound_tokens_per_s']:.1f} "
-            f"| {row['x_plain']:.2f} | {row['llm_tokens_per_answer_token']:.2f} |"
+            f"| {row['x_plain']:.2f} | {row['llm_tokens_per_answer_token']:.2f} | {row['forwards_per_token']:.2f} "
+            f"| {row['ops_per_answer_token']:.0f} | {syncs} |"
         )
     table = "\n".join(lines)
     print("\n" + table)

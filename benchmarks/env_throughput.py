@@ -39,6 +39,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from op_count import OpCounter, plain_forward_ops
 from transformers import DynamicCache
 
 from mara_env import TokenAcceptRejectVectorEnv
@@ -160,7 +161,22 @@ class MaraRunner:
 
     def forwards_per_step(self) -> float:
         """LLM forwards per environment step (prompt prefills included)."""
-        return sum(e.num_forwards for e in self.envs.core.decoder.engines) / max(self.steps, 1)
+        return self.envs.core.decoder.num_forwards / max(self.steps, 1)
+
+    def cost(self, steps: int = 8) -> dict[str, float]:
+        """aten ops, LLM forwards and host syncs per step over ``steps`` counted steps (op_count)."""
+        decoder = self.envs.core.decoder
+        forwards, syncs = decoder.num_forwards, decoder.num_syncs
+        with OpCounter() as ops:
+            for _ in range(steps):
+                self.step()
+        forwards = (decoder.num_forwards - forwards) / steps
+        return {
+            "ops_per_step": ops.count / steps,
+            "forwards_per_step": forwards,
+            "syncs_per_step": (decoder.num_syncs - syncs) / steps,
+            "ops_per_forward": ops.count / steps / max(forwards, 1e-9),
+        }
 
     def counters(self) -> tuple[int, int]:
         """Decisions so far, and response tokens so far (finished episodes plus running ones)."""
@@ -186,14 +202,14 @@ class ForwardBound:
         for _ in range(n_envs):
             ids = fmt.token_ids(prompts[int(rng.integers(len(prompts)))])[0]
             prefixes.append(list(ids) + rng.integers(vocab, size=max_new_tokens // 2).tolist())
-        self.engine.forward(list(range(n_envs)), prefixes, "chain")
+        self.engine.run(list(range(n_envs)), chain=prefixes)
         self.rows = list(range(n_envs))
         self.tokens = [[int(t)] for t in rng.integers(vocab, size=n_envs)]
         self.decisions = 0
 
     def step(self) -> None:
-        hidden = self.engine.forward(self.rows, self.tokens, "tree")
-        self.engine.logits(hidden[:, 0])
+        out = self.engine.run(self.rows, tree=self.tokens)
+        self.engine.logits(out.hidden)
         self.decisions += len(self.rows)
 
     def counters(self) -> tuple[int, int]:
@@ -209,6 +225,9 @@ def main() -> None:
     )
     parser.add_argument("--seconds", type=float, default=12.0, help="measured time per configuration per round")
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument(
+        "--count-steps", type=int, default=8, help="steps counted (aten ops, forwards, host syncs) after the timing"
+    )
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--device", default=None)
@@ -256,6 +275,19 @@ def main() -> None:
                 flush=True,
             )
 
+    # What a GPU pays for, counted after the timed rounds (counting slows the ops it counts).
+    costs = {name: r.cost(args.count_steps) for name, r in mara.items()}
+    plain_ops = {n: plain_forward_ops(replica.model, n) for n in args.envs}
+    for name, c in costs.items():
+        n_envs = int(name.split("N=")[1].split()[0])
+        c["ops_per_forward_x_plain"] = c["ops_per_forward"] / plain_ops[n_envs]
+        print(
+            f"{name:45s} {c['ops_per_step']:8.0f} aten ops/step {c['forwards_per_step']:5.2f} forwards/step "
+            f"{c['syncs_per_step']:5.2f} host syncs/step {c['ops_per_forward']:6.0f} ops/forward "
+            f"({c['ops_per_forward_x_plain']:.2f}x a plain forward's {plain_ops[n_envs]})",
+            flush=True,
+        )
+
     lazy_rate = totals["lazy batch-1"][1] / totals["lazy batch-1"][0]
     authors_rate = (
         totals["authors (batch-1, all candidates up front)"][1]
@@ -277,21 +309,30 @@ def main() -> None:
                 "x_lazy_b1": rate / lazy_rate,
                 "x_authors": rate / authors_rate,
                 "forwards_per_step": mara[name].forwards_per_step() if name in mara else None,
+                **({f"counted_{k}": v for k, v in costs[name].items()} if name in costs else {}),
                 "bound_decisions_per_s": bounds[n_envs] if name in mara else None,
                 "fraction_of_bound": rate / bounds[n_envs] if name in mara else None,
             }
         )
     header = (
-        "| strategy | decisions/s | tokens/s | x lazy batch-1 | x authors | forwards/step | bound (decisions/s) "
-        "| of bound |\n|---|---:|---:|---:|---:|---:|---:|---:|"
+        "| strategy | decisions/s | tokens/s | x lazy batch-1 | x authors | forwards/step | aten ops/step "
+        "| ops/forward (x plain) | host syncs/step | bound (decisions/s) | of bound |\n"
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     )
 
     def cell(value: float | None, spec: str) -> str:
         return "" if value is None else format(value, spec)
 
+    def ops_cell(r: dict) -> str:
+        if r.get("counted_ops_per_forward") is None:
+            return ""
+        return f"{r['counted_ops_per_forward']:.0f} ({r['counted_ops_per_forward_x_plain']:.2f}x)"
+
     lines = [header] + [
         f"| {r['strategy']} | {r['decisions_per_s']:.1f} | {cell(r['tokens_per_s'], '.1f')} "
         f"| {r['x_lazy_b1']:.1f} | {r['x_authors']:.1f} | {cell(r['forwards_per_step'], '.2f')} "
+        f"| {cell(r.get('counted_ops_per_step'), '.0f')} | {ops_cell(r)} "
+        f"| {cell(r.get('counted_syncs_per_step'), '.2f')} "
         f"| {cell(r['bound_decisions_per_s'], '.1f')} | {cell(r['fraction_of_bound'], '.0%')} |"
         for r in rows
     ]
@@ -309,6 +350,8 @@ def main() -> None:
         "torch_threads": torch.get_num_threads(),
         "machine": platform.processor() or platform.machine(),
         "date": time.strftime("%Y-%m-%d"),
+        "counted_steps": args.count_steps,
+        "plain_forward_ops": plain_ops,
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -39,6 +39,9 @@ file-size limit (disk full)
 mistyped ``--overwrite``
     ``--overwrite`` of a finished run with a mistyped prompts path, a device that does not exist,
     ``--batch-size 0`` or ``--top-k 0``.
+second writer
+    a second ``mara train`` on the same ``--out`` while the first trains: it must exit 1 at once naming the
+    first's pid (the run folder's lock), and the first must finish the run intact.
 
 Usage::
 
@@ -66,6 +69,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -469,6 +473,37 @@ def disk_full_trials(finished: Path, files, base: Path) -> list[Trial]:
     return trials
 
 
+def second_writer_trials(files, base: Path) -> list[Trial]:
+    """Two ``mara train --out X`` at once: the second is refused at once naming the first's pid; the first finishes."""
+    trials = []
+    out = base / "two-writers" / "run"
+    out.parent.mkdir()
+    flags = train_flags(*files, out)
+    with judged(
+        trials, Trial("second writer", "a second mara train on the same --out while the first trains")
+    ) as trial:
+        first: list[Attempt] = []
+        thread = threading.Thread(target=lambda: first.append(subprocess_run(flags)))
+        thread.start()
+        lock = out.with_name(out.name + ".lock")
+        deadline = time.monotonic() + 60
+        while not lock.exists():
+            if time.monotonic() > deadline or not thread.is_alive():
+                raise Lost("the first run never took its lock")
+            time.sleep(0.02)
+        holder = lock.read_text().split()[0]
+        attempt = record(trial, subprocess_run(flags))
+        if attempt.returncode != 1 or f"pid {holder}" not in attempt.last_line or not thread.is_alive():
+            raise Lost(f"the second writer was not refused at once by the lock: {attempt.last_line}")
+        thread.join()
+        record(trial, first[0])
+        if first[0].returncode != 0:
+            raise Lost(f"the first run did not finish: {first[0].last_line}")
+        check_finished(out, TOTAL)
+        trial.outcome, trial.note = "recovered", attempt.last_line
+    return trials
+
+
 def mistyped_trials(finished: Path, files, base: Path) -> list[Trial]:
     trials = []
     for index, bad in enumerate(
@@ -539,6 +574,7 @@ def main_benchmark() -> int:
         trials += read_only_trials(finished, files, base)
         trials += disk_full_trials(finished, files, base)
         trials += mistyped_trials(finished, files, base)
+        trials += second_writer_trials(files, base)
     seconds = time.time() - started
     print()
     print(table(trials))

@@ -16,6 +16,9 @@ Then, once for the machine, 3. **SAC learner speed**: gradient steps/s of Discre
 (``mara_preset("authors")``) beside SB3's SAC at batch 1024 with observation size H = 4096 and
 H = each model's hidden size (``benchmarks/sac_update_speed.py``'s buffer set-up), in float32.
 
+Beside each time, what the GPU pays for, counted after the timed rounds (``benchmarks/op_count.py``):
+aten ops (kernel launches), LLM forwards and host syncs per env step and per answer token.
+
 Bars, on a GPU: ``mara N=32`` >= 15x lazy batch-1 and >= 100x the authors' strategy in
 decisions/s; always-accept decoding >= 0.95x plain ``generate``. Results go to ``--out``
 (``gpu_suite.json`` and ``gpu_suite.md``).
@@ -416,6 +419,8 @@ def env_section(replica: Any, args: argparse.Namespace, budget: Budget, progress
             totals[name][1] += decisions
             totals[name][2] += tokens
             progress.update(1)
+    # what a GPU pays for per step (op_count), counted after the timed rounds
+    costs = {name: runner.cost(args.count_steps) for name, runner in mara.items()}
     rate = {name: d / max(t, 1e-9) for name, (t, d, _) in totals.items()}
     rows = []
     for name, (elapsed, decisions, tokens) in totals.items():
@@ -431,6 +436,7 @@ def env_section(replica: Any, args: argparse.Namespace, budget: Budget, progress
                 x_authors=rate[name] / max(rate["authors"], 1e-9),
                 forwards_per_step=mara[name].forwards_per_step() if name in mara else None,
                 chunk_size=chunk_size(mara[name]) if name in mara else None,
+                **{k: v for k, v in costs.get(name, {}).items() if k != "forwards_per_step"},
             )
         )
     for runner in mara.values():
@@ -455,7 +461,7 @@ def random_agent(obs: Any) -> Any:
 
 def decode_section(replica: Any, args: argparse.Namespace, budget: Budget, progress: Any) -> list[dict[str, Any]]:
     """Answer tokens/s of plain ``generate``, always-accept and a random agent, per batch size, interleaved."""
-    from decode_speed import always_accept, run
+    from decode_speed import always_accept, cost, run
 
     from agents.generation import MARAGenerator
     from mara_env import PromptSet
@@ -482,6 +488,7 @@ def decode_section(replica: Any, args: argparse.Namespace, budget: Budget, progr
                 totals[name][1] += seconds
                 totals[name][2] += llm_tokens
             progress.update(1)
+        costs = {name: cost(gens, name, prompts[:batch], args.max_new_tokens, seed=20_000) for name in gens}
         plain = totals["plain"][0] / max(totals["plain"][1], 1e-9)
         for name, (tokens, seconds, llm_tokens) in totals.items():
             speed = tokens / max(seconds, 1e-9)
@@ -494,6 +501,7 @@ def decode_section(replica: Any, args: argparse.Namespace, budget: Budget, progr
                     tokens_per_s=speed,
                     x_plain=speed / max(plain, 1e-9),
                     llm_tokens_per_answer_token=llm_tokens / max(tokens, 1),
+                    **costs[name],
                 )
             )
     return rows
@@ -618,27 +626,35 @@ def markdown(report: dict[str, Any]) -> str:
         )
     lines += [
         "",
-        "| model | strategy | chunk | decisions/s | tokens/s | x lazy batch-1 | x authors | forwards/step |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "| model | strategy | chunk | decisions/s | tokens/s | x lazy batch-1 | x authors | forwards/step "
+        "| aten ops/step | ops/forward | host syncs/step |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
+
+    def cell(value: float | None, spec: str) -> str:
+        return "" if value is None else format(value, spec)
+
     for name, m in report["models"].items():
         for r in m.get("env", []):
-            fps = "" if r["forwards_per_step"] is None else f"{r['forwards_per_step']:.2f}"
             chunk = "" if r["chunk_size"] is None else str(r["chunk_size"])
             lines.append(
                 f"| {name} | {r['strategy']} | {chunk} | {r['decisions_per_s']:.1f} | {r['tokens_per_s']:.1f} "
-                f"| {r['x_lazy_b1']:.1f} | {r['x_authors']:.1f} | {fps} |"
+                f"| {r['x_lazy_b1']:.1f} | {r['x_authors']:.1f} | {cell(r['forwards_per_step'], '.2f')} "
+                f"| {cell(r.get('ops_per_step'), '.0f')} | {cell(r.get('ops_per_forward'), '.0f')} "
+                f"| {cell(r.get('syncs_per_step'), '.2f')} |"
             )
     lines += [
         "",
-        "| model | batch | system | answer tokens/s | x plain | LLM tokens per answer token |",
-        "|---|---:|---|---:|---:|---:|",
+        "| model | batch | system | answer tokens/s | x plain | LLM tokens per answer token | forwards per token "
+        "| aten ops per answer token | host syncs per token |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
     for name, m in report["models"].items():
         for r in m.get("decode", []):
             lines.append(
                 f"| {name} | {r['batch_size']} | {r['system']} | {r['tokens_per_s']:.1f} | {r['x_plain']:.2f} "
-                f"| {r['llm_tokens_per_answer_token']:.2f} |"
+                f"| {r['llm_tokens_per_answer_token']:.2f} | {cell(r.get('forwards_per_token'), '.2f')} "
+                f"| {cell(r.get('ops_per_answer_token'), '.0f')} | {cell(r.get('syncs_per_token'), '.2f')} |"
             )
     lines += ["", "| H | learner | batch | gradient steps/s | x SB3 SAC |", "|---:|---|---:|---:|---:|"]
     for r in report["sac"]:
@@ -679,6 +695,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--seconds", type=float, default=5.0, help="measured seconds per env configuration per round")
     p.add_argument("--rounds", type=int, default=2, help="interleaved rounds (env and decode sections)")
+    p.add_argument(
+        "--count-steps", type=int, default=4, help="env steps counted (aten ops, forwards, host syncs) after timing"
+    )
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 16], help="decode batch sizes")
     p.add_argument("--prompts-per-batch", type=int, default=1, help="decode prompts per run = this x batch size")
     p.add_argument("--max-new-tokens", type=int, default=64, help="answer limit (random models rarely emit EOS)")

@@ -292,7 +292,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "std": stats["std"],
         "pooled_vs_best_of_2": pooled,
         "kl": spread([r["kl"] for r in rows]),
-        "prompts": reports[args.seeds[0]]["meta"]["prompts"],
+        # meta["prompts"] is mara evaluate's prompt source (a name); the count comes from the rows
+        "prompts": len({row["index"] for row in reports[args.seeds[0]]["rows"]}),
+        "prompt_source": reports[args.seeds[0]]["meta"].get("prompts"),
         "machine": host,
         "args": None,
     }

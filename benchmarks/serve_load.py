@@ -74,11 +74,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(agent: Path, port: int, max_batch: int, max_new: int) -> subprocess.Popen:
+def start_server(
+    agent: Path, port: int, max_batch: int, max_new: int, extra: list[str] | None = None, llm: str | None = None
+) -> subprocess.Popen:
+    """``mara serve`` in a process of its own, once its ``/health`` answers (``extra``: more flags)."""
     cmd = [sys.executable, "-m", "agents.cli", "serve", "--agent", str(agent), "--port", str(port)]
     cmd += ["--max-batch", str(max_batch), "--queue-size", "64", "--max-new-tokens", str(max_new)]
     cmd += ["--top-k", str(DECODING["top_k"]), "--top-p", str(DECODING["top_p"])]
-    cmd += ["--temperature", str(DECODING["temperature"])]
+    cmd += ["--temperature", str(DECODING["temperature"]), *(extra or []), *(["--llm", llm] if llm else [])]
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300

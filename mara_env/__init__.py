@@ -18,8 +18,9 @@ Every setting can still be given to either id; the id only sets these defaults.
 ``gym.make("mara_env:MARA-v1")`` imports the package itself.
 
 **Public API.** Everything in :data:`__all__`, which includes what code outside the package (the
-``agents`` generator, evaluation and CLI) builds on: the decoder that both environments run
-(:class:`AcceptRejectDecoder`, :class:`DecoderConfig`, :class:`Phase`), the observation of a decision
+``agents`` generator, evaluation and CLI) builds on: the decoding session that sets up the LLM and hands
+out the decoder both environments run (:class:`DecodingSession`, :class:`AcceptRejectDecoder`,
+:class:`DecoderConfig`, :class:`Phase`), the observation of a decision
 (:func:`observe`, :class:`ObservationLayout`), the prompt format and its length rule
 (:class:`PromptFormat`, :class:`PromptEncoder`, :func:`default_max_prompt_tokens`), candidate sets, the
 chunk rules (:func:`resolve_chunking`, :class:`AdaptiveChunks`), the scorers (:class:`TerminalReward`)
@@ -54,6 +55,7 @@ from mara_env.llm import (
 from mara_env.observation import REFERENCE_FEATURES, ObservationLayout, observe
 from mara_env.prompts import PromptSet, held_out_prompts
 from mara_env.scoring import TerminalReward, TerminalScores
+from mara_env.session import DecodingSession
 from mara_env.variants import VARIANTS, variant_settings
 from mara_env.vector_env import TokenAcceptRejectVectorEnv
 
@@ -71,6 +73,7 @@ __all__ = [
     "CandidateSet",
     "ChunkPlan",
     "DecoderConfig",
+    "DecodingSession",
     "FixedChunks",
     "LLMReplica",
     "MARAConfig",

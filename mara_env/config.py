@@ -268,8 +268,9 @@ class MARAConfig:
         default="default",
         metadata={
             "help": (
-                "a list of strings, a file (txt, jsonl, json, csv, parquet), a Hugging Face dataset id, or a built-in"
-                " name (see mara_env.prompts.BUILTIN_PROMPT_SETS)."
+                "a list of strings, a file (txt, jsonl, json, csv, parquet), a Hugging Face dataset id (column:"
+                " prompt_column), a datasets.Dataset or DatasetDict, or a built-in name (see"
+                " mara_env.prompts.BUILTIN_PROMPT_SETS)."
             )
         },
     )
@@ -373,10 +374,6 @@ class MARAConfig:
                 hint = did_you_mean(key, names, f" Valid arguments: {', '.join(names)}.")
                 raise TypeError(f"MARA got an unknown argument {key!r}.{hint}")
         return cls(**kwargs)
-
-    def resolved_chunking(self, device: torch.device, set_cap: int) -> ChunkPlan:
-        """The environment's chunk plan on ``device`` (:func:`resolve_chunking`)."""
-        return resolve_chunking(self.chunk_size, device, set_cap)
 
     @property
     def np_obs_dtype(self) -> np.dtype:

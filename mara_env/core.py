@@ -1,6 +1,7 @@
 """The machinery behind both environments: prompts in, decisions through the decoder, rewards out.
 
-:class:`MARACore` owns the LLM replicas, the prompt set, the reward/cost scorers and an
+:class:`MARACore` owns a :class:`~mara_env.session.DecodingSession` (the LLM replicas, prompt format and
+decoding rules), the prompt set, the reward/cost scorers and an
 :class:`~mara_env.decoder.AcceptRejectDecoder` of ``num_rows`` rows. It knows nothing about
 Gymnasium's API; the single and vector environments are thin shells over it (the single
 environment is this machinery with one row).
@@ -15,12 +16,12 @@ import numpy as np
 from gymnasium.utils import seeding
 
 from mara_env.config import MARAConfig
-from mara_env.decoder import AcceptRejectDecoder, DecoderConfig, Phase
+from mara_env.decoder import Phase, RowState
 from mara_env.hints import did_you_mean
-from mara_env.llm import PromptEncoder, PromptFormat, default_max_prompt_tokens, load_replicas
 from mara_env.observation import ObservationLayout, observe
 from mara_env.prompts import PromptSet
 from mara_env.scoring import TerminalReward
+from mara_env.session import DecodingSession
 
 #: Consecutive episodes that end without a single decision before reset gives up.
 MAX_DECISION_FREE_EPISODES = 100
@@ -36,12 +37,16 @@ class Decisions(NamedTuple):
     :param kl_reward: ``kl_coef * ref_logp``.
     :param shaping_reward: ``shaping_gamma * Phi(s') - Phi(s)`` (0 without shaping; ``Phi = 0`` at the end).
     :param done: which rows' episodes ended.
+    :param ended: the final state of each ended episode, by row (restarted rows hold a new episode).
+    :param skipped: restarted rows' episodes that ended without a single decision, by row.
     """
 
     ref_logp: np.ndarray
     kl_reward: np.ndarray
     shaping_reward: np.ndarray
     done: np.ndarray
+    ended: dict[int, RowState]
+    skipped: dict[int, int]
 
     @property
     def reward(self) -> np.ndarray:
@@ -50,7 +55,7 @@ class Decisions(NamedTuple):
 
 
 class MARACore:
-    """Prompts, LLM replicas, decoder and scorers for ``num_rows`` concurrent episodes.
+    """Prompts, the decoding session, decoder and scorers for ``num_rows`` concurrent episodes.
 
     :param num_rows: number of concurrent episodes.
     :param config: the environment's settings.
@@ -59,14 +64,22 @@ class MARACore:
     def __init__(self, num_rows: int, config: MARAConfig) -> None:
         self.config = config
         self.num_rows = num_rows
-        self.replicas = load_replicas(
-            config.llm, devices=config.devices, dtype=config.dtype, trust_remote_code=config.trust_remote_code
+        self.session = DecodingSession(
+            config.llm,
+            devices=config.devices,
+            dtype=config.dtype,
+            trust_remote_code=config.trust_remote_code,
+            system_prompt=config.system_prompt,
+            candidates=config.candidates,
+            chunk_size=config.chunk_size,
+            max_prompt_tokens=config.max_prompt_tokens,
+            prompt_overflow=config.prompt_overflow,
+            cache_prompts=True,  # the prompt set is fixed: each prompt is tokenised once
         )
-        first = self.replicas[0]
-        self.hidden_size = first.hidden_size
-        self.layout = ObservationLayout(config.observation, first.hidden_size)
-        self.tokenizer = first.tokenizer
-        self.prompt_format = PromptFormat(first.tokenizer, config.system_prompt)
+        self.replicas = self.session.replicas
+        self.hidden_size = self.session.hidden_size
+        self.layout = ObservationLayout(config.observation, self.hidden_size)
+        self.tokenizer = self.session.tokenizer
         self.prompts = PromptSet.from_source(
             config.prompts,
             part=config.prompt_split,
@@ -80,23 +93,11 @@ class MARACore:
                 f"prompts: the {config.prompt_split!r} part of {config.prompts!r} is empty; "
                 "give more prompts, lower test_fraction, or use prompt_split='all'."
             )
-        chunk = config.resolved_chunking(first.device, config.top_k)
-        self.decoder = AcceptRejectDecoder(
-            self.replicas,
-            num_rows,
-            DecoderConfig(
-                candidates=config.candidates,
-                max_new_tokens=config.max_new_tokens,
-                chunk_size=chunk.size,
-                chunk_coverage=chunk.coverage,
-                packed=chunk.packed,
-                lookahead=config.lookahead,
-            ),
+        self.decoder = self.session.decoder(
+            num_rows, config.max_new_tokens, environment=True, lookahead=config.lookahead
         )
-        self.max_prompt_tokens = config.max_prompt_tokens
-        if self.max_prompt_tokens is None:
-            self.max_prompt_tokens = default_max_prompt_tokens(first.model, config.max_new_tokens, chunk.size)
-        scorer_device = config.scorer_device if config.scorer_device is not None else first.device
+        self.max_prompt_tokens = self.session.prompt_limit(config.max_new_tokens)
+        scorer_device = config.scorer_device if config.scorer_device is not None else self.session.device
         self.terminal = TerminalReward(
             config.reward_model,
             config.cost_model,
@@ -108,8 +109,6 @@ class MARACore:
         self.shaping = config.reward_shaping == "potential"
         #: Phi(s) of each row's current state under potential shaping (0 otherwise).
         self.potential = np.zeros(num_rows)
-        # the prompt set is fixed: each prompt is tokenised once
-        self.prompt_encoder = PromptEncoder(self.prompt_format, config.prompt_overflow, cache=True)
 
     # ----------------------------------------------------------------------------------- episodes
 
@@ -125,45 +124,81 @@ class MARACore:
         the agent nothing to decide; it is dropped and a new prompt drawn.
         """
         options = options or {}
-        _check_options(options)
-        skipped = dict.fromkeys(rows, 0)
-        todo = list(rows)
-        while todo:
-            texts = [self._choose_prompt(row, options) for row in todo]
-            encoded = [self.prompt_encoder.encode(text, self.max_prompt_tokens) for text in texts]
-            self.decoder.start(todo, texts, [ids for ids, _ in encoded])
-            for row, (_, truncated) in zip(todo, encoded):
-                self.decoder.rows[row].prompt_truncated = truncated
-            again = [row for row in todo if self.decoder.rows[row].phase is Phase.DONE]
-            for row in again:
-                skipped[row] += 1
-                if skipped[row] >= MAX_DECISION_FREE_EPISODES or "prompt" in options:
-                    raise RuntimeError(
-                        f"{skipped[row]} episode(s) in a row ended without a single decision: every candidate "
-                        "set had one token. Raise top_k/top_p/temperature or use other prompts."
-                    )
-            todo = again
+        check_reset_options(options)
+        self._begin(rows, options)
+        _, skipped = self._settle(rows, {}, restart=True, options=options)
         if self.shaping:
             self.potential[list(rows)] = self._potentials(rows, when="at the first decision")
         return [skipped[row] for row in rows]
 
-    def decide(self, rows: Sequence[int], actions: np.ndarray) -> Decisions:
-        """Apply the actions to ``rows``; return what each decision earned and which rows ended."""
-        lengths = [len(self.decoder.rows[r].response) for r in rows]
+    def decide(self, rows: Sequence[int], actions: np.ndarray, restart: bool = False) -> Decisions:
+        """Apply the actions to ``rows``; return what each decision earned and which rows ended.
+
+        :param restart: start a new episode on each row whose episode ends (vector environments'
+            autoreset), within the same rounds of forwards as the other rows' next candidates.
+        """
+        states = {r: self.decoder.rows[r] for r in rows}
+        lengths = [len(states[r].response) for r in rows]
         logp = self.decoder.decide(rows, actions)
-        done = np.array([self.decoder.rows[r].phase is Phase.DONE for r in rows], dtype=bool)
+        ended, skipped = self._settle(rows, states, restart=restart, options={})
+        done = np.array([r in ended for r in rows], dtype=bool)
         shaping = np.zeros(len(rows))
         if self.shaping:
             # F = gamma_s * Phi(s') - Phi(s), with Phi(s') = 0 when s' is terminal (the terminal reward
             # pays the full score there) and unchanged when the decision committed no token (a reject).
             before = self.potential[list(rows)]
             after = np.where(done, 0.0, before)
-            grown = [i for i, r in enumerate(rows) if not done[i] and len(self.decoder.rows[r].response) != lengths[i]]
+            grown = [i for i, r in enumerate(rows) if not done[i] and len(states[r].response) != lengths[i]]
             if grown:
                 after[grown] = self._potentials([rows[i] for i in grown], when="after a committed token")
             shaping = self.config.shaping_gamma * after - before
             self.potential[list(rows)] = after
-        return Decisions(logp, self.config.kl_coef * logp, shaping, done)
+            if restart and ended:
+                self.potential[list(ended)] = self._potentials(list(ended), when="at the first decision")
+        return Decisions(logp, self.config.kl_coef * logp, shaping, done, ended, skipped)
+
+    def _begin(self, rows: Sequence[int], options: dict[str, Any]) -> None:
+        """Choose and queue a prompt on each of ``rows``; the next round prefills them."""
+        texts = [self._choose_prompt(row, options) for row in rows]
+        encoded = [self.session.encode(text, self.config.max_new_tokens) for text in texts]
+        self.decoder.start(rows, texts, [ids for ids, _ in encoded])
+        for row, (_, truncated) in zip(rows, encoded):
+            self.decoder.rows[row].prompt_truncated = truncated
+
+    def _settle(
+        self, rows: Sequence[int], decided: dict[int, RowState], restart: bool, options: dict[str, Any]
+    ) -> tuple[dict[int, RowState], dict[int, int]]:
+        """Run rounds until every row of ``rows`` is READY (or DONE without ``restart``).
+
+        An episode of ``decided`` (the states the decisions were taken in) that ends is recorded in the
+        first dict; any other that ends had no decision (skipped). With ``restart``, a row whose episode
+        ended gets a new prompt before the next round, so its prefill and first candidates share the
+        rounds the other rows run anyway.
+        """
+        ended: dict[int, RowState] = {}
+        skipped = dict.fromkeys(rows, 0)
+        while True:
+            again = []
+            for row in rows:
+                st = self.decoder.rows[row]
+                if st.phase is not Phase.DONE or ended.get(row) is st:
+                    continue
+                if decided.get(row) is st:
+                    ended[row] = st
+                else:
+                    skipped[row] += 1
+                    if skipped[row] >= MAX_DECISION_FREE_EPISODES or "prompt" in options:
+                        raise RuntimeError(
+                            f"{skipped[row]} episode(s) in a row ended without a single decision: every "
+                            "candidate set had one token. Raise top_k/top_p/temperature or use other prompts."
+                        )
+                if restart or decided.get(row) is not st:
+                    again.append(row)
+            if again:
+                self._begin(again, options)
+            if not self.decoder.waiting(rows):
+                return ended, skipped
+            self.decoder.run_round()
 
     def _potentials(self, rows: Sequence[int], when: str) -> np.ndarray:
         """``Phi = alpha_r R(x, y_<=t) - alpha_c C(x, y_<=t)`` of each row's committed prefix, in one batch."""
@@ -180,11 +215,10 @@ class MARACore:
                 "partial answers, or set reward_shaping='none'."
             ) from exc
 
-    def finish(self, rows: Sequence[int]) -> tuple[np.ndarray, list[dict[str, Any]]]:
-        """Score the ended episodes of ``rows`` in one batch; return terminal rewards and episode infos."""
-        if not rows:
+    def finish(self, states: Sequence[RowState]) -> tuple[np.ndarray, list[dict[str, Any]]]:
+        """Score ended episodes (their final states) in one batch; return terminal rewards and episode infos."""
+        if not states:
             return np.zeros(0), []
-        states = [self.decoder.rows[r] for r in rows]
         prompts = [st.prompt for st in states]
         responses = [self.decode(st.response) for st in states]
         scores = self.terminal(prompts, responses)
@@ -231,7 +265,7 @@ class MARACore:
         return info
 
     def decode(self, ids: Sequence[int]) -> str:
-        return self.tokenizer.decode(list(ids), skip_special_tokens=True)
+        return self.session.decode(ids)
 
     def render_text(self, row: int) -> str:
         st = self.decoder.rows[row]
@@ -256,8 +290,10 @@ class MARACore:
         return self.prompts[int(self.rngs[row].integers(len(self.prompts)))]
 
 
-def _check_options(options: dict[str, Any]) -> None:
-    """A misspelt option would silently give a random prompt; refuse it, and a contradictory pair."""
+def check_reset_options(options: dict[str, Any]) -> None:
+    """Refuse reset options that cannot work, before anything changes.
+
+    A misspelt option would silently give a random prompt; refuse it, and a contradictory pair."""
     for key in options:
         if key not in RESET_OPTIONS:
             hint = did_you_mean(key, RESET_OPTIONS)

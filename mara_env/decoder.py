@@ -1,35 +1,50 @@
 """Accept/reject decoding of many sequences at once: the rules of MARA's MDP, shared by the
-environment and by aligned generation.
+environments and by aligned generation.
 
 Each row (one sequence) moves through these phases::
 
-    NEED_LOGITS --candidate set--> NEED_FORWARD --chunk of candidate hidden states--> READY
-         ^                              ^                                             |
-         |                              +--------- reject past the chunk -------------+
-         +---- accept (the candidate's hidden state gives the next logits) -----------+
+    PREFILL --prompt--> NEED_LOGITS --candidate set--> NEED_FORWARD --chunk of candidate hidden states--> READY
+                             ^                              ^                                             |
+                             |                              +--------- reject past the chunk -------------+
+                             +---- accept (the candidate's hidden state gives the next logits) -----------+
 
 - A candidate set of one token, and the last candidate of a set, are taken without a decision.
   A forced token that is not in an already computed chunk needs one forward (``NEED_FORWARD``
   with a pending token); its hidden state then gives the next logits.
-- Candidates' hidden states are computed ``chunk_size`` at a time ("tree" forwards), batched
-  across all rows of a replica that need them. An accepted candidate's keys/values are kept from
-  that forward, so acceptance costs no further forward.
+- Candidates' hidden states are computed ``chunk_size`` at a time ("tree" tokens), batched across all
+  rows of a replica that need them. An accepted candidate's keys/values are kept from that forward,
+  so acceptance costs no further forward.
 - A row is ``DONE`` when it commits an EOS token or reaches ``max_new_tokens``.
 
-By default every call leaves *all* its rows READY or DONE, which an environment needs (each
-sub-environment returns an observation every step). A row that takes a candidate followed by a
-forced token then needs two forwards in a row (the forced token's, then the next candidate's), so
-with many rows almost every step runs extra rounds of a few rows each. With ``lookahead`` the
-decoder works ahead in the rounds that run anyway: the set after each READY candidate is computed
-with the other rows' output head, and where it is a single token that token is forwarded after the
-candidate in scratch (:meth:`ReplicaEngine.forward` with ``follow``), as is the last candidate of a
-set after the second-to-last one. An accept (or a reject into the last candidate) then finds that
-forward done. Decisions, tokens and observations are the same as without lookahead.
+The caller drives two things separately: :meth:`AcceptRejectDecoder.decide` applies decisions (no
+forward), and :meth:`AcceptRejectDecoder.run_round` runs one *round*: the candidate sets of rows that
+need one (one output-head call), a prefill forward for rows that :meth:`~AcceptRejectDecoder.start`\\ ed
+a prompt, then one forward for every row that needs hidden states (forced tokens, new prompts' first
+candidates and candidate chunks alike). An environment needs every row READY or DONE after each step
+(:meth:`~AcceptRejectDecoder.advance` runs rounds until then, and the environment core restarts ended
+episodes between rounds so that their prefill shares the step's rounds); aligned generation lets rows
+decide until each waits for a forward, then runs one round, so that a row's decisions inside a chunk
+cost no forward and rows waiting for a forward share it.
 
-With ``lockstep=False`` (aligned generation) a call returns after the first forward that leaves
-some row READY; rows still waiting for a forward (a forced token, a rejection past the chunk) join
-the next call's forward instead of costing forwards of their own while the others wait.
-A row's decisions and tokens are the same either way.
+A row that takes a candidate followed by a forced token needs two forwards in a row (the forced
+token's, then the next candidate's), so in an environment with many rows almost every step runs
+extra rounds of a few rows each. With ``lookahead`` the decoder works ahead of each READY row's
+decision, one token per branch per forward, in the forwards that run anyway:
+
+- the *accept* branch: the set after the candidate (computed with the other rows' output head), then
+  the token that follows it, forwarded after the candidate in scratch (``follow`` in
+  :meth:`ReplicaEngine.run`): a forced token, whose own set then comes with the next head call, and so
+  on, until the chain reaches a set of several candidates, whose first candidate is forwarded last;
+- the *reject* branch: the next candidate of the set, when the chunk does not hold it.
+
+On a CPU (``ahead_both`` false) only forced tokens and a set's last candidate are worked ahead: there a
+token costs its compute, and forwarding a first candidate or a next candidate for every waiting row
+doubles the forwards that carry them.
+
+An accept (or a reject) then finds the forwards it needs done, and a row whose work ahead covers its
+next decision needs no forward at all in that step; an environment whose rows need nothing runs one
+forward of work ahead per step anyway (it costs the same forward the next step would need, and keeps
+the next decisions covered). Decisions, tokens and observations are the same as without lookahead.
 
 With several replicas, rows are split into contiguous blocks, one per replica, and the replicas'
 forwards run in parallel threads (torch releases the GIL inside its kernels).
@@ -47,30 +62,39 @@ import torch
 
 from mara_env.candidates import CandidateConfig, CandidateSet, candidate_sets
 from mara_env.chunking import AdaptiveChunks, FixedChunks, make_chunk_rule
-from mara_env.engine import ReplicaEngine
+from mara_env.engine import ReplicaEngine, RoundOutput
 from mara_env.llm import LLMReplica
+
+#: A hidden state kept where a forward left it: (that forward's flat hidden states, index).
+HiddenRef = tuple[torch.Tensor, int]
 
 
 class Phase(enum.Enum):
+    PREFILL = "prefill"  # a new prompt waits for its prefill forward
     NEED_LOGITS = "need_logits"  # last committed token's hidden state known; candidate set not built
     NEED_FORWARD = "need_forward"  # a forced token or the next candidate chunk must go through the LLM
     READY = "ready"  # waiting for the agent's decision on candidate ``index``
     DONE = "done"
 
 
+#: Phases of rows that need a round (an output-head call or a forward) before their next decision.
+WAITING = (Phase.PREFILL, Phase.NEED_LOGITS, Phase.NEED_FORWARD)
+
+
 @dataclass
 class Lookahead:
     """Work done past candidate ``candidate`` in case it is accepted (decoders with ``lookahead``).
 
-    ``sets[m]`` is the candidate set after the candidate and ``m`` forced tokens; where ``sets[m]`` is a
-    single token, ``hidden[m]`` is that token's hidden state, forwarded ahead into scratch slot ``slots[m]``
-    (after the candidate and the forced tokens before it). ``taken`` counts the forced tokens committed
-    since the candidate was accepted.
+    ``sets[m]`` is the candidate set after the candidate and ``m`` forced tokens. ``hidden[m]`` is the hidden
+    state of the token that follows there, forwarded ahead into scratch slot ``slots[m]`` (after the candidate
+    and the tokens before it): the forced token where ``sets[m]`` is a single token, else the set's first
+    candidate, which ends the chain. ``taken`` counts the forced tokens committed since the candidate was
+    accepted.
     """
 
     candidate: int
     sets: list[CandidateSet] = field(default_factory=list)
-    hidden: list[torch.Tensor] = field(default_factory=list)
+    hidden: list[HiddenRef] = field(default_factory=list)
     slots: list[int] = field(default_factory=list)
     taken: int = 0
 
@@ -86,14 +110,16 @@ class RowState:
     phase: Phase = Phase.DONE
     cands: CandidateSet | None = None
     index: int = 0  # the candidate under decision
-    chunk_start: int = 0
-    chunk_hidden: torch.Tensor | None = None  # (chunk, hidden) on the replica's device
-    last_hidden: torch.Tensor | None = None  # hidden state of the last committed token
+    chunk_start: int = 0  # the chunk's first candidate
+    chunk_len: int = 0  # candidates in the chunk
+    chunk: HiddenRef | None = None  # hidden state of the chunk's first candidate; the others follow it
+    last_hidden: HiddenRef | None = None  # hidden state of the last committed token
     pending: int | None = None  # forced token awaiting its forward
     scratch_end: int = 0  # first scratch slot not holding this position's chunk or work done ahead
     ahead: Lookahead | None = None  # work done past the candidate under decision
     after: Lookahead | None = None  # the same, for the candidate just taken
-    last: tuple[int, torch.Tensor] | None = None  # the set's last candidate forwarded ahead: (slot, hidden)
+    chunk_slot: int = 0  # the scratch slot of the chunk's first candidate
+    sibling: tuple[int, HiddenRef] | None = None  # candidate ``index + 1`` forwarded ahead: (slot, hidden)
     finish_reason: str | None = None  # "eos" or "length"
     num_decisions: int = 0
     # sum over response tokens of log q(token): the episode's total reference log-probability,
@@ -106,6 +132,27 @@ class RowState:
     def candidate(self) -> int:
         """Token id of the candidate under decision."""
         return int(self.cands.tokens[self.index])
+
+    @property
+    def candidate_hidden(self) -> HiddenRef:
+        """Where the hidden state of the candidate under decision is (READY rows)."""
+        tensor, first = self.chunk
+        return tensor, first + self.index - self.chunk_start
+
+    def in_chunk(self, k: int) -> bool:
+        """Whether candidate ``k``'s hidden state is in the computed chunk."""
+        return self.chunk is not None and self.chunk_start <= k < self.chunk_start + self.chunk_len
+
+    def slot_of(self, k: int) -> int:
+        """The scratch slot of candidate ``k`` of the chunk."""
+        return self.chunk_slot + k - self.chunk_start
+
+    def use_chunk(self, start: int, length: int, ref: HiddenRef, slot: int) -> None:
+        """Candidates ``start .. start + length - 1`` are computed (hidden states from ``ref`` on, scratch slots
+        from ``slot`` on): the row is READY on candidate ``start``."""
+        self.index, self.chunk_start, self.chunk_len, self.chunk, self.chunk_slot = start, start, length, ref, slot
+        self.scratch_end = max(self.scratch_end, slot + length)
+        self.phase = Phase.READY
 
 
 @dataclass(frozen=True)
@@ -120,7 +167,7 @@ class DecoderConfig:
         each row's chunk is sized to hold the candidate the agent takes with that probability
         (:class:`mara_env.chunking.AdaptiveChunks`).
     :param packed: run a forward whose rows have different token counts without padding
-        (:meth:`ReplicaEngine.forward_packed`) instead of padding every row to the widest.
+        (:meth:`ReplicaEngine.run` with ``packed=True``) instead of padding every row to the widest.
     :param lookahead: in forwards that run anyway, forward the forced token after each candidate under
         decision (and a set's last candidate) ahead of the decision (module docstring); it pays where
         every call must leave all rows READY (environments). Packed forwards do no work ahead.
@@ -144,14 +191,31 @@ class DecoderConfig:
             make_chunk_rule(self.chunk_size, self.chunk_coverage)  # checks the coverage
 
 
+def gather_hidden(refs: Sequence[HiddenRef]) -> torch.Tensor:
+    """The hidden states ``refs`` point at, stacked ``(len(refs), hidden)``: one index per source forward."""
+    groups: dict[int, tuple[torch.Tensor, list[int], list[int]]] = {}
+    for i, (tensor, index) in enumerate(refs):
+        groups.setdefault(id(tensor), (tensor, [], []))[1].append(index)
+        groups[id(tensor)][2].append(i)
+    if len(groups) == 1:
+        tensor, idx, _ = next(iter(groups.values()))
+        return tensor[torch.as_tensor(idx, device=tensor.device)]
+    parts, order = [], []
+    for tensor, idx, where in groups.values():
+        parts.append(tensor[torch.as_tensor(idx, device=tensor.device)])
+        order.extend(where)
+    stacked = torch.cat(parts)
+    inverse = np.empty(len(order), dtype=np.int64)
+    inverse[np.asarray(order)] = np.arange(len(order))
+    return stacked[torch.as_tensor(inverse, device=stacked.device)]
+
+
 class AcceptRejectDecoder:
     """Runs ``num_rows`` sequences through accept/reject decoding on one or more replicas.
 
     :param replicas: the LLM replicas (same model); rows are split evenly across them.
     :param num_rows: number of sequences.
     :param config: decoding rules.
-    :param lockstep: ``True``: every call advances all its rows to READY or DONE; ``False``: a call may
-        leave rows waiting for a forward (see the module docstring), which saves forwards in batches.
     :param chunk_rule: the rule sizing each row's chunk, to share what an adaptive rule has learnt about
         an agent across decoders (default: a new one from ``config``).
     """
@@ -161,13 +225,11 @@ class AcceptRejectDecoder:
         replicas: Sequence[LLMReplica],
         num_rows: int,
         config: DecoderConfig,
-        lockstep: bool = True,
         chunk_rule: FixedChunks | AdaptiveChunks | None = None,
     ) -> None:
         if num_rows < 1:
             raise ValueError(f"num_rows must be >= 1, got {num_rows}")
         self.config = config
-        self.lockstep = lockstep
         self.replicas = list(replicas)
         self.num_rows = num_rows
         self.rows = [RowState() for _ in range(num_rows)]
@@ -177,6 +239,13 @@ class AcceptRejectDecoder:
         self.eos = self.replicas[0].eos_token_ids
         self.ahead_forwarded = 0  # tokens forwarded ahead of a decision (statistics for benchmarks)
         self.ahead_used = 0  # of those, tokens later taken (each saved a forward of its own)
+        self.num_syncs = 0  # copies from the device to the host (each waits for the device)
+        #: work ahead on both branches of a decision (the accept branch's next candidate and the reject
+        #: branch's too). On an accelerator a forward costs its launches whatever its tokens, so every
+        #: saved round counts; on a CPU each token costs its compute (measured: a 32-row forward of two
+        #: tokens per row takes twice one of one), so there only forced tokens and a set's last candidate
+        #: (taken without a decision) are worked ahead.
+        self.ahead_both = any(r.device.type != "cpu" for r in self.replicas)
         # Contiguous blocks: row -> (replica, local row); more replicas than rows leaves some idle.
         n_rep = min(len(self.replicas), num_rows)
         bounds = np.linspace(0, num_rows, n_rep + 1).round().astype(int)
@@ -185,28 +254,39 @@ class AcceptRejectDecoder:
         self._where = {row: (i, j) for i, block in enumerate(self._blocks) for j, row in enumerate(block)}
         self._pool = ThreadPoolExecutor(max_workers=n_rep) if n_rep > 1 else None
 
+    # ----------------------------------------------------------------------------------- statistics
+
+    @property
+    def num_forwards(self) -> int:
+        """LLM forwards run so far, over all replicas."""
+        return sum(e.num_forwards for e in self.engines)
+
+    @property
+    def num_tokens(self) -> int:
+        """New tokens run through the LLM so far (prompts, candidates, forced tokens, work ahead)."""
+        return sum(e.num_tokens for e in self.engines)
+
     # ----------------------------------------------------------------------------------- public
 
     def start(self, rows: Sequence[int], prompts: Sequence[str], prompt_ids: Sequence[list[int]]) -> None:
-        """Begin new sequences on ``rows`` and advance each to its first decision (or to DONE)."""
+        """Begin new sequences on ``rows``; the next round prefills them and forms their first candidates."""
         for row, text, ids in zip(rows, prompts, prompt_ids):
             if not ids:
                 raise ValueError(f"prompt {text!r} tokenizes to nothing; remove empty prompts from the prompt set.")
-            self.rows[row] = RowState(prompt=text, prompt_ids=list(ids))
+            self.rows[row] = RowState(prompt=text, prompt_ids=list(ids), phase=Phase.PREFILL)
 
-        def work(engine: ReplicaEngine, items: list[tuple[int, int]]) -> None:
-            engine.reset_rows([local for _, local in items])
-            hidden = engine.forward([local for _, local in items], [self.rows[r].prompt_ids for r, _ in items], "chain")
-            for i, (row, _) in enumerate(items):
-                st = self.rows[row]
-                st.last_hidden = hidden[i, len(st.prompt_ids) - 1]
-                st.phase = Phase.NEED_LOGITS
-            self._advance(engine, items)
-
-        self._run_per_replica(rows, work)
+    def release(self, row: int) -> None:
+        """End ``row``'s sequence where it is (a cancelled answer): it takes part in no further round."""
+        st = self.rows[row]
+        st.phase = Phase.DONE
+        st.chunk = st.last_hidden = st.cands = None
+        st.pending = st.ahead = st.after = st.sibling = None
 
     def decide(self, rows: Sequence[int], actions: Sequence[int]) -> np.ndarray:
-        """Apply the agent's decisions (1 = accept, 0 = reject) on READY ``rows``, then advance them.
+        """Apply the agent's decisions (1 = accept, 0 = reject) on READY ``rows``; no forward runs.
+
+        A row that rejects into a computed candidate is READY again at once; others wait for
+        :meth:`run_round`.
 
         :return: ``log p_ref(a | k)`` of each decision, the per-decision KL reward before ``kl_coef``.
         """
@@ -227,52 +307,64 @@ class AcceptRejectDecoder:
             if st.index == len(st.cands) - 1:
                 self.chunks.record(st.cands.probs, st.index)
                 self._take(row, st.index)  # the last candidate is taken without asking
-            elif st.index >= st.chunk_start + st.chunk_hidden.shape[0]:
-                st.phase = Phase.NEED_FORWARD
-
-        def work(engine: ReplicaEngine, items: list[tuple[int, int]]) -> None:
-            self._advance(engine, items)
-
-        # sorted: when every row of a replica takes part, its forward runs on the cache storage in place
-        self._run_per_replica(sorted([*rows, *self._waiting(exclude=rows)]), work)
+            elif not st.in_chunk(st.index):
+                sibling, st.sibling = st.sibling, None
+                if sibling is not None:
+                    self.ahead_used += 1
+                    st.use_chunk(st.index, 1, sibling[1], sibling[0])
+                else:
+                    st.phase = Phase.NEED_FORWARD
         return logp
 
-    def _waiting(self, exclude: Sequence[int] = ()) -> list[int]:
-        """Rows left waiting for a forward by an earlier call (only without lockstep)."""
-        if self.lockstep:
-            return []
-        skip = set(exclude)
-        return [
-            r for r, st in enumerate(self.rows) if r not in skip and st.phase in (Phase.NEED_LOGITS, Phase.NEED_FORWARD)
-        ]
+    def waiting(self, rows: Sequence[int] | None = None) -> list[int]:
+        """Rows (of ``rows``, default all) that need a round before their next decision."""
+        return [r for r in (range(self.num_rows) if rows is None else rows) if self.rows[r].phase in WAITING]
+
+    def ready(self, rows: Sequence[int] | None = None) -> list[int]:
+        """Rows (of ``rows``, default all) waiting for a decision."""
+        return [r for r in (range(self.num_rows) if rows is None else rows) if self.rows[r].phase is Phase.READY]
+
+    def run_round(self) -> None:
+        """One round over every waiting row: candidate sets, prefills, then one forward per replica."""
+        replicas = {self._where[row][0] for row in self.waiting()}
+        self._run_per_replica([row for rep in sorted(replicas) for row in self._blocks[rep]], self._round)
+
+    def advance(self) -> None:
+        """Run rounds until every row is READY or DONE."""
+        while self.waiting():
+            self.run_round()
 
     def observations(self, rows: Sequence[int], dtype: np.dtype) -> np.ndarray:
         """Hidden states of the candidates under decision, shape ``(len(rows), hidden)``."""
         if not rows:
             return np.zeros((0, self.replicas[0].hidden_size), dtype=dtype)
-        # Stack on each replica's device and copy to the host once per device, not once per row.
-        by_device: dict[torch.device, list[tuple[int, torch.Tensor]]] = {}
+        for row in rows:
+            if self.rows[row].phase is not Phase.READY:
+                raise RuntimeError(f"row {row} has no observation (phase {self.rows[row].phase.value}).")
+        # One gather and one copy to the host per device, not one per row.
+        by_device: dict[torch.device, list[int]] = {}
         for i, row in enumerate(rows):
-            st = self.rows[row]
-            if st.phase is not Phase.READY:
-                raise RuntimeError(f"row {row} has no observation (phase {st.phase.value}).")
-            hidden = st.chunk_hidden[st.index - st.chunk_start]
-            by_device.setdefault(hidden.device, []).append((i, hidden))
+            by_device.setdefault(self.rows[row].chunk[0].device, []).append(i)
         out = np.empty((len(rows), self.replicas[0].hidden_size), dtype=dtype)
-        for items in by_device.values():
-            host = torch.stack([h for _, h in items]).to("cpu", torch.float32).numpy()
+        for where in by_device.values():
+            hidden = gather_hidden([self.rows[rows[i]].candidate_hidden for i in where])
+            self.num_syncs += 1
             with np.errstate(over="ignore"):  # an overflow is reported below, by name
-                out[[i for i, _ in items]] = host
+                out[where] = hidden.to("cpu", torch.float32).numpy()
         # Checked here, before any network sees them: a NaN or inf would surface much later as a
         # non-finite loss that points at the agent
         if not np.isfinite(out).all():
             self._raise_non_finite(rows, out, dtype)
         return out
 
+    def reference_accept_probs(self, rows: Sequence[int]) -> np.ndarray:
+        """``p_ref(accept | k)`` of each READY row's candidate: sampling with it draws ``q`` exactly."""
+        return np.array([np.exp(self.rows[r].cands.log_accept[self.rows[r].index]) for r in rows])
+
     def _raise_non_finite(self, rows: Sequence[int], out: np.ndarray, dtype: np.dtype) -> None:
         i = int(np.flatnonzero(~np.isfinite(out).all(axis=1))[0])
         st = self.rows[rows[i]]
-        hidden = st.chunk_hidden[st.index - st.chunk_start].to("cpu", torch.float32).numpy()
+        hidden = gather_hidden([st.candidate_hidden]).to("cpu", torch.float32).numpy()
         if np.isfinite(hidden).all():
             limit = np.finfo(dtype).max
             raise ValueError(
@@ -313,24 +405,24 @@ class AcceptRejectDecoder:
         st.response.append(token)
         st.ref_logprob += float(np.log(st.cands.probs[k]))
         st.accepted_ranks.append(k)
-        ahead, after, last = st.ahead, st.after, st.last
-        st.ahead = st.after = st.last = None
+        ahead, after, sibling = st.ahead, st.after, st.sibling
+        st.ahead = st.after = st.sibling = None
         if token in self.eos or len(st.response) >= self.config.max_new_tokens:
             st.finish_reason = "eos" if token in self.eos else "length"
             st.phase = Phase.DONE
-            st.chunk_hidden = st.last_hidden = None
+            st.chunk = st.last_hidden = None
             return
         rep, local = self._where[row]
-        slot = k - st.chunk_start
-        if st.chunk_hidden is not None and 0 <= slot < st.chunk_hidden.shape[0]:
-            self.engines[rep].commit(local, slot)
-            st.last_hidden = st.chunk_hidden[slot]
+        if st.in_chunk(k):
+            tensor, first = st.chunk
+            self.engines[rep].commit(local, st.slot_of(k))
+            st.last_hidden = (tensor, first + k - st.chunk_start)
             st.after = ahead if ahead is not None and ahead.candidate == k else None
             st.phase = Phase.NEED_LOGITS
-        elif last is not None and k == len(st.cands) - 1:
+        elif sibling is not None and k == st.index:  # the last candidate, forwarded ahead
             self.ahead_used += 1
-            self.engines[rep].commit(local, last[0])
-            st.last_hidden = last[1]
+            self.engines[rep].commit(local, sibling[0])
+            st.last_hidden = sibling[1]
             st.phase = Phase.NEED_LOGITS
         elif after is not None and after.taken < len(after.hidden):
             # a forced token forwarded ahead; the accepted candidate and ``taken`` forced tokens are
@@ -345,69 +437,92 @@ class AcceptRejectDecoder:
         else:
             st.pending = token
             st.phase = Phase.NEED_FORWARD
-        st.chunk_hidden = None
+        st.chunk = None
 
-    def _advance(self, engine: ReplicaEngine, items: list[tuple[int, int]]) -> None:
-        """Move rows forward until each is READY or DONE, batching every forward across them."""
-        forwards = 0
-        while True:
-            self._resolve_sets(engine, items)
-            need_forward = [(r, loc) for r, loc in items if self.rows[r].phase is Phase.NEED_FORWARD]
-            if not need_forward:
-                return
-            if not self.lockstep and forwards and any(self.rows[r].phase is Phase.READY for r, _ in items):
-                return  # the waiting rows join the next call's forward
-            forwards += 1
-            tokens = []
-            for row, _ in need_forward:
+    def _round(self, engine: ReplicaEngine, items: list[tuple[int, int]]) -> None:
+        """One round over the rows ``items`` (all rows of one replica): the waiting ones advance, READY ones
+        may work ahead."""
+        self._resolve_sets(engine, items)
+        prefill = [(r, loc) for r, loc in items if self.rows[r].phase is Phase.PREFILL]
+        if prefill:
+            locals_ = [loc for _, loc in prefill]
+            engine.reset_rows(locals_)
+            out = engine.run(locals_, chain=[self.rows[r].prompt_ids for r, _ in prefill])
+            for i, (row, _) in enumerate(prefill):
                 st = self.rows[row]
-                if st.pending is not None:
-                    tokens.append([st.pending])
-                else:
-                    size = self.chunks.size(st.cands.probs, st.index)
-                    tokens.append(st.cands.tokens[st.index : st.index + size].tolist())
-            locals_ = [loc for _, loc in need_forward]
-            widths = [len(t) for t in tokens]
-            if self.config.packed and max(widths) * len(widths) > sum(widths):
-                hidden = engine.forward_packed(locals_, tokens)  # no padding to the widest row
-                ahead = []
+                st.last_hidden = (out.hidden, out.start[i] + len(st.prompt_ids) - 1)
+                st.phase = Phase.NEED_LOGITS
+            self._resolve_sets(engine, items)  # the new prompts' first candidates join this round's forward
+        need = [(r, loc) for r, loc in items if self.rows[r].phase is Phase.NEED_FORWARD]
+        if need:
+            self._forward(engine, need, items)
+            self._resolve_sets(engine, items)  # rows that forwarded a forced token get their next set
+
+    def _forward(self, engine: ReplicaEngine, need: list[tuple[int, int]], rows_here: list[tuple[int, int]]) -> None:
+        """One forward: every row of ``need`` gets its forced token or candidate chunk, READY rows work ahead."""
+        chain, tree = [], []
+        for row, _ in need:
+            st = self.rows[row]
+            if st.pending is not None:
+                chain.append([st.pending])
+                tree.append([])
             else:
-                ahead = self._work_ahead(items) if self.config.lookahead else []
-                offsets = [0] * len(tokens) + [st.scratch_end for _, st, _, _ in ahead]
-                follow = [()] * len(tokens) + [f for _, _, _, f in ahead]
-                hidden = engine.forward(
-                    locals_ + [loc for loc, _, _, _ in ahead],
-                    tokens + [[t] for _, _, t, _ in ahead],
-                    "tree",
-                    offsets=offsets,
-                    follow=follow,
-                )
-            for i, (row, local) in enumerate(need_forward):
-                st = self.rows[row]
-                st.ahead = st.last = None
-                if st.pending is not None:
-                    engine.commit(local, 0)
-                    st.pending = None
-                    st.last_hidden = hidden[i][0]
-                    st.scratch_end = 0
-                    st.phase = Phase.NEED_LOGITS
-                else:
-                    st.chunk_start = st.index
-                    st.chunk_hidden = hidden[i][: len(tokens[i])]
-                    st.scratch_end = len(tokens[i])
-                    st.phase = Phase.READY
-            self.ahead_forwarded += len(ahead)
-            for i, (_, st, _, follow_slots) in enumerate(ahead, start=len(need_forward)):
-                if follow_slots:  # the forced token after the candidate (and the forced tokens before it)
-                    st.ahead.hidden.append(hidden[i][0])
-                    st.ahead.slots.append(st.scratch_end)
-                else:  # the set's last candidate
-                    st.last = (st.scratch_end, hidden[i][0])
+                size = self.chunks.size(st.cands.probs, st.index)
+                chain.append([])
+                tree.append(st.cands.tokens[st.index : st.index + size].tolist())
+        locals_ = [loc for _, loc in need]
+        widths = [len(c) + len(t) for c, t in zip(chain, tree)]
+        if self.config.packed and max(widths) * len(widths) > sum(widths):
+            out = engine.run(locals_, chain, tree, packed=True)  # no padding to the widest row
+            self._assign(need, chain, tree, out, list(range(len(need))))
+            return
+        ahead = self._work_ahead(rows_here) if self.config.lookahead else []
+        # one batch row per cache row, in cache order (every row taking part runs on the storage in place)
+        entries = sorted(
+            [(loc, c, t, 0, [()] * len(t)) for loc, c, t in zip(locals_, chain, tree)]
+            + [
+                (loc, [], [tok for tok, _ in work], self.rows[row].scratch_end, [f for _, f in work])
+                for row, loc, work in ahead
+            ]
+        )
+        order = {loc: i for i, (loc, *_) in enumerate(entries)}
+        out = engine.run(
+            [e[0] for e in entries],
+            [e[1] for e in entries],
+            [e[2] for e in entries],
+            offsets=[e[3] for e in entries],
+            follow=[e[4] for e in entries],
+        )
+        self._assign(need, chain, tree, out, [order[loc] for loc in locals_])
+        for row, loc, work in ahead:
+            st = self.rows[row]
+            for t, (_, follow_slots) in enumerate(work):
+                ref, slot = (out.hidden, out.start[order[loc]] + t), st.scratch_end
+                if follow_slots:  # the accept branch: the token after the candidate and the tokens before it
+                    st.ahead.hidden.append(ref)
+                    st.ahead.slots.append(slot)
+                else:  # the reject branch: the next candidate
+                    st.sibling = (slot, ref)
                 st.scratch_end += 1
+                self.ahead_forwarded += 1
+
+    def _assign(self, need: list[tuple[int, int]], chain: list, tree: list, out: RoundOutput, at: list[int]) -> None:
+        """Rows of ``need`` after a forward in which their tokens were batch rows ``at``."""
+        for i, (row, _) in enumerate(need):
+            st = self.rows[row]
+            st.ahead = st.sibling = None
+            st.scratch_end = 0  # a new chunk or a forced token: nothing of this position is in scratch
+            if chain[i]:  # the forced token, committed by the forward
+                st.pending = None
+                st.last_hidden = (out.hidden, out.start[at[i]])
+                st.phase = Phase.NEED_LOGITS
+            else:
+                st.use_chunk(st.index, len(tree[i]), (out.hidden, out.start[at[i]]), 0)
 
     def _resolve_sets(self, engine: ReplicaEngine, items: list[tuple[int, int]]) -> None:
-        """Give every NEED_LOGITS row its candidate set (taking single-token sets), one output-head call
-        per round; with ``lookahead`` the same call computes the sets wanted by READY rows' work ahead."""
+        """Give every NEED_LOGITS row of ``items`` its candidate set (taking single-token sets), one
+        output-head call per pass; with ``lookahead`` the same call computes the sets wanted by READY
+        rows' work ahead."""
         while True:
             need_logits = [r for r, _ in items if self.rows[r].phase is Phase.NEED_LOGITS]
             if not need_logits:
@@ -416,8 +531,9 @@ class AcceptRejectDecoder:
             own = [r for r, cands in known.items() if cands is None]
             if own:
                 ahead = self._sets_wanted(items) if self.config.lookahead else []
-                hidden = [self.rows[r].last_hidden for r in own] + [self._ahead_hidden(st) for st in ahead]
-                sets = candidate_sets(engine.logits(torch.stack(hidden)), self.config.candidates)
+                refs = [self.rows[r].last_hidden for r in own] + [self._ahead_hidden(st) for st in ahead]
+                sets = candidate_sets(engine.logits(gather_hidden(refs)), self.config.candidates)
+                self.num_syncs += 1
                 for row, cands in zip(own, sets):
                     known[row] = cands
                     self.rows[row].after = None  # its work ahead, if any, is used up
@@ -426,12 +542,19 @@ class AcceptRejectDecoder:
             for row in need_logits:
                 st = self.rows[row]
                 cands = known[row]
-                st.cands, st.index, st.chunk_hidden, st.last_hidden = cands, 0, None, None
+                st.cands, st.index, st.chunk, st.last_hidden = cands, 0, None, None
                 st.set_sizes.append(len(cands))
                 if len(cands) == 1:
                     self._take(row, 0)  # may find the forced token forwarded ahead (NEED_LOGITS again)
+                    continue
+                after, st.after = st.after, None
+                if after is not None and after.taken < len(after.hidden):
+                    # the set's first candidate, forwarded ahead after the taken candidate and forced tokens:
+                    # ``taken + 1`` tokens are committed since, so its slot has moved that many places
+                    self.ahead_used += 1
+                    st.scratch_end = 0
+                    st.use_chunk(0, 1, after.hidden[after.taken], after.slots[after.taken] - (after.taken + 1))
                 else:
-                    st.after = None
                     st.phase = Phase.NEED_FORWARD
 
     @staticmethod
@@ -456,44 +579,51 @@ class AcceptRejectDecoder:
                 st.ahead = Lookahead(candidate=st.index) if self._continues(st, 1, st.candidate) else None
                 if st.ahead is not None:
                     wanted.append(st)
-            elif st.ahead.hidden and len(st.ahead.sets) == len(st.ahead.hidden):
+            elif st.ahead.hidden and len(st.ahead.sets) == len(st.ahead.hidden) and len(st.ahead.sets[-1]) == 1:
                 wanted.append(st)  # the set after the last forced token forwarded ahead
         return wanted
 
     @staticmethod
-    def _ahead_hidden(st: RowState) -> torch.Tensor:
+    def _ahead_hidden(st: RowState) -> HiddenRef:
         """The hidden state whose output head gives the set a row's work ahead waits for."""
         if st.ahead.hidden:
             return st.ahead.hidden[-1]
-        return st.chunk_hidden[st.index - st.chunk_start]
+        return st.candidate_hidden
 
-    def _work_ahead(self, items: list[tuple[int, int]]) -> list[tuple[int, RowState, int, list[int]]]:
-        """At most one token per READY row to forward ahead in this round: ``(local row, state, token, follow)``.
+    def _work_ahead(self, items: list[tuple[int, int]]) -> list[tuple[int, int, list[tuple[int, list[int]]]]]:
+        """What READY rows forward ahead in this round, at most one token per branch: ``(row, local row,
+        [(token, followed slots), ...])``, the tokens going to the row's scratch from ``scratch_end`` on
+        (module docstring).
 
-        The forced token after the candidate (and after the forced tokens forwarded before it) follows
-        their scratch slots; the last candidate of a set, when the row decides on the one before it and
-        the chunk ends there, follows nothing (it is one more alternative for the position).
+        The accept branch's next token follows the candidate's scratch slot and those of the tokens forwarded
+        after it; the reject branch's next candidate follows nothing (it is one more alternative for the
+        position).
         """
         work = []
         for row, local in items:
             st = self.rows[row]
             if st.phase is not Phase.READY:
                 continue
+            tokens: list[tuple[int, list[int]]] = []
             a = st.ahead
             if a is not None and a.candidate == st.index and len(a.sets) == len(a.hidden) + 1:
-                m = len(a.hidden)  # forced tokens forwarded ahead so far
+                m = len(a.hidden)  # tokens forwarded ahead so far, all forced
                 nxt = a.sets[m]
-                # the forced token would be the row's (m + 2)-th token from now; forward it only if the
-                # episode goes on after it (its hidden state gives the next set)
-                if len(nxt) == 1 and self._continues(st, m + 2, int(nxt.tokens[0])):
-                    work.append((local, st, int(nxt.tokens[0]), [st.index - st.chunk_start, *a.slots]))
-                    continue
-            n = len(st.cands)
+                token = int(nxt.tokens[0])
+                # a forced token would be the row's (m + 2)-th token from now: forward it only if the episode
+                # goes on after it (its hidden state gives the next set); a first candidate is a decision
+                if (len(nxt) > 1 and self.ahead_both) or (len(nxt) == 1 and self._continues(st, m + 2, token)):
+                    tokens.append((token, [st.slot_of(st.index), *a.slots]))
+            k, n = st.index + 1, len(st.cands)
             if (
-                st.last is None
-                and st.index == n - 2
-                and st.chunk_start + st.chunk_hidden.shape[0] == n - 1
-                and self._continues(st, 1, int(st.cands.tokens[n - 1]))
+                st.sibling is None
+                and k < n
+                and not st.in_chunk(k)
+                and (
+                    (k < n - 1 and self.ahead_both) or (k == n - 1 and self._continues(st, 1, int(st.cands.tokens[k])))
+                )
             ):
-                work.append((local, st, int(st.cands.tokens[n - 1]), []))
+                tokens.append((int(st.cands.tokens[k]), []))
+            if tokens:
+                work.append((row, local, tokens))
         return work

@@ -1,42 +1,50 @@
 """Batched forwards of many sequences through one LLM replica, with a ragged per-row KV cache.
 
-Each row of the batch is one sub-environment's sequence. Its cache holds, left-aligned, the keys
-and values of the tokens *committed* so far (prompt + accepted response tokens), ``length[row]``
-of them. A forward appends new tokens after that prefix in one of two shapes:
+Each row of the batch is one sequence (a sub-environment's, or one answer's). Its cache holds,
+left-aligned, the keys and values of the tokens *committed* so far (prompt + response), ``length[row]``
+of them; the slots after them are the row's *scratch*. A forward (:meth:`ReplicaEngine.run`) gives each
+taking-part row new tokens in two parts:
 
-- ``"chain"``: the tokens follow each other (prompt prefill): token j sees the prefix and tokens <= j;
-- ``"tree"``: the tokens are *alternatives* for the same position (candidate tokens): each sees the
-  prefix and itself only, and all get the same position id.
+- a *chain* (prompt prefill, forced tokens): consecutive tokens, committed at once; token j sees the
+  prefix and chain tokens <= j, at position ``length + j``;
+- a *tree* after the chain (candidate tokens): *alternatives* for one position; each sees the prefix, the
+  chain and itself, all at position ``length + len(chain)``, and lands in scratch until
+  :meth:`ReplicaEngine.commit` keeps one of them (an accepted candidate costs no second forward).
 
-Both are one ``transformers`` forward with a custom 4D attention mask and explicit position ids.
-Rows of different lengths share the forward: the gathered prefix is padded to the longest and the
-mask hides the padding. The new keys/values land in the row's *scratch* slots right after its
-prefix; :meth:`ReplicaEngine.commit` keeps one of them (the accepted candidate) by moving it to the
-end of the prefix, so an accepted candidate costs no second forward. Rejected candidates are simply
-overwritten by the next forward.
+A tree can also be placed further into the row's scratch (``offsets``; the slots below are kept), and each
+of its tokens can *follow* scratch tokens of earlier forwards (``follow``): a token that follows scratch
+slots ``s_1 .. s_m`` sees the prefix, those slots and itself, at position ``length + m``, as if they had
+been committed. The decoder uses it to work ahead of a decision (:mod:`mara_env.decoder`): the token after
+a candidate under decision follows the candidate's slot, the next candidate of the set follows nothing,
+both in one row of the batch; committing the candidate and then the follower's slot gives the same cache
+as the usual order.
 
-Keys are stored after the model applies rotary embeddings, so a slot can move without changing
-its meaning: only the position ids passed to the forward matter.
+Keys are stored after the model applies rotary embeddings, so a slot can move without changing its
+meaning: only the position ids passed to the forward matter.
 
-A ``"tree"`` forward can also place a row's tokens further into its scratch (``offsets``) and let them
-*follow* scratch tokens of earlier forwards (``follow``): a token that follows scratch slots ``s_1 ..
-s_m`` sees the prefix, those slots and itself, at position ``length + m``, as if ``s_1 .. s_m`` had been
-committed. The decoder uses it to run the forced token after a candidate under decision ahead of the
-decision (:mod:`mara_env.decoder`); committing the candidate and then that token's slot gives the same
-cache as the usual order.
+**What a forward costs besides the model's own ops.** The cache of every layer lives in one tensor per
+keys and values, ``(layers, rows, kv_heads, capacity, head_dim)``, so gathering the taking-part rows,
+writing their new slots back and moving committed scratch slots are one indexed copy each for all
+layers; each layer's cache update is one ``index_copy_`` into a view made once per forward, the op
+count of the model's own cache. Masks, position ids and write-back indices are built on the host with
+NumPy and copied over once. Two layouts:
 
-A "tree" forward of rows with different token counts pads every row to the widest, and a padded
-token costs as much compute as a real one. :meth:`ReplicaEngine.forward_packed` runs such a forward
-without padding: all rows' tokens form one sequence (batch 1), the rows' prefixes are gathered side by
-side, and a block mask lets each token see its own row's prefix and itself only. It costs one copy
-of the prefixes and a wider attention; where rows' widths differ a lot, it saves most of the padding.
+- *rows* (the default): the taking-part rows form the batch, each row's new tokens padded to the widest;
+  when every row takes part the forward runs on the cache storage itself (no gather), its new slots
+  written past every row's prefix and kept scratch, then moved to their own slots;
+- *packed* (:meth:`ReplicaEngine.run` with ``packed=True``): all rows' new tokens form one sequence after
+  all their prefixes, and a block mask lets each token see its own row only. No padding, at the price of
+  a gather of every prefix and a wider attention: it pays where the rows' token counts differ a lot and
+  a padded token costs as much compute as a real one (CPUs).
 """
 
 from __future__ import annotations
 
 import inspect
 from collections.abc import Sequence
+from typing import NamedTuple
 
+import numpy as np
 import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
@@ -44,11 +52,28 @@ from transformers.cache_utils import DynamicLayer
 from mara_env.llm import LLMReplica
 
 
+class RoundOutput(NamedTuple):
+    """Last-layer hidden states (after the final norm) of one forward's new tokens.
+
+    :param hidden: shape ``(slots, hidden)``; row ``i``'s new tokens (its chain, then its tree) are
+        ``hidden[start[i] : start[i] + count[i]]``. Other entries are padding.
+    :param start: where each taking-part row's tokens begin, in the order of the forward's ``rows``.
+    """
+
+    hidden: torch.Tensor
+    start: list[int]
+
+    def row(self, i: int) -> torch.Tensor:
+        """The hidden states of row ``i``'s new tokens (a view; padding included for the ``rows`` layout)."""
+        end = self.start[i + 1] if i + 1 < len(self.start) else self.hidden.shape[0]
+        return self.hidden[self.start[i] : end]
+
+
 class ReplicaEngine:
     """The KV cache and forwards of ``num_rows`` sequences on one replica.
 
     :param replica: the LLM replica.
-    :param num_rows: number of sequences (sub-environments) served by this replica.
+    :param num_rows: number of sequences served by this replica.
     """
 
     def __init__(self, replica: LLMReplica, num_rows: int) -> None:
@@ -60,9 +85,10 @@ class ReplicaEngine:
         self.length = [0] * num_rows  # committed tokens per row
         self.num_forwards = 0  # forwards run so far (a statistic for benchmarks)
         self.num_tokens = 0  # new tokens run through the model so far (the compute cost)
-        self._keys: list[torch.Tensor] = []  # per layer: (rows, kv_heads, capacity, head_dim)
-        self._values: list[torch.Tensor] = []
+        self._keys: torch.Tensor | None = None  # (layers, rows, kv_heads, capacity, head_dim)
+        self._values: torch.Tensor | None = None
         self._capacity = 0
+        self._moves: list[tuple[int, int, int]] = []  # commits not yet copied: (row, from slot, to slot)
         self._dtype = self.model.dtype
         self._mask_min = torch.finfo(self._dtype).min
         self._head = self.model.get_output_embeddings()
@@ -72,165 +98,80 @@ class ReplicaEngine:
 
     def reset_rows(self, rows: Sequence[int]) -> None:
         """Forget the sequences of ``rows`` (their slots are reused by the next forward)."""
+        dropped = set(rows)
+        self._moves = [m for m in self._moves if m[0] not in dropped]
         for r in rows:
             self.length[r] = 0
 
-    @torch.no_grad()
-    def forward(
-        self,
-        rows: Sequence[int],
-        tokens: Sequence[Sequence[int]],
-        mode: str,
-        offsets: Sequence[int] | None = None,
-        follow: Sequence[Sequence[int]] | None = None,
-    ) -> torch.Tensor:
-        """Run the new ``tokens`` of each row in one batched forward.
-
-        :param rows: the rows taking part (distinct).
-        :param tokens: for each row, its new token ids (at least one).
-        :param mode: ``"chain"`` (consecutive tokens, committed at once) or ``"tree"`` (alternatives
-            for one position, kept in scratch until :meth:`commit`).
-        :param offsets: ``"tree"`` only: for each row, the scratch slot of its first new token (default 0,
-            right after the prefix); scratch slots below it keep what earlier forwards put there.
-        :param follow: ``"tree"`` only: for each row, scratch slots of earlier forwards that its tokens
-            follow, in order (default none): the tokens see the prefix, those slots and themselves, at
-            position ``length + len(follow)``.
-        :return: last-layer hidden states after the final norm, shape ``(len(rows), max_new, hidden)``;
-            entries past a row's own token count are padding.
-        """
-        self.num_forwards += 1
-        n_new = [len(t) for t in tokens]
-        self.num_tokens += sum(n_new)
-        width = max(n_new)
-        offs = [0] * len(rows) if offsets is None else [int(o) for o in offsets]
-        follows = [[] for _ in rows] if follow is None else [[int(s) for s in f] for f in follow]
-        if mode == "chain" and (any(offs) or any(follows)):
-            raise ValueError("offsets and follow apply to 'tree' forwards only.")
-        # the gathered past reaches the furthest followed slot; new slots may lie beyond it
-        past_len = max(self.length[r] + (max(f) + 1 if f else 0) for r, f in zip(rows, follows))
-        end = max(self.length[r] + o + n for r, o, n in zip(rows, offs, n_new))
-        self._ensure_capacity(max(past_len + width, end))
-        dev = self.device
-        row_idx = torch.tensor(rows, device=dev)
-        lengths = torch.tensor([self.length[r] for r in rows], device=dev)
-        counts = torch.tensor(n_new, device=dev)
-
-        ids = torch.zeros(len(rows), width, dtype=torch.long)
-        for i, t in enumerate(tokens):
-            ids[i, : len(t)] = torch.as_tensor(t, dtype=torch.long)
-        ids = ids.to(dev)
-
-        if mode == "chain":
-            positions = lengths[:, None] + torch.arange(width, device=dev)[None, :]
-        elif mode == "tree":
-            shift = torch.tensor([len(f) for f in follows], device=dev)
-            positions = (lengths + shift)[:, None].expand(-1, width)
-        else:
-            raise ValueError(f"mode must be 'chain' or 'tree', got {mode!r}")
-        mask = self._build_mask(lengths, counts, past_len, width, mode, follows)
-
-        # The model's cache update writes the new keys/values in place after ``past_len`` instead of
-        # concatenating. When every row takes part, the storage itself is that buffer (no copy);
-        # otherwise the taking-part rows' prefixes are gathered into one (one copy).
-        cache = DynamicCache()
-        in_place = list(rows) == list(range(self.num_rows)) and not any(offs) and not any(follows)
-        if in_place:
-            cache.layers = [_BufferLayer(k, v, past_len) for k, v in zip(self._keys, self._values)]
-        else:
-            cache.layers = [
-                _BufferLayer(
-                    self._gather(k, row_idx, past_len, width),
-                    self._gather(v, row_idx, past_len, width),
-                    past_len,
-                )
-                for k, v in zip(self._keys, self._values)
-            ]
-        out = self.model.base_model(
-            input_ids=ids,
-            attention_mask=mask,
-            position_ids=positions,
-            **{self._cache_arg: cache},
-            use_cache=True,
-            cache_position=torch.arange(past_len, past_len + width, device=dev),
-        )
-        starts = lengths + torch.tensor(offs, device=dev)
-        self._write_back(cache, row_idx, starts, counts, past_len, width, in_place)
-        if mode == "chain":
-            for r, n in zip(rows, n_new):
-                self.length[r] += n
-        return out.last_hidden_state
-
-    @torch.no_grad()
-    def forward_packed(self, rows: Sequence[int], tokens: Sequence[Sequence[int]]) -> list[torch.Tensor]:
-        """A ``"tree"`` forward of the new ``tokens`` of each row, packed into one sequence (no padding).
-
-        Same result as ``forward(rows, tokens, "tree")``; the new keys/values land in the same scratch
-        slots.
-
-        :return: for each row, the hidden states of its tokens, shape ``(len(tokens[i]), hidden)``.
-        """
-        self.num_forwards += 1
-        n_new = [len(t) for t in tokens]
-        total = sum(n_new)
-        self.num_tokens += total
-        dev = self.device
-        lengths = [self.length[r] for r in rows]
-        self._ensure_capacity(max(length + n for length, n in zip(lengths, n_new)))
-        past = sum(lengths)
-        # Flat (row, position) index of every row's prefix, rows side by side.
-        row_of = torch.tensor([r for r, length in zip(rows, lengths) for _ in range(length)], dtype=torch.long)
-        pos_of = torch.cat([torch.arange(length) for length in lengths]) if past else torch.zeros(0, dtype=torch.long)
-        row_of, pos_of = row_of.to(dev), pos_of.to(dev)
-        ids = torch.tensor([[t for row_tokens in tokens for t in row_tokens]], dtype=torch.long, device=dev)
-        positions = torch.tensor([[length for length, n in zip(lengths, n_new) for _ in range(n)]], device=dev)
-
-        # Token t of row i sees row i's prefix (columns offset_i .. offset_i + length_i) and itself.
-        token_row = torch.repeat_interleave(torch.arange(len(rows), device=dev), torch.tensor(n_new, device=dev))
-        starts = torch.tensor([sum(lengths[:i]) for i in range(len(rows))], device=dev)
-        ends = starts + torch.tensor(lengths, device=dev)
-        cols = torch.arange(past, device=dev)
-        allow_past = (cols[None, :] >= starts[token_row][:, None]) & (cols[None, :] < ends[token_row][:, None])
-        allow = torch.cat([allow_past, torch.eye(total, dtype=torch.bool, device=dev)], dim=-1)
-        mask = torch.zeros(allow.shape, dtype=self._dtype, device=dev)
-        mask.masked_fill_(~allow, self._mask_min)
-
-        cache = DynamicCache()
-        layers = []
-        for k, v in zip(self._keys, self._values):
-            kbuf = k.new_empty(1, k.shape[1], past + total, k.shape[3])
-            vbuf = v.new_empty(1, v.shape[1], past + total, v.shape[3])
-            if past:
-                kbuf[0, :, :past] = k[row_of, :, pos_of].transpose(0, 1)
-                vbuf[0, :, :past] = v[row_of, :, pos_of].transpose(0, 1)
-            layers.append(_BufferLayer(kbuf, vbuf, past))
-        cache.layers = layers
-        out = self.model.base_model(
-            input_ids=ids,
-            attention_mask=mask[None, None],
-            position_ids=positions,
-            **{self._cache_arg: cache},
-            use_cache=True,
-            cache_position=torch.arange(past, past + total, device=dev),
-        )
-        # Each row's new keys/values go to its scratch slots right after its prefix.
-        dest_rows = torch.tensor([r for r, n in zip(rows, n_new) for _ in range(n)], device=dev)
-        dest_cols = torch.tensor([length + j for length, n in zip(lengths, n_new) for j in range(n)], device=dev)
-        for layer, (k_store, v_store) in enumerate(zip(self._keys, self._values)):
-            # (heads, total, dim) -> (total, heads, dim), the shape of the indexed destination
-            k_store[dest_rows, :, dest_cols] = cache.layers[layer].keys[0, :, past:].transpose(0, 1)
-            v_store[dest_rows, :, dest_cols] = cache.layers[layer].values[0, :, past:].transpose(0, 1)
-        return list(out.last_hidden_state[0].split(n_new))
-
-    @torch.no_grad()
     def commit(self, row: int, slot: int) -> None:
-        """Keep scratch token ``slot`` of the last ``"tree"`` forward of ``row`` as its next token."""
+        """Keep scratch token ``slot`` of ``row`` as its next token (the copy runs with the next forward)."""
         pos = self.length[row]
         if slot:
-            src = pos + slot
-            for k, v in zip(self._keys, self._values):
-                k[row, :, pos] = k[row, :, src]
-                v[row, :, pos] = v[row, :, src]
+            self._moves.append((row, pos + slot, pos))
         self.length[row] = pos + 1
+
+    @torch.no_grad()
+    def run(
+        self,
+        rows: Sequence[int],
+        chain: Sequence[Sequence[int]] | None = None,
+        tree: Sequence[Sequence[int]] | None = None,
+        *,
+        offsets: Sequence[int] | None = None,
+        follow: Sequence[Sequence[int]] | None = None,
+        packed: bool = False,
+    ) -> RoundOutput:
+        """Run each row's new tokens in one forward (module docstring).
+
+        :param rows: the rows taking part (distinct).
+        :param chain: for each row, tokens committed in order (default none).
+        :param tree: for each row, alternatives for the position after its chain (default none); every row
+            has at least one new token in all.
+        :param offsets: for each row, the scratch slot of its first tree token (default 0, right after the
+            prefix); slots below it keep what earlier forwards put there. Rows with a chain take 0.
+        :param follow: for each row, for each of its tree tokens, the scratch slots of earlier forwards it
+            follows, in order (default none): the token sees the prefix, those slots and itself, at position
+            ``length + len(follow)``. Rows with a chain follow nothing.
+        :param packed: the packed layout (one sequence, no padding; no ``offsets`` or ``follow``).
+        """
+        n = len(rows)
+        chain = [()] * n if chain is None else chain
+        tree = [()] * n if tree is None else tree
+        n_chain = np.array([len(c) for c in chain], dtype=np.int64)
+        n_new = n_chain + np.array([len(t) for t in tree], dtype=np.int64)
+        offs = np.zeros(n, dtype=np.int64) if offsets is None else np.asarray(offsets, dtype=np.int64)
+        follows = [[()] * len(t) for t in tree] if follow is None else follow
+        followed = np.array([any(len(f) for f in row_follow) for row_follow in follows], dtype=bool)
+        if n == 0 or (n_new < 1).any():
+            raise ValueError("every taking-part row needs at least one new token.")
+        if any(len(f) != len(t) for f, t in zip(follows, tree)):
+            raise ValueError("follow needs one list of followed slots per tree token.")
+        if ((n_chain > 0) & ((offs > 0) | followed)).any():
+            raise ValueError("offsets and follow apply to tree tokens after no chain only.")
+        if packed and (offs.any() or followed.any()):
+            raise ValueError("the packed layout takes no offsets or follow.")
+        self.num_forwards += 1
+        self.num_tokens += int(n_new.sum())
+        lengths = np.array([self.length[r] for r in rows], dtype=np.int64)
+        # Scratch slot of each new token: chain tokens right after the prefix, tree tokens after the chain.
+        ids = np.concatenate([np.asarray([*c, *t], dtype=np.int64) for c, t in zip(chain, tree)])
+        token_row = np.repeat(np.arange(n), n_new)
+        j = np.arange(len(ids)) - np.repeat(np.cumsum(n_new) - n_new, n_new)  # index within its row
+        dest = lengths[token_row] + offs[token_row] + j
+        # each token's followed slots, flat (chain tokens follow nothing)
+        token_follow: list[Sequence[int]] = []
+        for c, row_follow in zip(chain, follows):
+            token_follow += [()] * len(c) + list(row_follow)
+        shift = np.array([len(f) for f in token_follow], dtype=np.int64)
+        is_tree = j >= n_chain[token_row]
+        positions = np.where(is_tree, lengths[token_row] + n_chain[token_row] + shift, lengths[token_row] + j)
+        if packed:
+            out = self._run_packed(rows, lengths, ids, token_row, j, n_chain, positions, dest)
+        else:
+            out = self._run_rows(rows, lengths, ids, token_row, j, n_chain, n_new, offs, token_follow, positions, dest)
+        for r, c in zip(rows, n_chain):
+            self.length[r] += int(c)
+        return out
 
     @torch.no_grad()
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -240,55 +181,200 @@ class ReplicaEngine:
             out = torch.tanh(out / self._softcap) * self._softcap
         return out
 
+    # ----------------------------------------------------------------------------------- layouts
+
+    def _run_rows(
+        self,
+        rows: Sequence[int],
+        lengths: np.ndarray,
+        ids: np.ndarray,
+        token_row: np.ndarray,
+        j: np.ndarray,
+        n_chain: np.ndarray,
+        n_new: np.ndarray,
+        offs: np.ndarray,
+        token_follow: Sequence[Sequence[int]],
+        positions: np.ndarray,
+        dest: np.ndarray,
+    ) -> RoundOutput:
+        n, width = len(rows), int(n_new.max())
+        # the attended past reaches every row's prefix and the furthest scratch slot its tokens follow
+        reach = lengths.copy()
+        for t, f in enumerate(token_follow):
+            if f:
+                reach[token_row[t]] = max(reach[token_row[t]], lengths[token_row[t]] + max(f) + 1)
+        in_place = list(rows) == list(range(self.num_rows))
+        # in place, the new slots are written past every row's kept scratch (the slots below its offset)
+        past = int(np.maximum(reach, lengths + offs).max() if in_place else reach.max())
+        self._ensure_capacity(max(past + width, int(dest.max()) + 1))
+        self._flush_moves()
+        dev = self.device
+
+        # Host-side inputs: ids and positions padded to (rows, width), the additive mask.
+        grid_ids = np.zeros((n, width), dtype=np.int64)
+        grid_pos = np.repeat(lengths[:, None], width, axis=1)
+        grid_ids[token_row, j] = ids
+        grid_pos[token_row, j] = positions
+        allow = np.zeros((n, width, past + width), dtype=bool)
+        allow[:, :, :past] = np.arange(past)[None, None, :] < lengths[:, None, None]
+        pairs = [(t, s) for t, f in enumerate(token_follow) for s in f]
+        if pairs:  # followed scratch slots, as if committed
+            pt, ps = np.array(pairs).T
+            allow[token_row[pt], j[pt], lengths[token_row[pt]] + ps] = True
+        q = np.arange(width)[None, :, None]
+        k = np.arange(width)[None, None, :]
+        nc, nn = n_chain[:, None, None], n_new[:, None, None]
+        chain_q, real_q = q < nc, q < nn
+        # chain tokens: causal among the chain; tree tokens: the chain and themselves; padding: itself only
+        allow[:, :, past:] = (chain_q & (k <= q)) | (~chain_q & real_q & ((k < nc) | (k == q))) | (~real_q & (k == q))
+        allow[:, :, :past] &= real_q[:, :, 0][:, :, None]
+
+        if in_place:  # the storage itself is the cache buffer: new slots land at past .. past + width
+            keys = self._keys[:, :, :, : past + width]
+            values = self._values[:, :, :, : past + width]
+        else:  # the taking-part rows' prefixes gathered into one buffer
+            row_idx = torch.as_tensor(np.asarray(rows), device=dev)
+            keys = self._gather_rows(self._keys, row_idx, past, width)
+            values = self._gather_rows(self._values, row_idx, past, width)
+        hidden = self._forward(grid_ids, grid_pos, allow, keys, values, past, width)
+
+        # New keys/values from their buffer columns to their own scratch slots (one copy for all layers).
+        src_col = past + j
+        src_row = token_row if not in_place else np.asarray(rows)[token_row]
+        dest_row = np.asarray(rows)[token_row]
+        if in_place:  # tokens already in their own slots (the longest rows' first scratch) stay
+            moved = dest != src_col
+            src_row, src_col, dest_row, dest = src_row[moved], src_col[moved], dest_row[moved], dest[moved]
+        self._write(keys, values, src_row, src_col, dest_row, dest)
+        return RoundOutput(hidden.reshape(n * width, -1), [i * width for i in range(n)])
+
+    def _run_packed(
+        self,
+        rows: Sequence[int],
+        lengths: np.ndarray,
+        ids: np.ndarray,
+        token_row: np.ndarray,
+        j: np.ndarray,
+        n_chain: np.ndarray,
+        positions: np.ndarray,
+        dest: np.ndarray,
+    ) -> RoundOutput:
+        total = len(ids)
+        self._ensure_capacity(int(dest.max()) + 1)
+        self._flush_moves()
+        dev = self.device
+        past = int(lengths.sum())
+        starts = np.cumsum(lengths) - lengths  # each row's prefix inside the packed past
+        allow = np.zeros((1, total, past + total), dtype=bool)
+        cols = np.arange(past)
+        allow[0, :, :past] = (cols[None, :] >= starts[token_row][:, None]) & (
+            cols[None, :] < (starts + lengths)[token_row][:, None]
+        )
+        t = np.arange(total)
+        same_row = token_row[:, None] == token_row[None, :]
+        chain_q = j < n_chain[token_row]
+        k_is_chain = j[None, :] < n_chain[token_row][:, None]
+        # chain tokens: causal among their row's chain; tree tokens: their row's chain and themselves
+        allow[0, :, past:] = same_row & (
+            (chain_q[:, None] & (t[None, :] <= t[:, None]))
+            | (~chain_q[:, None] & (k_is_chain | (t[None, :] == t[:, None])))
+        )
+        keys = self._keys.new_empty((self._keys.shape[0], 1, self._keys.shape[2], past + total, self._keys.shape[4]))
+        values = self._values.new_empty(keys.shape)
+        if past:
+            row_of = torch.as_tensor(np.repeat(np.asarray(rows), lengths), device=dev)
+            pos_of = torch.as_tensor(np.concatenate([np.arange(length) for length in lengths]), device=dev)
+            # (prefix tokens, layers, heads, dim) -> (layers, heads, prefix tokens, dim)
+            keys[:, 0, :, :past] = self._keys[:, row_of, :, pos_of].permute(1, 2, 0, 3)
+            values[:, 0, :, :past] = self._values[:, row_of, :, pos_of].permute(1, 2, 0, 3)
+        hidden = self._forward(ids[None], positions[None], allow, keys, values, past, total)
+        self._write(keys, values, np.zeros(total, dtype=np.int64), past + t, np.asarray(rows)[token_row], dest)
+        starts_new = np.cumsum(np.bincount(token_row, minlength=len(rows))) - np.bincount(
+            token_row, minlength=len(rows)
+        )
+        return RoundOutput(hidden[0], [int(s) for s in starts_new])
+
     # ----------------------------------------------------------------------------------- internals
 
-    def _build_mask(
+    def _forward(
         self,
-        lengths: torch.Tensor,
-        counts: torch.Tensor,
-        past_len: int,
+        ids: np.ndarray,
+        positions: np.ndarray,
+        allow: np.ndarray,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        past: int,
         width: int,
-        mode: str,
-        follow: Sequence[Sequence[int]] = (),
     ) -> torch.Tensor:
-        """Additive mask ``(rows, 1, width, past_len + width)``: 0 where attention is allowed."""
+        """One model forward over the buffers ``keys``/``values`` ``(layers, batch, heads, past + width, dim)``."""
         dev = self.device
-        cols = torch.arange(past_len, device=dev)
-        allow_past = cols[None, :] < lengths[:, None]  # (rows, past)
-        pairs = [(i, s) for i, slots in enumerate(follow) for s in slots]
-        if pairs:  # the followed scratch slots, as if committed
-            i_idx = torch.tensor([i for i, _ in pairs], device=dev)
-            slot = torch.tensor([s for _, s in pairs], device=dev)
-            allow_past[i_idx, lengths[i_idx] + slot] = True
-        allow_past = allow_past[:, None, :].expand(-1, width, -1)
-        q = torch.arange(width, device=dev)
-        if mode == "chain":
-            allow_new = q[None, :] <= q[:, None]  # causal among the new tokens
-        else:
-            allow_new = torch.eye(width, dtype=torch.bool, device=dev)  # each candidate sees itself
-        allow_new = allow_new[None].expand(lengths.shape[0], -1, -1).clone()
-        # Padding queries beyond a row's own tokens attend to themselves only (no NaN rows);
-        # real queries never attend to padding keys.
-        real = q[None, :] < counts[:, None]  # (rows, width)
-        allow_new &= real[:, None, :] | torch.eye(width, dtype=torch.bool, device=dev)[None]
-        allow_past = allow_past & real[:, :, None]
-        allow = torch.cat([allow_past, allow_new], dim=-1)
-        mask = torch.zeros(allow.shape, dtype=self._dtype, device=dev)
-        mask.masked_fill_(~allow, self._mask_min)
-        return mask[:, None]
+        mask = torch.from_numpy(np.where(allow, 0.0, self._mask_min).astype(np.float32)[:, None])
+        new_slots = torch.arange(past, past + width, device=dev)
+        cache = DynamicCache()
+        cache.layers = [
+            _BufferLayer(k, v, new_slots, past) for k, v in zip(keys.unbind(0), values.unbind(0), strict=True)
+        ]
+        out = self.model.base_model(
+            input_ids=torch.from_numpy(ids).to(dev),
+            attention_mask=mask.to(dev, self._dtype),
+            position_ids=torch.from_numpy(positions).to(dev),
+            **{self._cache_arg: cache},
+            use_cache=True,
+            cache_position=new_slots,
+        )
+        return out.last_hidden_state
+
+    def _gather_rows(self, store: torch.Tensor, row_idx: torch.Tensor, past: int, width: int) -> torch.Tensor:
+        """A buffer ``(layers, len(row_idx), heads, past + width, dim)`` holding those rows' first ``past`` slots."""
+        buf = store.new_empty((store.shape[0], row_idx.shape[0], store.shape[2], past + width, store.shape[4]))
+        if past:
+            # one advanced-indexing copy; index_select on the sliced (strided) storage is ~30x slower on CPU
+            buf[:, :, :, :past] = store[:, row_idx, :, :past]
+        return buf
+
+    def _write(
+        self,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        src_row: np.ndarray,
+        src_col: np.ndarray,
+        dest_row: np.ndarray,
+        dest_col: np.ndarray,
+    ) -> None:
+        """Copy buffer slots ``(src_row, src_col)`` to storage slots ``(dest_row, dest_col)``, all layers at once."""
+        if len(dest_row) == 0:
+            return
+        dev = self.device
+        sr, sc, dr, dc = (
+            torch.as_tensor(np.asarray(a, dtype=np.int64), device=dev) for a in (src_row, src_col, dest_row, dest_col)
+        )
+        # the right-hand side is gathered before the write, so overlapping slots are safe
+        self._keys[:, dr, :, dc] = keys[:, sr, :, sc]
+        self._values[:, dr, :, dc] = values[:, sr, :, sc]
+
+    def _flush_moves(self) -> None:
+        """Copy the committed scratch slots to their places (every commit since the last forward, in one copy)."""
+        if not self._moves:
+            return
+        rows, src, dst = (np.array(a, dtype=np.int64) for a in zip(*self._moves))
+        self._moves = []
+        # A later commit of a row reads a slot beyond every earlier commit's destination, so all moves can
+        # read first and write after (what one indexed copy does).
+        self._write(self._keys, self._values, rows, src, rows, dst)
 
     def _ensure_capacity(self, needed: int) -> None:
-        if needed <= self._capacity and self._keys:
+        if self._keys is None:
+            self._init_storage(max(needed, 64))
             return
-        new_cap = max(needed, 2 * self._capacity, 64)
-        if not self._keys:
-            self._init_storage(new_cap)
+        if needed <= self._capacity:
             return
-        for store in (self._keys, self._values):
-            for i, t in enumerate(store):
-                grown = t.new_zeros(t.shape[0], t.shape[1], new_cap, t.shape[3])
-                grown[:, :, : self._capacity] = t
-                store[i] = grown
+        self._flush_moves()
+        new_cap = max(needed, 2 * self._capacity)
+        for name in ("_keys", "_values"):
+            old = getattr(self, name)
+            grown = old.new_zeros((*old.shape[:3], new_cap, old.shape[4]))
+            grown[:, :, :, : self._capacity] = old
+            setattr(self, name, grown)
         self._capacity = new_cap
 
     def _init_storage(self, capacity: int) -> None:
@@ -296,49 +382,17 @@ class ReplicaEngine:
         probe = DynamicCache()
         ids = torch.zeros(1, 1, dtype=torch.long, device=self.device)
         self.model.base_model(input_ids=ids, use_cache=True, **{self._cache_arg: probe})
-        for layer in probe.layers:
-            k, v = layer.keys, layer.values
-            self._keys.append(k.new_zeros(self.num_rows, k.shape[1], capacity, k.shape[3]))
-            self._values.append(v.new_zeros(self.num_rows, v.shape[1], capacity, v.shape[3]))
+        shapes = {(layer.keys.shape[1], layer.keys.shape[3], layer.values.shape[3]) for layer in probe.layers}
+        if len(shapes) != 1:
+            raise ValueError(
+                f"the LLM's layers cache keys/values of different shapes {sorted(shapes)} (heads, key dim, value dim); "
+                "MARA's batched cache needs one shape for every layer. Use a model whose layers share a shape."
+            )
+        heads, key_dim, value_dim = shapes.pop()
+        layers, k0 = len(probe.layers), probe.layers[0].keys
+        self._keys = k0.new_zeros((layers, self.num_rows, heads, capacity, key_dim))
+        self._values = k0.new_zeros((layers, self.num_rows, heads, capacity, value_dim))
         self._capacity = capacity
-
-    @staticmethod
-    def _gather(store: torch.Tensor, row_idx: torch.Tensor, past_len: int, width: int) -> torch.Tensor:
-        buf = store.new_empty(row_idx.shape[0], store.shape[1], past_len + width, store.shape[3])
-        torch.index_select(store[:, :, :past_len], 0, row_idx, out=buf[:, :, :past_len])
-        return buf
-
-    def _write_back(
-        self,
-        cache: DynamicCache,
-        row_idx: torch.Tensor,
-        starts: torch.Tensor,
-        counts: torch.Tensor,
-        past_len: int,
-        width: int,
-        in_place: bool,
-    ) -> None:
-        """Copy each row's new keys/values into its scratch slots from ``starts`` (prefix length plus offset).
-
-        ``in_place``: the forward wrote into the storage itself (every row took part, no offsets), so
-        rows already as long as the longest have their new slots where they belong.
-        """
-        dev = self.device
-        j = torch.arange(width, device=dev)
-        real = j[None, :] < counts[:, None]  # (rows, width)
-        if in_place:  # only rows shorter than the longest need their new slots moved
-            real &= starts[:, None] < past_len
-        local_rows, local_j = real.nonzero(as_tuple=True)
-        if local_rows.numel() == 0:
-            return
-        dest_rows = row_idx[local_rows]
-        dest_cols = starts[local_rows] + local_j
-        src_cols = past_len + local_j
-        for layer, (k_store, v_store) in enumerate(zip(self._keys, self._values)):
-            k_buf, v_buf = cache.layers[layer].keys, cache.layers[layer].values
-            # the right-hand side is gathered before the write, so overlapping slots are safe
-            k_store[dest_rows, :, dest_cols] = k_buf[local_rows, :, src_cols]
-            v_store[dest_rows, :, dest_cols] = v_buf[local_rows, :, src_cols]
 
 
 def cache_argument(model: torch.nn.Module) -> str:
@@ -349,20 +403,23 @@ def cache_argument(model: torch.nn.Module) -> str:
 
 
 class _BufferLayer(DynamicLayer):
-    """A cache layer over a preallocated buffer: ``past_len`` cached slots, then room for the new tokens."""
+    """A cache layer over a buffer sized for this forward: ``past`` cached slots, then the new tokens' slots.
 
-    def __init__(self, keys: torch.Tensor, values: torch.Tensor, past_len: int) -> None:
+    The update is one ``index_copy_`` per keys and values, as many ops as ``DynamicLayer``'s concatenation.
+    """
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor, new_slots: torch.Tensor, past: int) -> None:
         super().__init__()
         self.keys, self.values = keys, values
         self.dtype, self.device = keys.dtype, keys.device
         self.is_initialized = True
-        self._past_len = past_len
+        self._new_slots = new_slots
+        self._past = past
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
-        end = self._past_len + key_states.shape[-2]
-        self.keys[:, :, self._past_len : end] = key_states
-        self.values[:, :, self._past_len : end] = value_states
-        return self.keys[:, :, :end], self.values[:, :, :end]
+        self.keys.index_copy_(-2, self._new_slots, key_states)
+        self.values.index_copy_(-2, self._new_slots, value_states)
+        return self.keys, self.values
 
     def get_seq_length(self) -> int:
-        return self._past_len
+        return self._past

@@ -12,6 +12,7 @@ from mara_env.config import MARAConfig
 from mara_env.core import Decisions, MARACore
 from mara_env.decoder import RowState
 from mara_env.observation import ObservationLayout
+from mara_env.rendering import RENDER_FPS, RENDER_MODES, check_render_mode, text_frame
 
 
 def parse_action(action: Any, name: str = "action") -> int:
@@ -27,6 +28,20 @@ def parse_action(action: Any, name: str = "action") -> int:
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value not in (0, 1):
         raise ValueError(f"{name} must be 0 (reject) or 1 (accept) as an integer; got {action!r}.")
     return int(value)
+
+
+def check_open(closed: bool, call: str) -> None:
+    """Refuse ``reset``/``step`` on a closed environment, whose LLM and caches are released."""
+    if closed:
+        raise RuntimeError(
+            f"{call}() called after close(): the environment has released its LLM and caches. Create a new one."
+        )
+
+
+def first_line(exc: BaseException) -> str:
+    """``Type: first line of the message`` of an error, for the error of the next call."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
 def step_info(step: Decisions, i: int) -> dict[str, float]:
@@ -86,6 +101,9 @@ class TokenAcceptRejectEnv(gym.Env[np.ndarray, np.int64]):
     ``num_tokens``, ``num_decisions``, ``finish_reason`` (``"eos"``/``"length"``), ``ref_logprob`` and
     ``prompt_truncated``.
 
+    **render modes** (:mod:`mara_env.rendering`): ``"ansi"`` (the prompt and the answer so far as text) and
+    ``"rgb_array"`` (that text drawn on a fixed-size image, for video recorders and SB3's ``make_vec_env``).
+
     **reset options**: ``{"prompt": str}`` or ``{"prompt_index": int}`` to choose the prompt;
     otherwise it is drawn uniformly from the prompt set with the environment's seeded generator.
 
@@ -102,43 +120,58 @@ class TokenAcceptRejectEnv(gym.Env[np.ndarray, np.int64]):
         >>> obs, reward, terminated, truncated, info = env.step(1)
     """
 
-    metadata: ClassVar[dict[str, Any]] = {"render_modes": ["ansi"]}
+    metadata: ClassVar[dict[str, Any]] = {"render_modes": list(RENDER_MODES), "render_fps": RENDER_FPS}
 
     def __init__(self, llm: Any = None, *, render_mode: str | None = None, **kwargs: Any) -> None:
         self.config = MARAConfig.from_kwargs({"llm": llm, **kwargs})
-        if render_mode not in (None, "ansi"):
-            raise ValueError(f"render_mode must be None or 'ansi', got {render_mode!r}.")
-        self.render_mode = render_mode
+        self.render_mode = check_render_mode(render_mode)
         self.core = MARACore(1, self.config)
         self.observation_space = spaces.Box(
             -np.inf, np.inf, shape=(self.core.layout.size,), dtype=self.config.np_obs_dtype
         )
         self.action_space = spaces.Discrete(2)
         self._needs_reset = True
+        self._closed = False
+        self._failed: str | None = None  # an error inside the last step, until reset() starts afresh
 
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
     ) -> tuple[np.ndarray, dict[str, Any]]:
+        check_open(self._closed, "reset")
         super().reset(seed=seed)
         # The environment's own generator chooses prompts, so Gymnasium's seeding rules hold.
         self.core.rngs[0] = self.np_random
+        self._needs_reset = True  # until the new episode has started
         skipped = self.core.start_rows([0], options)
-        self._needs_reset = False
+        self._needs_reset, self._failed = False, None
         info = self.core.candidate_info(0)
         if skipped[0]:
             info["skipped_episodes"] = skipped[0]
         return self.core.observations([0])[0], info
 
     def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        check_open(self._closed, "step")
+        if self._failed is not None:
+            raise RuntimeError(
+                f"step() after an error inside an earlier step ({self._failed}): the episode cannot go on; call "
+                "env.reset() to start a new one."
+            )
         if self._needs_reset:
             raise RuntimeError(
                 "step() called before reset() or after the episode ended (terminated=True); call env.reset() first."
             )
-        a = parse_action(action)
+        a = parse_action(action)  # a wrong action is refused before anything changes: the episode goes on
+        try:
+            return self._step(a)
+        except BaseException as exc:
+            self._failed = first_line(exc)
+            raise
+
+    def _step(self, a: int) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         step = self.core.decide([0], np.array([a]))
         reward = float(step.reward[0])
         if step.done[0]:
-            terminal, infos = self.core.finish([0])
+            terminal, infos = self.core.finish([step.ended[0]])
             reward += float(terminal[0])
             info = infos[0] | step_info(step, 0)
             self._needs_reset = True
@@ -147,13 +180,18 @@ class TokenAcceptRejectEnv(gym.Env[np.ndarray, np.int64]):
         info = self.core.candidate_info(0) | step_info(step, 0)
         return self.core.observations([0])[0], reward, False, False, info
 
-    def render(self) -> str | None:
-        if self.render_mode == "ansi":
-            return self.core.render_text(0)
-        return None
+    def render(self) -> str | np.ndarray | None:
+        """``"ansi"``: the prompt and the answer so far as text; ``"rgb_array"``: that text as an
+        ``(H, W, 3)`` image (:mod:`mara_env.rendering`); ``None`` without a render mode."""
+        if self.render_mode is None:
+            return None
+        text = self.core.render_text(0)
+        return text if self.render_mode == "ansi" else text_frame(text)
 
     def close(self) -> None:
-        self.core.close()
+        if not self._closed:
+            self.core.close()
+        self._closed = True
         super().close()
 
     @property

@@ -25,6 +25,7 @@ import io
 import json
 import os
 import re
+import sys
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -40,8 +41,9 @@ __all__ = [
     "split_prompts",
 ]
 
-PromptSource = str | os.PathLike[str] | Sequence[str]
-"""Anything :func:`load_prompts` accepts."""
+PromptSource = str | os.PathLike[str] | Sequence[str] | Any
+"""Anything :func:`load_prompts` accepts: text (a name, path or dataset id), a path, a sequence of strings,
+or a ``datasets.Dataset`` / ``DatasetDict`` object."""
 
 PROMPT_COLUMNS: tuple[str, ...] = ("prompt", "instruction", "question", "forbidden_prompt", "goal", "text")
 """Column names tried, in this order, when a table is loaded without ``column=``."""
@@ -78,7 +80,8 @@ def load_prompts(
     3. a path to a file: ``.txt`` (one prompt per line; blank lines and lines starting with ``#``
        are skipped), ``.jsonl``, ``.json`` (a list of strings or of objects), ``.csv`` or ``.parquet``;
        or to a folder, which is handed to :func:`datasets.load_dataset`;
-    4. a namespaced Hugging Face dataset id (``"org/name"``), loaded with :func:`datasets.load_dataset`.
+    4. a namespaced Hugging Face dataset id (``"org/name"``), loaded with :func:`datasets.load_dataset`;
+    5. a ``datasets.Dataset`` (or a ``DatasetDict``, of which ``split`` is taken) already in memory.
 
     Tables (everything but ``.txt``) take the prompt from ``column``, or else from the first of
     :data:`PROMPT_COLUMNS` they have. Every prompt is stripped; empty prompts and missing cells are
@@ -96,7 +99,7 @@ def load_prompts(
 
     :param prompts: the prompts or where to find them, as above.
     :param column: the table column holding the prompts.
-    :param split: the dataset split, for Hugging Face datasets only.
+    :param split: the dataset split, for Hugging Face datasets (ids, folders, ``DatasetDict``) only.
     :param limit: keep at most this many prompts (the first ones, after cleaning).
     :returns: the prompts, in their original order.
     :raises ValueError: for an empty or malformed source, a missing column, an unknown built-in name
@@ -111,10 +114,13 @@ def load_prompts(
         missing_ok = True  # empty table cells are dropped like empty strings
     elif isinstance(prompts, Sequence):
         records, origin, missing_ok = _Records(list(prompts), quiet=True), "the given sequence", False
+    elif _is_hf_dataset(prompts):
+        records, origin = _read_dataset_object(prompts, column=column, split=split)
+        missing_ok = True
     else:
         raise ValueError(
-            f"prompts must be a sequence of strings, a file path, a Hugging Face dataset id or one of "
-            f"{sorted(BUILTIN_PROMPT_SETS)}; got a {type(prompts).__name__}."
+            f"prompts must be a sequence of strings, a file path, a Hugging Face dataset id, a datasets.Dataset or "
+            f"DatasetDict, or one of {sorted(BUILTIN_PROMPT_SETS)}; got a {type(prompts).__name__}."
         )
     kept: dict[str, None] = {}
     missing: list[int] = []  # indices of the values skipped, by reason
@@ -423,7 +429,7 @@ def _pick_column(columns: Sequence[str], column: str | None, where: object) -> s
         if column not in columns:
             raise ValueError(
                 f"prompts: {str(where)!r} has no column {column!r}; its columns are {list(columns)}. "
-                "Pass column= with one of them."
+                "Pass column= (the environment's prompt_column=, mara's --prompt-column / --column) with one of them."
             )
         return column
     for name in PROMPT_COLUMNS:
@@ -431,17 +437,17 @@ def _pick_column(columns: Sequence[str], column: str | None, where: object) -> s
             return name
     raise ValueError(
         f"prompts: {str(where)!r} has none of the usual prompt columns {list(PROMPT_COLUMNS)}; its columns "
-        f"are {list(columns)}. Pass column= with the one that holds the prompts."
+        f"are {list(columns)}. Pass column= (the environment's prompt_column=, mara's --prompt-column / --column) "
+        "with the one that holds the prompts."
     )
 
 
 def _read_hf_dataset(name: str, *, column: str | None, split: str) -> _Records:
     try:
         import datasets
-    except ImportError as error:
+    except ImportError as error:  # a dependency of mara-rl: only a broken installation lacks it
         raise ModuleNotFoundError(
-            f"prompts={name!r} needs the package 'datasets' to load a Hugging Face dataset: "
-            "pip install 'mara-rl[datasets]' (or pip install datasets)."
+            f"prompts={name!r} needs the package 'datasets' to load a Hugging Face dataset: pip install datasets"
         ) from error
     try:
         dataset = datasets.load_dataset(name, split=split)
@@ -451,7 +457,35 @@ def _read_hf_dataset(name: str, *, column: str | None, split: str) -> _Records:
             "Check the id and split; without internet access, download it once elsewhere into the "
             "Hugging Face cache, or export the prompts to a local .jsonl, .csv or .parquet file."
         ) from error
-    picked = _pick_column(dataset.column_names, column, name)
+    return _dataset_records(dataset, column, name)
+
+
+def _is_hf_dataset(value: Any) -> bool:
+    """Whether ``value`` is a ``datasets`` object (checked without importing ``datasets``: whoever made one has)."""
+    datasets = sys.modules.get("datasets")
+    kinds = tuple(getattr(datasets, name, None) for name in ("Dataset", "DatasetDict"))
+    return all(isinstance(kind, type) for kind in kinds) and isinstance(value, kinds)
+
+
+def _read_dataset_object(dataset: Any, *, column: str | None, split: str) -> tuple[_Records, str]:
+    """The prompt values of a ``Dataset`` (or of ``split`` of a ``DatasetDict``), and a phrase naming their origin."""
+    import datasets
+
+    if isinstance(dataset, datasets.DatasetDict):
+        if split not in dataset:
+            raise ValueError(
+                f"prompts: the DatasetDict has no split {split!r}; its splits are {list(dataset)}. Pass one of them "
+                "as split= (dataset_split= in the environment's settings), or pass dataset[split] itself."
+            )
+        origin = f"split {split!r} of the given DatasetDict"
+        dataset = dataset[split]
+    else:
+        origin = "the given Dataset"
+    return _dataset_records(dataset, column, origin), origin
+
+
+def _dataset_records(dataset: Any, column: str | None, where: str) -> _Records:
+    picked = _pick_column(dataset.column_names, column, where)
     values = list(dataset[picked])
     return _Records(values, "row", list(range(1, len(values) + 1)), picked)
 

@@ -10,18 +10,19 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from mara_env.config import MARAConfig
-from mara_env.core import MARACore
-from mara_env.env import step_info
+from mara_env.core import MARACore, check_reset_options
+from mara_env.env import check_open, first_line, step_info
 from mara_env.observation import ObservationLayout
+from mara_env.rendering import RENDER_FPS, RENDER_MODES, check_render_mode, text_frame
 
 
 class TokenAcceptRejectVectorEnv(VectorEnv):
     """``num_envs`` episodes of :class:`~mara_env.env.TokenAcceptRejectEnv`, stepped together.
 
-    Each step runs one batched LLM forward per replica for all sub-environments that need new
-    hidden states (forced tokens and candidate chunks alike), with each sequence's KV cache kept
-    between steps. Sub-environments are split into contiguous blocks, one per replica, and the
-    replicas run concurrently. Sub-environment ``i`` behaves exactly like a single environment
+    Each step runs batched LLM forwards per replica for all sub-environments that need new
+    hidden states (forced tokens, candidate chunks and the prompts of restarted episodes alike), with
+    each sequence's KV cache kept between steps. Sub-environments are split into contiguous blocks,
+    one per replica, and the replicas run concurrently. Sub-environment ``i`` behaves exactly like a single environment
     seeded with ``seed + i``.
 
     Autoreset is ``SAME_STEP``: when a sub-environment's episode ends, the returned observation is
@@ -42,13 +43,16 @@ class TokenAcceptRejectVectorEnv(VectorEnv):
         >>> obs, rewards, terminated, truncated, info = envs.step(np.ones(8, dtype=np.int64))
     """
 
-    metadata: ClassVar[dict[str, Any]] = {"autoreset_mode": AutoresetMode.SAME_STEP, "render_modes": ["ansi"]}
+    metadata: ClassVar[dict[str, Any]] = {
+        "autoreset_mode": AutoresetMode.SAME_STEP,
+        "render_modes": list(RENDER_MODES),
+        "render_fps": RENDER_FPS,
+    }
 
     def __init__(self, num_envs: int = 1, llm: Any = None, *, render_mode: str | None = None, **kwargs: Any) -> None:
         if isinstance(num_envs, bool) or not isinstance(num_envs, (int, np.integer)) or num_envs < 1:
             raise ValueError(f"num_envs must be an integer >= 1, got {num_envs!r}.")
-        if render_mode not in (None, "ansi"):
-            raise ValueError(f"render_mode must be None or 'ansi', got {render_mode!r}.")
+        check_render_mode(render_mode)
         self.config = MARAConfig.from_kwargs({"llm": llm, **kwargs})
         self.num_envs = int(num_envs)
         self.render_mode = render_mode
@@ -61,6 +65,7 @@ class TokenAcceptRejectVectorEnv(VectorEnv):
         self.action_space = batch_space(self.single_action_space, self.num_envs)
         self._rows = list(range(self.num_envs))
         self._started = False
+        self._failed: str | None = None  # an error inside the last step, until reset() starts afresh
 
     def reset(
         self, *, seed: int | list[int | None] | None = None, options: dict[str, Any] | None = None
@@ -77,9 +82,13 @@ class TokenAcceptRejectVectorEnv(VectorEnv):
               sub-environments start a new episode, the others go on with theirs. The observations of
               all are returned, the infos of the reset ones.
         """
+        check_open(self.closed, "reset")
         options = dict(options or {})
         rows = self._rows if "reset_mask" not in options else self._masked(options.pop("reset_mask"))
-        if rows is self._rows:
+        full = len(rows) == self.num_envs  # an all-True mask is a full reset
+        prompts = self._row_prompts(options)
+        check_reset_options(options)  # wrong options are refused before anything changes
+        if full:
             super().reset(seed=int(seed) if isinstance(seed, (int, np.integer)) else None)
         if seed is None:
             seeds: list[int | None] = [None] * self.num_envs
@@ -90,8 +99,16 @@ class TokenAcceptRejectVectorEnv(VectorEnv):
             if len(seeds) != self.num_envs:
                 raise ValueError(f"reset: got {len(seeds)} seeds for {self.num_envs} environments.")
         self.core.seed_rows(rows, [seeds[row] for row in rows])
-        skipped = self._start(rows, options or None)
-        self._started = True
+        if full:
+            self._started = False  # until every new episode has started
+        try:
+            skipped = self._start(rows, prompts, options)
+        except BaseException as exc:
+            if not full:  # half a partial reset: the episodes cannot go on as they were
+                self._failed = first_line(exc)
+            raise
+        if full:
+            self._started, self._failed = True, None
         infos: dict[str, Any] = {}
         for row in rows:
             info = self.core.candidate_info(row)
@@ -108,26 +125,38 @@ class TokenAcceptRejectVectorEnv(VectorEnv):
                 f"reset options: 'reset_mask' must be a boolean array of shape ({self.num_envs},) with at least one "
                 f"True (the sub-environments to reset), got {mask!r:.80}."
             )
-        if not self._started and not array.all():
+        if array.all():
+            return self._rows
+        if not self._started:
             raise ValueError("reset options: a partial reset ('reset_mask') needs a full reset() first.")
+        if self._failed is not None:
+            raise RuntimeError(
+                f"reset options: a partial reset ('reset_mask') after an error inside an earlier step "
+                f"({self._failed}); call envs.reset() without 'reset_mask' to start all episodes afresh."
+            )
         return [int(row) for row in np.flatnonzero(array)]
 
-    def _start(self, rows: list[int], options: dict[str, Any] | None) -> dict[int, int]:
-        """Start the episodes of ``rows``, with ``options["prompts"]`` giving each row its own prompt."""
-        if options is None or "prompts" not in options:
-            return dict(zip(rows, self.core.start_rows(rows, options)))
-        rest = {key: value for key, value in options.items() if key != "prompts"}
-        prompts = options["prompts"]
-        if rest:
+    def _row_prompts(self, options: dict[str, Any]) -> list[str | None] | None:
+        """Take ``options["prompts"]`` (one prompt per sub-environment) out of ``options``, checked."""
+        if "prompts" not in options:
+            return None
+        prompts = options.pop("prompts")
+        if options:
             raise ValueError(
                 f"reset options: 'prompts' (one prompt per sub-environment) cannot be combined with "
-                f"{', '.join(map(repr, rest))}; give one prompt per row in 'prompts' instead."
+                f"{', '.join(map(repr, options))}; give one prompt per row in 'prompts' instead."
             )
         if isinstance(prompts, str) or not isinstance(prompts, (list, tuple)) or len(prompts) != self.num_envs:
             raise ValueError(
                 f"reset options: 'prompts' must be a list of {self.num_envs} prompts (one per sub-environment, None to "
                 f"draw one), got {prompts!r:.80}; for one prompt in every row use 'prompt'."
             )
+        return list(prompts)
+
+    def _start(self, rows: list[int], prompts: list[str | None] | None, options: dict[str, Any]) -> dict[int, int]:
+        """Start the episodes of ``rows``; ``prompts`` (if given) holds each row's own prompt."""
+        if prompts is None:
+            return dict(zip(rows, self.core.start_rows(rows, options)))
         drawn = [row for row in rows if prompts[row] is None]
         skipped = dict(zip(drawn, self.core.start_rows(drawn) if drawn else []))
         for row in rows:
@@ -136,35 +165,49 @@ class TokenAcceptRejectVectorEnv(VectorEnv):
         return skipped
 
     def step(self, actions: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        check_open(self.closed, "step")
+        if self._failed is not None:
+            raise RuntimeError(
+                f"step() after an error inside an earlier step ({self._failed}): the episodes cannot go on; call "
+                "envs.reset() to start new ones."
+            )
         if not self._started:
             raise RuntimeError("step() called before reset(); call envs.reset() first.")
-        acts = self._parse_actions(actions)
-        step = self.core.decide(self._rows, acts)
+        acts = self._parse_actions(actions)  # wrong actions are refused before anything changes
+        try:
+            return self._step(acts)
+        except BaseException as exc:
+            self._failed = first_line(exc)
+            raise
+
+    def _step(self, acts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        # ended episodes restart within the step's own rounds of forwards (SAME_STEP autoreset)
+        step = self.core.decide(self._rows, acts, restart=True)
         done = step.done
         rewards = step.reward.copy()
         finished = [row for row in self._rows if done[row]]
         infos: dict[str, Any] = {}
         if finished:
-            terminal, episode_infos = self.core.finish(finished)
+            terminal, episode_infos = self.core.finish([step.ended[row] for row in finished])
             rewards[finished] += terminal
             zero = np.zeros(self.single_observation_space.shape, dtype=self.single_observation_space.dtype)
             for row, ep_info in zip(finished, episode_infos):
                 ep_info |= step_info(step, row)
                 infos = self._add_info(infos, {"final_obs": zero.copy(), "final_info": ep_info}, row)
-            skipped = self.core.start_rows(finished)
-            for row, n in zip(finished, skipped):
-                if n:
-                    infos = self._add_info(infos, {"skipped_episodes": n}, row)
+                if step.skipped[row]:
+                    infos = self._add_info(infos, {"skipped_episodes": step.skipped[row]}, row)
         for row in self._rows:
             infos = self._add_info(infos, self.core.candidate_info(row) | step_info(step, row), row)
         obs = self.core.observations(self._rows)
         truncated = np.zeros(self.num_envs, dtype=bool)
         return obs, rewards, done.copy(), truncated, infos
 
-    def render(self) -> tuple[str, ...] | None:
-        if self.render_mode == "ansi":
-            return tuple(self.core.render_text(row) for row in self._rows)
-        return None
+    def render(self) -> tuple[str, ...] | tuple[np.ndarray, ...] | None:
+        """One render per sub-environment, as the single environment's ``render`` (:mod:`mara_env.rendering`)."""
+        if self.render_mode is None:
+            return None
+        texts = [self.core.render_text(row) for row in self._rows]
+        return tuple(texts) if self.render_mode == "ansi" else tuple(text_frame(text) for text in texts)
 
     @property
     def observation_layout(self) -> ObservationLayout:

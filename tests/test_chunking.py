@@ -120,18 +120,21 @@ def test_packed_forward_equals_the_padded_one():
     rng = np.random.default_rng(0)
     prompts = [rng.integers(model.config.vocab_size, size=n).tolist() for n in (5, 9, 3, 7)]
     padded, packed = ReplicaEngine(replica, 4), ReplicaEngine(replica, 4)
-    for engine in (padded, packed):
-        engine.forward([0, 1, 2, 3], prompts, "chain")
+    a = padded.run([0, 1, 2, 3], chain=prompts)
+    b = packed.run([0, 1, 2, 3], chain=prompts, packed=True)
+    for i, p in enumerate(prompts):
+        torch.testing.assert_close(b.row(i)[: len(p)], a.row(i)[: len(p)], atol=1e-5, rtol=1e-5)
     steps = [
-        ([0, 1, 2, 3], [[3, 4, 5], [6], [7, 8], [9, 10, 11, 12]], [(1, 0), (3, 2)]),
-        ([1, 3], [[2, 3], [4]], [(1, 1), (3, 0)]),
-        ([0, 1, 2, 3], [[5], [6, 7], [8], [9]], []),
+        ([0, 1, 2, 3], [[], [], [], [9]], [[3, 4, 5], [6], [7, 8], [10, 11, 12]], [(1, 0), (3, 2)]),
+        ([1, 3], [[2], []], [[3], [4]], [(1, 0), (3, 0)]),  # a tree after a chain: slot 0 after it
+        ([0, 1, 2, 3], [[], [], [], []], [[5], [6, 7], [8], [9]], []),
     ]
-    for rows, tokens, commits in steps:
-        a = padded.forward(rows, tokens, "tree")
-        b = packed.forward_packed(rows, tokens)
-        for i, t in enumerate(tokens):
-            torch.testing.assert_close(b[i], a[i, : len(t)], atol=1e-5, rtol=1e-5)
+    for rows, chain, tree, commits in steps:
+        a = padded.run(rows, chain, tree)
+        b = packed.run(rows, chain, tree, packed=True)
+        for i in range(len(rows)):
+            n = len(chain[i]) + len(tree[i])
+            torch.testing.assert_close(b.row(i)[:n], a.row(i)[:n], atol=1e-5, rtol=1e-5)
         for row, slot in commits:
             padded.commit(row, slot)
             packed.commit(row, slot)
@@ -143,6 +146,7 @@ def test_generator_picks_the_plan_for_the_rows_of_each_call(tiny_llm):
     from agents.generation import MARAGenerator
 
     gen = MARAGenerator(tiny_llm, None, batch_size=4, top_k=8, devices=["cpu"])
-    assert gen._decoder(1, 8).config.chunk_coverage is not None
-    assert gen._decoder(4, 8).config.chunk_size == 1 and gen._decoder(4, 8).config.chunk_coverage is None
-    assert gen.largest_chunk == 8  # the adaptive plan for one row, capped by top_k
+    assert gen.session.decoder(1, 8).config.chunk_coverage is not None
+    four = gen.session.decoder(4, 8).config
+    assert four.chunk_size == 1 and four.chunk_coverage is None
+    assert gen.session.largest_chunk == 8  # the adaptive plan for one row, capped by top_k

@@ -111,9 +111,13 @@ def test_generate_aligned_and_raw_answers_as_json(tiny_run, capsys):
         ("why is the sky", "raw"),
     ]
     for r in records:
-        assert 1 <= r["tokens"] <= 8 and sum(r["accept_position_counts"]) <= r["tokens"]
-    assert all(r["decisions"] == 0 for r in records if r["system"] == "raw")
-    assert all(r["decisions"] >= 1 for r in records if r["system"] == "aligned")
+        assert 1 <= r["num_tokens"] <= 8 and sum(r["accept_position_counts"]) <= r["num_tokens"]
+    assert all(r["num_decisions"] == 0 and r["kl_estimate"] == 0 for r in records if r["system"] == "raw")
+    assert all(r["num_decisions"] >= 1 for r in records if r["system"] == "aligned")
+    # one name per statistic: generate --json and the server's `mara` field show the same keys
+    from agents.answer_stats import ANSWER_STATISTICS
+
+    assert list(records[0])[3:] == list(ANSWER_STATISTICS)
 
 
 def test_generate_reads_a_prompts_file_and_refuses_missing_or_empty_ones(tiny_run, tmp_path, capsys):

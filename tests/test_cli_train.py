@@ -60,6 +60,23 @@ def env_flags(tiny_files: tuple[Path, Path]) -> list[str]:
     ]
 
 
+def tensorboard_settings(folder: Path) -> tuple[dict[str, object], str]:
+    """The HParams a run wrote to TensorBoard (as the HParams tab reads them) and its config.yaml text."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    events = EventAccumulator(str(folder))
+    events.Reload()
+    content = events.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+    start = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info
+    values = {}
+    for name, value in start.hparams.items():
+        kind = value.WhichOneof("kind")
+        values[name] = getattr(value, kind)
+    text = events.Tensors("config.yaml/text_summary")[0].tensor_proto.string_val[0].decode()
+    return values, text
+
+
 def read_progress(path: Path) -> list[dict[str, str]]:
     with open(path, newline="") as file:
         return list(csv.DictReader(file))
@@ -87,6 +104,10 @@ def test_train_end_to_end_writes_the_run_folder(tiny_files, tmp_path, capsys):
     assert kls and all(np.isfinite(kls))
     assert float(rows[-1]["mara/reward_score"]) > 0  # the length reward of a non-empty response
     assert any((out / "tb").iterdir()), "TensorBoard events"
+    hparams, text = tensorboard_settings(out / "tb")
+    assert hparams["env/top_k"] == 8 and hparams["env/kl_coef"] == pytest.approx(0.2)
+    assert hparams["agent/algo"] == "sac-discrete" and hparams["train/total_decisions"] == 320
+    assert "top_k: 8" in text, "the resolved config.yaml in the text tab"
 
     model = load_algorithm(out / "model.zip")
     assert isinstance(model, DiscreteSAC) and model.num_timesteps >= 320

@@ -229,8 +229,10 @@ def test_non_finite_hidden_states_are_refused(tiny_kwargs, monkeypatch):
     env = TokenAcceptRejectEnv(**tiny_kwargs)
     env.reset(seed=0)
     st = env.unwrapped.row
-    st.chunk_hidden = st.chunk_hidden.clone()
-    st.chunk_hidden[st.index - st.chunk_start, 3] = float("nan")
+    tensor, index = st.candidate_hidden
+    poisoned = tensor.clone()
+    poisoned[index, 3] = float("nan")
+    st.chunk = (poisoned, st.chunk[1])
     with pytest.raises(ValueError, match=r"the LLM returned non-finite hidden states .* prompt .*dtype"):
         env.unwrapped.core.observations([0])
 

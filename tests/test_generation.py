@@ -7,13 +7,12 @@ import pytest
 import torch
 from conftest import TINY_PROMPTS, build_tiny_llm, make_actor
 
-from agents import generation
 from agents.accept import as_accept_function
 from agents.authors_format import export_authors_actor
-from agents.generation import MARAGenerator
+from agents.generation import ContinuousBatch, MARAGenerator
+from agents.generation import generator as generator_module
 from agents.loading import load_authors_actor
 from mara_env import ChunkPlan, TokenAcceptRejectEnv
-from mara_env.decoder import AcceptRejectDecoder
 from mara_env.llm import PromptFormat
 
 SETTINGS = dict(top_k=8, top_p=0.95, devices=["cpu"])
@@ -73,18 +72,25 @@ def test_generator_decides_exactly_like_the_environment(tiny_llm):
 
 
 def test_waiting_rows_share_forwards_without_changing_answers(tiny_llm, monkeypatch):
-    """Without lockstep, rows waiting for a forward (forced tokens) join the others' next forward:
-    fewer forwards, the same answers."""
+    """Rows decide until each waits for a forward, then share one round (forced tokens, new chunks): fewer
+    forwards than running every row to its next decision after each batch of decisions (the environments'
+    lockstep), the same answers."""
     # top_k=2: every rejection forces the last candidate, which then needs a forward of its own
     # and rejections at independent times in each row (per-prompt seeds) put rows out of step.
     gen = MARAGenerator(tiny_llm, lambda obs: np.full(len(obs), 0.85), batch_size=8, **{**SETTINGS, "top_k": 2})
     fast = gen.generate(TINY_PROMPTS, max_new_tokens=12, seed=0)
     fast_forwards = gen.last_stats.llm_forwards
 
-    def lockstep(*args, **kwargs):
-        return AcceptRejectDecoder(*args, **{**kwargs, "lockstep": True})
+    class Lockstep(ContinuousBatch):
+        def step(self):
+            ready, ended = self.ready_rows, []
+            if ready:
+                self._decide(ready)
+                ended += self._collect(ready)
+            self.decoder.advance()
+            return ended + self._collect(self.active_rows)
 
-    monkeypatch.setattr(generation, "AcceptRejectDecoder", lockstep)
+    monkeypatch.setattr(generator_module, "ContinuousBatch", Lockstep)
     slow = gen.generate(TINY_PROMPTS, max_new_tokens=12, seed=0)
     assert [g.token_ids for g in fast] == [g.token_ids for g in slow]
     assert [g.num_decisions for g in fast] == [g.num_decisions for g in slow]

@@ -19,6 +19,8 @@ ALGORITHM_MODULES = (
     "agents.reference_anchor",
     "agents.registry",
     "agents.loading",
+    "agents.safe_unpickler",
+    "agents.agent_file",
     "agents.accept",
     "agents.algorithms",
     "agents.hints",

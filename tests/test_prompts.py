@@ -330,3 +330,33 @@ def test_prompt_set_parts() -> None:
     assert hash(PromptSet(["b"])) == hash(PromptSet(("b",)))  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="part must be 'all', 'train' or 'test'"):
         PromptSet.from_source("harmbench", part="validation")  # type: ignore[arg-type]
+
+
+def test_dataset_objects_are_prompt_sources() -> None:
+    datasets = pytest.importorskip("datasets")
+    table = {"question": ["Name a river.", " ", "Name a river.", "Write a haiku."], "id": [1, 2, 3, 4]}
+    dataset = datasets.Dataset.from_dict(table)
+    with pytest.warns(UserWarning, match="skipped 2 of 4 records"):
+        assert load_prompts(dataset) == ["Name a river.", "Write a haiku."]
+    with pytest.warns(UserWarning, match="the given Dataset"):
+        assert load_prompts(dataset, column="question", limit=1) == ["Name a river."]
+    with pytest.raises(ValueError, match=r"no column 'prompt'; its columns are \['question', 'id'\].*prompt_column="):
+        load_prompts(dataset, column="prompt")
+    both = datasets.DatasetDict({"train": dataset, "test": datasets.Dataset.from_dict({"prompt": ["Held out."]})})
+    assert load_prompts(both, split="test") == ["Held out."]
+    with pytest.raises(ValueError, match=r"no split 'validation'; its splits are \['train', 'test'\]"):
+        load_prompts(both, split="validation")
+    held = PromptSet.from_source(both, split="test", part="all")
+    assert list(held) == ["Held out."]
+
+
+def test_environment_takes_a_dataset(tiny_kwargs) -> None:
+    datasets = pytest.importorskip("datasets")
+    import gymnasium as gym
+
+    import mara_env  # noqa: F401
+
+    dataset = datasets.Dataset.from_dict({"text": ["tell me a story", "write a poem"]})
+    env = gym.make("MARA-v1", **{**tiny_kwargs, "prompts": dataset})
+    env.reset(seed=0)
+    assert env.unwrapped.row.prompt in ("tell me a story", "write a poem")

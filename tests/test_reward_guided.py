@@ -33,9 +33,9 @@ def gen(tiny_llm) -> MARAGenerator:
 @torch.no_grad()
 def _greedy(model, gen: MARAGenerator, prompt: str, max_new: int) -> list[int]:
     """Greedy decoding by hand: one unpadded full forward per token, argmax of the next-token logits."""
-    ids, _ = gen.prompt_format.token_ids(prompt, None)
+    ids, _ = gen.session.prompt_format.token_ids(prompt, None)
     out: list[int] = []
-    eos = gen.replicas[0].eos_token_ids
+    eos = gen.session.eos_token_ids
     for _ in range(max_new):
         token = int(model(torch.tensor([list(ids) + out])).logits[0, -1].argmax())
         out.append(token)
@@ -46,7 +46,7 @@ def _greedy(model, gen: MARAGenerator, prompt: str, max_new: int) -> list[int]:
 
 @torch.no_grad()
 def _next_logits(model, gen: MARAGenerator, prompt: str, answer: list[int]) -> torch.Tensor:
-    ids, _ = gen.prompt_format.token_ids(prompt, None)
+    ids, _ = gen.session.prompt_format.token_ids(prompt, None)
     return model(torch.tensor([list(ids) + answer])).logits[0, -1]
 
 

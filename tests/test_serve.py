@@ -20,9 +20,11 @@ import pytest
 import uvicorn
 from conftest import TINY_PROMPTS, build_tiny_llm, make_actor
 
+from agents.answer_stats import ANSWER_STATISTICS
 from agents.cli import build_parser
 from agents.generation import MARAGenerator, RowRequest
 from agents.serving import CompletionService, create_app
+from agents.serving.limits import RequestLimits
 from mara_env import PromptFormat
 
 SETTINGS = dict(top_k=8, top_p=0.95, devices=["cpu"])
@@ -38,14 +40,17 @@ def free_port() -> int:
 
 
 @contextmanager
-def running(agent, *, max_batch: int = 8, queue_size: int = 16, max_tokens: int = 12) -> Iterator[str]:
+def running(
+    agent, *, max_batch: int = 8, queue_size: int = 16, max_tokens: int = 12, limits: RequestLimits | None = None
+) -> Iterator[str]:
     """A server on a free loopback port; yields its base URL (``.../v1``)."""
     gen = MARAGenerator(_llm(), agent, batch_size=max_batch, **SETTINGS)
     service = CompletionService(
         gen, aligned_name=ALIGNED, base_name=BASE, max_tokens=max_tokens, max_batch=max_batch, queue_size=queue_size
     )
     port = free_port()
-    config = uvicorn.Config(create_app(service, api_key=KEY), host="127.0.0.1", port=port, log_level="warning")
+    app = create_app(service, api_key=KEY, limits=limits)
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -93,9 +98,9 @@ def test_chat_completion_stats_and_usage(client, url):
     # usage: the prompt in the run's chat format, and every answer token (an ending EOS included)
     prompt_ids = PromptFormat(_llm()[1]).token_ids(TINY_PROMPTS[0])[0]
     assert out.usage.prompt_tokens == len(prompt_ids)
-    assert out.usage.completion_tokens == sum(stats["accepted_rank_histogram"]) <= 10
+    assert out.usage.completion_tokens == sum(stats["accept_position_counts"]) <= 10
     assert out.usage.total_tokens == out.usage.prompt_tokens + out.usage.completion_tokens
-    assert stats["decisions"] >= 1 and np.isfinite(stats["kl"])
+    assert stats["num_decisions"] >= 1 and np.isfinite(stats["kl_estimate"])
     # the same seed gives the same answer; the aligned model is the agent's, decoded like MARAGenerator
     again = chat(client, TINY_PROMPTS[0], model=ALIGNED, max_tokens=10, seed=3)
     assert again.choices[0].message.content == choice.message.content
@@ -106,7 +111,8 @@ def test_chat_completion_stats_and_usage(client, url):
         ended = offline.step()
         answer = ended[0][1] if ended else None
     assert choice.message.content == answer.text
-    assert stats["decisions"] == answer.num_decisions
+    assert stats["num_decisions"] == answer.num_decisions
+    assert stats["num_tokens"] == out.usage.completion_tokens and list(stats) == list(ANSWER_STATISTICS)
 
 
 def test_stream_concatenates_to_the_answer(client):
@@ -130,20 +136,18 @@ def test_models_and_the_base_model(client):
     base = chat(client, TINY_PROMPTS[2], model=BASE, max_tokens=10, seed=1)
     stats = base.choices[0].model_extra["mara"]
     # the base LLM samples q itself: every decision has log pi = log p_ref, so the KL estimate is 0
-    assert stats["kl"] == pytest.approx(0.0, abs=1e-9)
+    assert stats["kl_estimate"] == pytest.approx(0.0, abs=1e-9)
     assert base.usage.completion_tokens >= 1
     # greedy (temperature 0) base decoding takes every first candidate
     greedy = chat(client, TINY_PROMPTS[2], model=BASE, max_tokens=10, temperature=0)
-    hist = greedy.choices[0].model_extra["mara"]["accepted_rank_histogram"]
+    hist = greedy.choices[0].model_extra["mara"]["accept_position_counts"]
     assert hist[0] == greedy.usage.completion_tokens and sum(hist[1:]) == 0
 
 
 def test_n_choices_and_completions(client):
     out = chat(client, TINY_PROMPTS[3], model=ALIGNED, max_tokens=8, n=3, seed=2)
     assert [c.index for c in out.choices] == [0, 1, 2]
-    assert out.usage.completion_tokens == sum(
-        sum(c.model_extra["mara"]["accepted_rank_histogram"]) for c in out.choices
-    )
+    assert out.usage.completion_tokens == sum(sum(c.model_extra["mara"]["accept_position_counts"]) for c in out.choices)
     # choice j draws from its own stream (seed, j): different choices, reproducible
     again = chat(client, TINY_PROMPTS[3], model=ALIGNED, max_tokens=8, n=3, seed=2)
     assert [c.message.content for c in again.choices] == [c.message.content for c in out.choices]

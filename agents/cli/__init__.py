@@ -1,4 +1,4 @@
-"""The ``mara`` command: ``mara train``, ``mara generate``, ``mara evaluate``, ``mara serve``.
+"""The ``mara`` command: ``mara train``, ``generate``, ``evaluate``, ``serve``, ``push`` and ``pull``.
 
 Each subcommand is a module of this package exposing ``add_arguments(parser)`` and
 ``run(args) -> int``. Only the chosen subcommand's module is imported, so ``mara train`` never
@@ -23,10 +23,12 @@ __all__ = ["INPUT_ERRORS", "CommandFailed", "build_parser", "describe", "main"]
 
 #: Subcommand name -> one-line description. The module is ``agents.cli.<name>``.
 SUBCOMMANDS: dict[str, str] = {
-    "train": "train an agent on MARA-v0 (checkpoints, TensorBoard, resumable)",
-    "generate": "generate responses with a trained agent",
-    "evaluate": "evaluate trained agents against the reference LLM",
+    "train": "train an agent on MARA-v1 (or MARA-v0): checkpoints, TensorBoard, resumable",
+    "generate": "generate answers with a trained agent (or the LLM alone)",
+    "evaluate": "compare trained agents with the base LLM, best-of-N and ARGS on held-out prompts",
     "serve": "serve the aligned model behind an OpenAI-compatible HTTP API",
+    "push": "share a training run's agent on the Hugging Face Hub, with a model card",
+    "pull": "download an agent shared on the Hugging Face Hub",
 }
 
 #: Exit code for errors in the user's input (as argparse uses).
@@ -57,6 +59,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         prog="mara", description="MARA: token-level accept/reject alignment of LLMs with reinforcement learning."
     )
     parser.add_argument("--debug", action="store_true", help="show full tracebacks of errors")
+    parser.add_argument("--version", action="version", version=f"%(prog)s (mara-rl) {version()}")
     subparsers = parser.add_subparsers(dest="command", metavar="{" + ",".join(SUBCOMMANDS) + "}")
     subparsers.required = True
     for name, description in SUBCOMMANDS.items():
@@ -66,6 +69,18 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         if name == command:
             _load(name).add_arguments(sub)
     return parser
+
+
+def version() -> str:
+    """The installed mara-rl's version (``pyproject.toml`` is the one place it is written; read without
+    importing the packages, so that ``mara --help`` stays instant)."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    try:
+        return installed("mara-rl")
+    except PackageNotFoundError:  # a source tree that was never installed, as mara_env.__version__
+        return "0+unknown"
 
 
 def _load(name: str) -> ModuleType:

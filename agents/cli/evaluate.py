@@ -22,41 +22,86 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from agents.cli.common import DEFAULT_RUN_DIR, add_decoding_arguments, generator_settings, run_agent, run_env_settings
+from agents.cli.common import (
+    DEFAULT_RUN_DIR,
+    add_decoding_arguments,
+    check_agent_path,
+    generator_settings,
+    local_agent_path,
+    run_agent,
+    run_env_settings,
+)
+from agents.cli.flags import with_default
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--run", type=Path, default=DEFAULT_RUN_DIR, help=f"training run folder (default {DEFAULT_RUN_DIR})"
+        "--run",
+        type=Path,
+        metavar="DIR",
+        default=DEFAULT_RUN_DIR,
+        help=with_default("training run folder", None, shown=f"{DEFAULT_RUN_DIR} under the current directory"),
     )
     parser.add_argument(
         "--agent",
         action="append",
         default=[],
         metavar="NAME=PATH",
-        help="another agent to compare (repeatable); PATH alone replaces the run's own agent",
+        help=with_default(
+            "another agent to compare (repeatable); PATH alone replaces the run's own agent; PATH as for "
+            "mara generate --agent (hf:ID for the Hub)",
+            None,
+            shown="the run's agent only",
+        ),
     )
-    parser.add_argument("--out", type=Path, help="report folder (default: <run>/eval)")
+    parser.add_argument("--out", type=Path, metavar="DIR", help=with_default("report folder", None, shown="<run>/eval"))
     parser.add_argument("--overwrite", action="store_true", help="replace an existing report folder")
-    parser.add_argument("--prompts", help="evaluation prompt set (default: the held-out part of the run's prompts)")
-    parser.add_argument("--prompt-split", choices=["test", "all"], default="test", help="part of --prompts to use")
-    parser.add_argument("--num-prompts", type=int, help="evaluate on the first N held-out prompts")
-    parser.add_argument("--best-of", default="auto", help="N of the best-of-N system: an integer, 'auto' or 0 (none)")
+    parser.add_argument(
+        "--prompts",
+        metavar="YAML",
+        help=with_default("evaluation prompt set (a name, file or dataset id)", None, shown="the run's prompts"),
+    )
+    parser.add_argument(
+        "--prompt-split",
+        choices=["test", "all"],
+        default="test",
+        help=with_default("part of the prompts to use", "test"),
+    )
+    parser.add_argument(
+        "--num-prompts",
+        type=int,
+        metavar="INT",
+        help=with_default("evaluate on the first N prompts", None, shown="all"),
+    )
+    parser.add_argument(
+        "--best-of",
+        metavar="INT|TEXT",
+        default="auto",
+        help=with_default(
+            "N of the best-of-N system: an integer, 'auto' (the agent's LLM compute) or 0 (none)", "auto"
+        ),
+    )
     parser.add_argument(
         "--samples-per-prompt",
         default="1",
-        metavar="S",
-        help="independent answers per prompt and system, an integer >= 1 (default 1); sample j of each system is "
-        "compared with sample j of the base LLM",
+        metavar="INT",
+        help=with_default(
+            "independent answers per prompt and system, >= 1; sample j of each system is compared with sample j of "
+            "the base LLM",
+            1,
+        ),
     )
-    parser.add_argument("--reward-model", help="R (default: the run's)")
-    parser.add_argument("--cost-model", help="C (default: the run's; 'none' for no cost)")
-    parser.add_argument("--alpha-r", type=float)
-    parser.add_argument("--alpha-c", type=float)
+    run = "the run's"
+    parser.add_argument("--reward-model", metavar="TEXT", help=with_default("R", None, shown=run))
+    parser.add_argument("--cost-model", metavar="TEXT", help=with_default("C ('none' for no cost)", None, shown=run))
+    parser.add_argument("--alpha-r", type=float, metavar="FLOAT", help=with_default("weight of R", None, shown=run))
+    parser.add_argument("--alpha-c", type=float, metavar="FLOAT", help=with_default("weight of C", None, shown=run))
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     g = parser.add_argument_group("ARGS, reward-guided decoding (a system only when one of these flags is given)")
-    g.add_argument("--args-weight", type=float, metavar="W", help="reward weight w, >= 0 (default 1)")
-    g.add_argument("--args-k", type=int, metavar="K", help="candidates per position, the LLM's top K (default 10)")
+    g.add_argument("--args-weight", type=float, metavar="FLOAT", help=with_default("reward weight w, >= 0", 1.0))
+    g.add_argument(
+        "--args-k", type=int, metavar="INT", help=with_default("candidates per position, the LLM's top K", 10)
+    )
     g.add_argument(
         "--args-sample", action="store_true", help="sample from softmax(log p + w r) over the K instead of the best"
     )
@@ -103,8 +148,8 @@ def run(args: argparse.Namespace) -> int:
         name, sep, path = item.partition("=")
         if not sep:
             name, path, replaced = "mara", item, True
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"--agent {item}: '{path}' does not exist.")
+        path = local_agent_path(path)
+        check_agent_path(path, f"--agent {item}:")
         agents[name] = path
     if not replaced:
         agents = {"mara": str(run_agent(args.run)), **agents}

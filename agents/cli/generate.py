@@ -15,26 +15,48 @@ import json
 import sys
 from pathlib import Path
 
+from agents.answer_stats import answer_statistics
 from agents.cli.common import (
-    DEFAULT_RUN_DIR,
+    AGENT_HELP,
+    DEFAULT_RUN_HELP,
     add_decoding_arguments,
     generator_settings,
     resolve_agent,
     run_env_settings,
     run_folder,
 )
+from agents.cli.flags import with_default
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("prompts", nargs="*", help="prompts ('-' reads stdin, one prompt per line)")
-    parser.add_argument("--file", "-f", help="prompts file: .txt (one per line), .jsonl, .json, .csv or .parquet")
-    parser.add_argument("--column", help="column holding the prompts in a table file")
-    parser.add_argument("--run", type=Path, help=f"training run folder (default: {DEFAULT_RUN_DIR} when it exists)")
-    parser.add_argument("--agent", help="agent file (SB3 .zip or an actor in the authors' .pt layout); overrides --run")
+    parser.add_argument(
+        "--file",
+        "-f",
+        metavar="FILE",
+        help=with_default("prompts file: .txt (one per line), .jsonl, .json, .csv or .parquet", None),
+    )
+    parser.add_argument(
+        "--column",
+        metavar="TEXT",
+        help=with_default("column holding the prompts in a table file", None, shown="the first of prompt, instruction, "
+        "question, forbidden_prompt, goal, text"),
+    )  # fmt: skip
+    parser.add_argument(
+        "--run", type=Path, metavar="DIR", help=with_default("training run folder", None, shown=DEFAULT_RUN_HELP)
+    )
+    parser.add_argument("--agent", metavar="PATH", help=with_default(AGENT_HELP, None))
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--raw", action="store_true", help="only the LLM's own answers (no agent)")
     mode.add_argument("--compare", action="store_true", help="aligned and raw answers, one after the other")
-    parser.add_argument("--json", action="store_true", help="print one JSON object per answer, with statistics")
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON object per answer with its statistics: num_tokens, num_decisions, finish_reason, "
+        "kl_estimate (log pi(y|x) - log q(y|x) of this one answer, nats: a single-sample estimate of KL(pi || q), "
+        "which can be negative; its mean over answers estimates the KL), ref_logprob (log q(y|x)), "
+        "accept_position_counts, mean_set_size, prompt_truncated",
+    )
     parser.add_argument("--stream", action="store_true", help="print the aligned answer as it is decoded (one prompt)")
     add_decoding_arguments(parser)
 
@@ -47,6 +69,10 @@ def read_prompts(args: argparse.Namespace) -> list[str]:
         path = Path(args.file)
         if not path.exists():
             raise FileNotFoundError(f"prompts file '{path}' does not exist.")
+        if path.is_dir():  # else read as the id of a dataset on a hub
+            raise IsADirectoryError(
+                f"--file {path} is a folder; give a prompts file (.txt, .jsonl, .json, .csv or .parquet)."
+            )
         prompts += load_prompts(str(path), column=args.column)
     for item in args.prompts:
         if item == "-":
@@ -88,19 +114,7 @@ def run(args: argparse.Namespace) -> int:
         for kind, answers in outputs:
             g = answers[i]
             if args.json:
-                record = {
-                    "prompt": prompt,
-                    "system": kind,
-                    "answer": g.text,
-                    "tokens": g.num_tokens,
-                    "decisions": g.num_decisions,
-                    "finish_reason": g.finish_reason,
-                    "kl": g.kl,
-                    "ref_logprob": g.ref_logprob,
-                    "accept_position_counts": g.accept_position_counts().tolist(),
-                    "mean_set_size": sum(g.set_sizes) / max(len(g.set_sizes), 1),
-                    "prompt_truncated": g.prompt_truncated,
-                }
+                record = {"prompt": prompt, "system": kind, "answer": g.text, **answer_statistics(g)}
                 print(json.dumps(record, ensure_ascii=False))
             else:
                 header = f"### {kind}" if len(outputs) > 1 else "###"

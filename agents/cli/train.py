@@ -17,11 +17,15 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import inspect
+import re
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from agents.registry import ALGORITHMS, NON_HYPERPARAMETERS
+from agents.cli.flags import docstring_params, metavar, show_default, with_default
+from agents.hyperparameters import RANGES
+from agents.registry import ALGORITHMS, KL_COEF, NON_HYPERPARAMETERS, SHAPING_GAMMA
 from agents.training.run_config import (
     DEFAULT_RUN,
     ENV_ID,
@@ -31,6 +35,7 @@ from agents.training.run_config import (
     hyperparameter_owners,
     parse_value,
 )
+from agents.training.run_lock import run_lock
 from agents.training.runner import CONFIG_FILE, check_out, put_back_replaced, resume_run, train_run
 from mara_env import MARA_V1, VERSIONS, MARAConfig
 from mara_env.config import setting_help
@@ -43,8 +48,8 @@ _ENV, _AGENT, _TRAIN = "env__", "agent__", "train__"
 
 
 def _help(cls: type) -> dict[str, str]:
-    """Each setting's help text (its field's metadata), ``%`` escaped for argparse."""
-    return {name: text.replace("%", "%%") for name, text in setting_help(cls).items()}
+    """Each setting's help text (its field's metadata), without its final full stop (a default follows)."""
+    return {name: text.rstrip().rstrip(".") for name, text in setting_help(cls).items()}
 
 
 def _typed(annotation: str, flag: str) -> Any:
@@ -74,12 +79,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags of ``mara train``."""
     parser.description = (__doc__ or "").split("\n\n")[0]
     run = parser.add_argument_group("run")
-    run.add_argument("--config", metavar="FILE", help="settings file (.toml, .yaml, .yml) with [env] [agent] [train]")
-    run.add_argument("--out", metavar="DIR", default=DEFAULT_OUT, help=f"run folder (default: {DEFAULT_OUT})")
+    run.add_argument(
+        "--config",
+        metavar="FILE",
+        help=with_default("settings file (.toml, .yaml, .yml) with [env] [agent] [train]", None),
+    )
+    run.add_argument(
+        "--out", metavar="DIR", default=DEFAULT_OUT, help=with_default("run folder, relative to here", DEFAULT_OUT)
+    )
     run.add_argument("--overwrite", action="store_true", help="clear an existing run folder first")
     run.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     run.add_argument(
-        "--algo", choices=list(ALGORITHMS), default=argparse.SUPPRESS, help="algorithm (default: sac-discrete)"
+        "--algo",
+        choices=list(ALGORITHMS),
+        default=argparse.SUPPRESS,
+        help=with_default("algorithm", DEFAULT_RUN["agent"]["algo"]),
     )
     run.add_argument("-v", "--verbose", action="count", default=0, help="print SB3's log table (-vv: debug)")
 
@@ -93,9 +107,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             flag,
             dest=_TRAIN + field.name,
             type=_typed(str(field.type), flag),
-            metavar="N" if str(field.type).startswith("int") else "VALUE",
+            metavar=metavar(str(field.type)),
             default=argparse.SUPPRESS,
-            help=f"{train_docs.get(field.name)} (default: {DEFAULT_RUN['train'][field.name]})",
+            help=with_default(train_docs.get(field.name), DEFAULT_RUN["train"][field.name]),
         )
     train.add_argument(
         "--no-progress", dest=_TRAIN + "progress_bar", action="store_false", default=argparse.SUPPRESS,
@@ -109,35 +123,117 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         dest=_ENV + ENV_ID,
         choices=list(VERSIONS),
         default=argparse.SUPPRESS,
-        help=f"task version; it sets the defaults of {', '.join(sorted(MARA_V1))} (default: {default_id})",
+        help=with_default(f"task version; it sets the defaults of {', '.join(sorted(MARA_V1))}", default_id),
     )
     env_docs = _help(MARAConfig)
     for field in fields(MARAConfig):
         flag = "--" + field.name.replace("_", "-")
         default = DEFAULT_RUN["env"].get(field.name, VERSIONS[default_id].get(field.name, field.default))
-        help_text = f"{env_docs.get(field.name)} (default: {default})"
-        kwargs: dict[str, Any] = dict(dest=_ENV + field.name, default=argparse.SUPPRESS, help=help_text)
+        kwargs: dict[str, Any] = dict(dest=_ENV + field.name, default=argparse.SUPPRESS)
         if str(field.type) == "bool":
+            # argparse adds "(default: ...)" itself to BooleanOptionalAction, but not with SUPPRESS
+            kwargs["help"] = with_default(env_docs.get(field.name), default)
             env.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
         else:
-            env.add_argument(flag, type=_typed(str(field.type), flag), metavar="VALUE", **kwargs)
+            kwargs["help"] = with_default(env_docs.get(field.name), default)
+            env.add_argument(flag, type=_typed(str(field.type), flag), metavar=metavar(str(field.type)), **kwargs)
 
     agent = parser.add_argument_group(
         "agent hyperparameters (values read as YAML: 1e-3, none, [64, 64], {net_arch: [256]}; "
-        "defaults in agents/registry.py)"
+        "defaults per algorithm, from agents/registry.py)"
     )
     env_names = {field.name for field in fields(MARAConfig)}
     for name, owners in sorted(hyperparameter_owners().items()):
+        if name in DEAD_HYPERPARAMETERS:
+            continue
         assert name not in env_names and name not in NON_HYPERPARAMETERS, name  # one flag, one meaning
-        applies = "all algorithms" if len(owners) == len(ALGORITHMS) else ", ".join(owners)
         agent.add_argument(
             "--" + name.replace("_", "-"),
             dest=_AGENT + name,
             type=parse_value,
-            metavar="VALUE",
+            metavar=_hyperparameter_metavar(name, owners),
             default=argparse.SUPPRESS,
-            help=f"({applies})",
+            help=_hyperparameter_help(name, owners),
         )
+
+
+#: Hyperparameters offered by an algorithm but meaningless on MARA's Discrete(2) actions: gSDE
+#: (generalised state-dependent exploration) exists for continuous actions only, and SB3 refuses it here.
+DEAD_HYPERPARAMETERS = frozenset({"use_sde", "sde_sample_freq"})
+
+#: Registry defaults resolved from the environment when the model is built, as the help shows them.
+_RESOLVED = {KL_COEF: "env's kl_coef", SHAPING_GAMMA: "env's shaping_gamma"}
+
+
+def _hyperparameter_defaults(name: str, owners: list[str]) -> dict[str, Any]:
+    """Each owner's default of hyperparameter ``name``: the registry's MARA default, else the class's own."""
+    found = {}
+    for owner in owners:
+        spec = ALGORITHMS[owner]
+        found[owner] = spec.defaults.get(name, inspect.signature(spec.cls.__init__).parameters[name].default)
+    return found
+
+
+def _hyperparameter_metavar(name: str, owners: list[str]) -> str:
+    """The types the owners' constructors annotate (``FLOAT|none``, ``INT``, ...; YAML for mappings)."""
+    words: set[str] = set()
+    for owner in owners:
+        annotation = str(inspect.signature(ALGORITHMS[owner].cls.__init__).parameters[name].annotation)
+        words |= _annotation_words(annotation)
+    if any(isinstance(v, str) for v in _hyperparameter_defaults(name, owners).values()):
+        words.add("TEXT")  # e.g. ent_coef "kl_coef", resolved from the environment
+    if "YAML" in words or not words:
+        return "YAML"
+    return "|".join(w for w in ("BOOL", "INT", "FLOAT", "TEXT", "none") if w in words)
+
+
+def _annotation_words(annotation: str) -> set[str]:
+    """Metavar words of a signature annotation's outer types: ``"float | Callable[[float], float] | None"``
+    gives FLOAT and none (a schedule cannot be typed on a command line; a tuple is written as a YAML list)."""
+    depth, outer = 0, []
+    for char in annotation:
+        depth += char == "["
+        if depth == 0:
+            outer.append(char)
+        depth -= char == "]"
+    words = {"bool": "BOOL", "int": "INT", "float": "FLOAT", "str": "TEXT", "None": "none", "dict": "YAML"}
+    return {word for token, word in words.items() if re.search(rf"\b{token}\b", "".join(outer))}
+
+
+def _hyperparameter_help(name: str, owners: list[str]) -> str:
+    """What the hyperparameter is (ours, else the owners' docstrings), its valid values, and each owner's default."""
+    described = _OWN_HELP.get(name, "")
+    for owner in owners:
+        described = described or _DOCS[owner].get(name, "")
+    described = described.replace("``", "")
+    valid = f"; {RANGES[name][1]}" if name in RANGES else ""
+    defaults = {
+        owner: _RESOLVED.get(value, value) if isinstance(value, str) else show_default(value)
+        for owner, value in _hyperparameter_defaults(name, owners).items()
+    }
+    applies = "" if len(owners) == len(ALGORITHMS) else f"({', '.join(owners)}) "
+    if len(set(defaults.values())) == 1:
+        shown = next(iter(defaults.values()))
+    else:
+        shown = ", ".join(f"{owner} {value}" for owner, value in defaults.items())
+    return with_default(f"{applies}{described}{valid}", None, shown=shown)
+
+
+#: Help of hyperparameters whose docstrings read badly on one line.
+_OWN_HELP = {
+    "target_kl": "stop an update's epochs early once the approximate KL between the old and new policy exceeds it",
+    "clip_range": "PPO's clipping of the probability ratio",
+    "clip_range_vf": "clipping of the value function's change (none: no clipping; depends on the reward scale)",
+    "n_steps": "sac-discrete, dqn, qrdqn: n-step returns in the critic target; ppo, a2c: vector steps per rollout "
+    "(n_steps * num_envs decisions)",
+    "gamma": "discount factor; shaping_gamma: the environment's shaping discount (1.0 without shaping), which "
+    "keeps potential shaping's optimum",
+    "ent_coef": "entropy coefficient: a number, auto (learned from 1.0), auto_<init> (learned from <init>; "
+    "sac-discrete), or kl_coef (the environment's KL weight: the exact MARA objective)",
+}
+
+
+_DOCS = {name: docstring_params(spec.cls) for name, spec in ALGORITHMS.items()}
 
 
 def _flag_sections(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
@@ -164,12 +260,14 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError("--resume continues the run in --out and --overwrite deletes it: pass only one.")
         if args.config:
             raise ValueError(f"--resume reads the run's own {out / CONFIG_FILE}; do not pass --config.")
-    put_back_replaced(out)
-    if args.resume:
-        return resume_run(out, flags, verbose=args.verbose)
+    # One writer per run folder: the lock comes before anything reads or moves --out
+    with run_lock(out):
+        put_back_replaced(out)
+        if args.resume:
+            return resume_run(out, flags, verbose=args.verbose)
 
-    config = RunConfig.from_file(args.config) if args.config else RunConfig.default()
-    check_agent_flags(flags["agent"], flags["agent"].get("algo", config.agent.algo))
-    config = RunConfig.from_sections(flags, source="command line", base=config)
-    check_out(out, overwrite=args.overwrite)
-    return train_run(config, out, verbose=args.verbose, replace=args.overwrite)
+        config = RunConfig.from_file(args.config) if args.config else RunConfig.default()
+        check_agent_flags(flags["agent"], flags["agent"].get("algo", config.agent.algo))
+        config = RunConfig.from_sections(flags, source="command line", base=config)
+        check_out(out, overwrite=args.overwrite)
+        return train_run(config, out, verbose=args.verbose, replace=args.overwrite)

@@ -331,7 +331,16 @@ class DiscreteSACPolicy(BasePolicy):
         action_prior: Sequence[float] | None = None,
         reference_logits: Sequence[int] | None = None,
         critic_reference_scale: float | None = None,
+        **unexpected: Any,
     ):
+        if unexpected:
+            # Another algorithm building this policy: PPO.load / A2C.load of a DiscreteSAC file pass use_sde
+            raise TypeError(
+                f"{type(self).__name__} is the policy of agents.DiscreteSAC and takes no "
+                f"{', '.join(sorted(unexpected))}: this is a DiscreteSAC agent being loaded or built by another "
+                "algorithm. Load it with "
+                "DiscreteSAC.load(path), or agents.loading.load_algorithm(path), which detects the algorithm."
+            )
         _check_discrete(action_space, type(self).__name__)
         super().__init__(
             observation_space,

@@ -16,6 +16,7 @@ from stable_baselines3.common.utils import get_parameters_by_name, polyak_update
 from torch.nn import functional as F
 
 from agents.hyperparameters import check_ranges
+from agents.reference_anchor import check_raw_observations
 from agents.sac_discrete.policies import (
     CnnPolicy,
     DiscreteActor,
@@ -267,8 +268,17 @@ class DiscreteSAC(OffPolicyAlgorithm):
 
     def _setup_model(self) -> None:
         # Validate the settings before SB3 allocates a replay buffer that may take gigabytes
+        if isinstance(self.policy_class, type) and not issubclass(self.policy_class, DiscreteSACPolicy):
+            # e.g. DiscreteSAC.load of a PPO file: say so, rather than fail on a missing attribute later
+            raise TypeError(
+                f"DiscreteSAC needs a DiscreteSACPolicy, got {self.policy_class.__name__}: if this is a saved agent of "
+                "another algorithm, load it with that algorithm's load(), or agents.loading.load_algorithm(path), "
+                "which detects the algorithm."
+            )
         self._check_buffer_settings()
         self._check_train_freq()
+        if (self.policy_kwargs or {}).get("reference_logits") is not None:
+            check_raw_observations(self._vec_normalize_env, "DiscreteSAC")
         n_actions = int(self.action_space.n)  # type: ignore[attr-defined]
         if n_actions < 2:
             raise ValueError(f"The action space {self.action_space} has fewer than two actions: nothing to learn.")

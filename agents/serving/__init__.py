@@ -12,7 +12,8 @@ an application is built. Example::
     >>> from agents import MARAGenerator
     >>> from agents.serving import CompletionService, create_app
     >>> gen = MARAGenerator(agent="runs/mara-default/model.zip")  # doctest: +SKIP
-    >>> service = CompletionService(gen, aligned_name="mara-default", base_name=gen.replicas[0].name)  # doctest: +SKIP
+    >>> base = gen.session.replicas[0].name  # doctest: +SKIP
+    >>> service = CompletionService(gen, aligned_name="mara-default", base_name=base)  # doctest: +SKIP
     >>> app = create_app(service, api_key=None)  # doctest: +SKIP
 """
 

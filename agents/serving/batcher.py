@@ -21,11 +21,11 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from agents.generation import ContinuousBatch, Generation, MARAGenerator, RowRequest
-from mara_env import Phase
 
 __all__ = ["BatcherStats", "ContinuousBatcher", "Job", "QueueFull"]
 
@@ -41,11 +41,14 @@ class Job:
     :param request: what to decode (prompt ids, random stream, limit, aligned or base model).
     :param loop: the event loop of the handler waiting for it.
     :param stream: send ``("tokens", ids)`` events while decoding.
+    :param stop: ends the answer as it stands, after any step, when it returns ``True`` for the answer's
+        token ids so far (OpenAI's ``stop`` sequences; called on the decoding thread).
     """
 
     request: RowRequest
     loop: asyncio.AbstractEventLoop
     stream: bool = False
+    stop: Callable[[list[int]], bool] | None = None
     events: asyncio.Queue = field(default_factory=asyncio.Queue)
     cancelled: bool = False
     _sent: int = 0  # answer tokens already sent as a "tokens" event
@@ -168,7 +171,7 @@ class ContinuousBatcher:
                 if incoming:
                     rows = self._batch.free_rows[: len(incoming)]
                     self._rows.update(zip(rows, incoming))
-                    self._finish(self._batch.start(rows, [job.request for job in incoming]))
+                    self._batch.start(rows, [job.request for job in incoming])
                 if self._rows:
                     self._step()
             except Exception as exc:  # a failure of the model: fail the answers in progress, keep serving
@@ -203,8 +206,7 @@ class ContinuousBatcher:
 
     def _step(self) -> None:
         before = self._batch.num_decisions
-        rows = self._batch.decoder.rows
-        deciding = {self._groups.get(id(job)) for r, job in self._rows.items() if rows[r].phase is Phase.READY}
+        deciding = {self._groups.get(id(self._rows[r])) for r in self._batch.ready_rows}
         ended = self._batch.step()
         decided = self._batch.num_decisions - before
         if decided:
@@ -214,12 +216,23 @@ class ContinuousBatcher:
             if decided > 1 and len(deciding) > 1:
                 self.stats.shared_steps += 1
         self._finish(ended)
+        self._finish(self._ended_by_stop())
         for row, job in self._rows.items():
             if job.stream:
                 ids = self._batch.response(row)
                 if len(ids) > job._sent:
                     job._sent = len(ids)
                     job._post(("tokens", list(ids)))
+
+    def _ended_by_stop(self) -> list[tuple[int, Generation]]:
+        """The answers whose job's ``stop`` test passes, ended now as they stand (their rows are free)."""
+        ended = []
+        for row, job in list(self._rows.items()):
+            if job.stop is not None:
+                ids = self._batch.response(row)
+                if job.stop(ids):
+                    ended.append((row, self._batch.end(row)))
+        return ended
 
     def _finish(self, ended: list[tuple[int, Generation]]) -> None:
         for row, generation in ended:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from agents.generation import MARAGenerator
 from agents.serving.app import create_app
+from agents.serving.limits import RequestLimits
 from agents.serving.service import CompletionService
 
 __all__ = ["model_names", "serve"]
@@ -18,7 +19,7 @@ def model_names(generator: MARAGenerator, run: Path | None, agent: str | None) -
     :param run: the training run, if the agent came from one.
     :param agent: the agent file given instead of a run.
     """
-    base = generator.replicas[0].name
+    base = generator.session.replicas[0].name
     aligned = Path(run).name if run is not None else Path(agent).stem if agent else "mara"
     if aligned == base:
         aligned = f"{aligned}-mara"
@@ -37,8 +38,12 @@ def serve(
     queue_size: int = 64,
     max_tokens: int = 512,
     log_level: str = "info",
+    limits: RequestLimits | None = None,
 ) -> None:
-    """Serve ``generator`` over HTTP until interrupted (uvicorn; see :mod:`agents.serving`)."""
+    """Serve ``generator`` over HTTP until interrupted (uvicorn; see :mod:`agents.serving`).
+
+    :param limits: body size and time per request (:class:`~agents.serving.limits.RequestLimits`).
+    """
     try:
         import uvicorn
     except ModuleNotFoundError as exc:
@@ -47,6 +52,8 @@ def serve(
         ) from exc
     if not 0 <= port <= 65535:
         raise ValueError(f"port must be in 0..65535, got {port}.")
+    if api_key is not None and not api_key.strip():
+        raise ValueError("api_key is empty: give a non-empty key, or none to serve without authentication.")
     service = CompletionService(
         generator,
         aligned_name=aligned_name,
@@ -55,7 +62,7 @@ def serve(
         max_batch=max_batch,
         queue_size=queue_size,
     )
-    app = create_app(service, api_key=api_key)
+    app = create_app(service, api_key=api_key, limits=limits)
     try:
         uvicorn.run(app, host=host, port=port, log_level=log_level)
     finally:

@@ -12,17 +12,16 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from agents.generation import Generation, MARAGenerator, RowRequest
 from agents.serving.batcher import ContinuousBatcher, Job, QueueFull
 from agents.serving.protocol import APIError, ChatMessage, _Sampling
-from mara_env import default_max_prompt_tokens
 
-__all__ = ["CompletionService", "Prompt"]
+__all__ = ["CompletionService", "Prompt", "cut_at_stop", "held_back", "stop_index"]
 
 #: Seconds between checks that a waiting (non-streaming) client is still connected.
 DISCONNECT_POLL_S = 0.25
@@ -65,9 +64,9 @@ class CompletionService:
         self.aligned_name = aligned_name
         self.base_name = base_name
         self.default_max_tokens = max_tokens
-        # max_new_tokens=0, chunk 0: the room for a prompt is the whole context
-        self.context = default_max_prompt_tokens(generator.replicas[0].model, 0, 0)
-        self.chunk_size = generator.largest_chunk  # the room kept after the prompt
+        self.session = generator.session
+        self.context = self.session.context
+        self.chunk_size = self.session.largest_chunk  # the room kept after the prompt
         self.batcher = ContinuousBatcher(
             generator, max_batch, queue_size, self.context if self.context is not None else 1 << 20
         )
@@ -99,14 +98,14 @@ class CompletionService:
         """The chat's prompt ids in the run's prompt format (its chat template and system prompt)."""
         if not messages:
             raise APIError(400, "messages is empty; send at least one message, e.g. a user turn.", param="messages")
-        fmt = self.generator.prompt_format
+        fmt = self.session.prompt_format
         turns = [{"role": "system" if m.role == "developer" else m.role, "content": m.text} for m in messages]
         if fmt.system_prompt is not None and turns[0]["role"] != "system":
             turns.insert(0, {"role": "system", "content": fmt.system_prompt})
         if not fmt.uses_chat_template:  # the plain template of one user text
             text = "\n\n".join(t["content"] for t in turns)
             return self._encode_user(text, "messages")
-        tok = self.generator.tokenizer
+        tok = self.session.tokenizer
         text = tok.apply_chat_template(turns, add_generation_prompt=True, tokenize=False)
         # chat templates carry their own special tokens, as PromptFormat encodes them
         return Prompt(text, list(tok(text, add_special_tokens=False)["input_ids"]))
@@ -121,7 +120,7 @@ class CompletionService:
     def _encode_user(self, text: str, param: str) -> Prompt:
         if not text.strip():
             raise APIError(400, f"{param} holds no text; send a non-empty prompt.", param=param)
-        fmt = self.generator.prompt_format
+        fmt = self.session.prompt_format
         ids, _ = fmt.token_ids(text)
         return Prompt(fmt.text(text), ids)
 
@@ -162,7 +161,7 @@ class CompletionService:
         The candidate sets are the agent's training settings; other ``temperature`` or ``top_p`` values would
         change them (and the reference probabilities the agent sees), so they are refused.
         """
-        config = self.generator.candidates
+        config = self.session.candidates
         for name, value, own in (
             ("temperature", body.temperature, config.temperature),
             ("top_p", body.top_p, config.top_p),
@@ -203,15 +202,21 @@ class CompletionService:
         aligned: bool,
         deterministic: bool,
         stream: bool,
+        stop: Sequence[str] = (),
     ) -> list[Job]:
-        """One job per answer: prompt ``p``'s choice ``j`` draws from its own stream ``(seed, p * n + j)``."""
+        """One job per answer: prompt ``p``'s choice ``j`` draws from its own stream ``(seed, p * n + j)``.
+
+        :param stop: texts that end an answer where they first appear (OpenAI's ``stop``; not in the answer).
+        """
         loop = asyncio.get_running_loop()
+        decode, stops = self.session.decode, list(stop)
+        test = (lambda ids: stop_index(decode(ids), stops) is not None) if stops else None
         jobs = []
         for p, (prompt, limit) in enumerate(zip(prompts, limits)):
             for j in range(n):
                 rng = np.random.default_rng(None if seed is None else [seed, p * n + j])
                 request = RowRequest(prompt.text, prompt.ids, rng, deterministic, aligned, max_new_tokens=limit)
-                jobs.append(Job(request, loop, stream=stream))
+                jobs.append(Job(request, loop, stream=stream, stop=test))
         return jobs
 
     def submit(self, jobs: list[Job]) -> None:
@@ -226,8 +231,11 @@ class CompletionService:
                 code="server_busy",
             ) from None
 
-    async def results(self, jobs: list[Job], disconnected: Callable[[], Awaitable[bool]]) -> list[Generation] | None:
-        """Wait for every job's answer; ``None`` (and the jobs cancelled) if the client goes away first."""
+    async def results(
+        self, jobs: list[Job], disconnected: Callable[[], Awaitable[bool]], stop: Sequence[str] = ()
+    ) -> list[Generation] | None:
+        """Wait for every job's answer (cut at its first ``stop`` text); ``None`` (and the jobs cancelled) if the
+        client goes away first."""
         out: list[Generation] = []
         try:
             for job in jobs:
@@ -239,7 +247,7 @@ class CompletionService:
                             return None
                         continue
                     if kind == "done":
-                        out.append(value)
+                        out.append(cut_at_stop(value, stop))
                         break
                     if kind == "error":
                         raise APIError(500, value, type="server_error")
@@ -249,11 +257,14 @@ class CompletionService:
                 for job in jobs:
                     self.batcher.cancel(job)
 
-    async def stream(self, jobs: list[Job]) -> AsyncIterator[tuple[int, str, Generation | None]]:
+    async def stream(
+        self, jobs: list[Job], stop: Sequence[str] = ()
+    ) -> AsyncIterator[tuple[int, str, Generation | None]]:
         """``(choice index, new text, answer when it has ended)`` as the answers grow, in the order events come.
 
-        Only complete text is sent (a token may end inside a multi-byte character), so the pieces of a choice
-        concatenate to its final text. Leaving the iteration early (a client that went away) cancels the jobs.
+        Only complete text is sent (a token may end inside a multi-byte character), and no text that may be the
+        start of a ``stop`` text, so the pieces of a choice concatenate to its final text. Leaving the iteration
+        early (a client that went away) cancels the jobs.
         """
         merged: asyncio.Queue = asyncio.Queue()
         shown = [""] * len(jobs)
@@ -273,12 +284,16 @@ class CompletionService:
                 if kind == "error":
                     raise RuntimeError(value)
                 if kind == "tokens":
-                    text = self.generator._decode(value)
+                    text = self.session.decode(value)
+                    if stop:  # what may still turn out to be a stop text waits for the next tokens
+                        found = stop_index(text, stop)
+                        text = text[:found] if found is not None else text[: len(text) - held_back(text, stop)]
                     if len(text) > len(shown[i]) and text.startswith(shown[i]) and not text.endswith("\ufffd"):
                         piece, shown[i] = text[len(shown[i]) :], text
                         yield i, piece, None
                     continue
                 remaining -= 1
+                value = cut_at_stop(value, stop)
                 final = value.text
                 piece = final[len(shown[i]) :] if final.startswith(shown[i]) else ""
                 yield i, piece, value
@@ -288,3 +303,28 @@ class CompletionService:
             if remaining:
                 for job in jobs:
                     self.batcher.cancel(job)
+
+
+# --------------------------------------------------------------------------------------------- stop sequences
+
+
+def stop_index(text: str, stops: Sequence[str]) -> int | None:
+    """Where the first of ``stops`` begins in ``text`` (``None``: none occurs)."""
+    found = [i for i in (text.find(s) for s in stops) if i >= 0]
+    return min(found) if found else None
+
+
+def held_back(text: str, stops: Sequence[str]) -> int:
+    """How many characters at the end of ``text`` could be the start of a stop text (not streamed yet)."""
+    return max((k for s in stops for k in range(1, len(s)) if text.endswith(s[:k])), default=0)
+
+
+def cut_at_stop(generation: Generation, stops: Sequence[str]) -> Generation:
+    """The answer up to its first stop text, which ended it (``finish_reason="stop"``); unchanged without one.
+
+    The token counts stay those decoded: the stop text's tokens were generated, as OpenAI counts them.
+    """
+    found = stop_index(generation.text, stops) if stops else None
+    if found is None:
+        return generation
+    return replace(generation, text=generation.text[:found], finish_reason="stop")

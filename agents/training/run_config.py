@@ -355,14 +355,24 @@ class RunConfig:
             )
         if not path.is_file():
             raise FileNotFoundError(f"Config file {path} does not exist.")
-        text = path.read_text(encoding="utf-8")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise ValueError(
+                f"{path} is not a text file (byte {exc.start} is not UTF-8): it is damaged or not a config file."
+            ) from exc
         try:
             if path.suffix.lower() == ".toml":
                 data = _tomllib().loads(text)
             else:
                 data = yaml.load(text, Loader=_Loader) or {}  # a SafeLoader subclass: no arbitrary objects
-        except (yaml.YAMLError, ValueError) as exc:  # tomllib.TOMLDecodeError is a ValueError
-            raise ValueError(f"{path}: not valid {path.suffix[1:].upper()}: {exc}") from exc
+        except (yaml.YAMLError, ValueError, RecursionError) as exc:  # tomllib.TOMLDecodeError is a ValueError
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ValueError(f"{path}: not valid {path.suffix[1:].upper()}: {first}") from exc
+        if not isinstance(data, dict):
+            raise ValueError(
+                f"{path}: a config file holds sections (env, agent, train); this one holds a {type(data).__name__}."
+            )
         return cls.from_sections(data, source=str(path), base=base)
 
     def to_sections(self) -> dict[str, dict[str, Any]]:

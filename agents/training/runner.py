@@ -9,6 +9,8 @@ A run folder::
     checkpoint/        the latest checkpoint (model.zip, replay_buffer.npz, state.json), written atomically
     checkpoint.prev/   the one before, where --resume continues when checkpoint/ is found damaged
     model.zip          the final model (any registered algorithm; agents.loading.load_algorithm reads it)
+    agent.json         the final agent as an agent file (agents.agent_file): settings as JSON, and
+    agent.safetensors  its weights; what mara generate/evaluate/serve read (no pickle)
     summary.json       decisions, episodes, wall seconds, decisions/s, the final means, the teacher's cost
     teacher.json       with train.teacher: what the teacher did and cost (agents.teacher.TeacherReport)
     teacher-demonstrations.npz   with train.teacher_bc > 0: the demonstrated decisions, for --resume
@@ -39,6 +41,7 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import CSVOutputFormat, HumanOutputFormat, Logger, make_output_format
 
+from agents.agent_file import AGENT_SETTINGS, AGENT_WEIGHTS, save_agent_file
 from agents.errors import CommandFailed, describe
 from agents.files import copy_atomic, write_text_atomic
 from agents.loading import load_algorithm
@@ -64,7 +67,9 @@ from agents.training.checkpoints import (
     recover_checkpoint,
     set_aside_damaged,
 )
+from agents.training.hparams import log_run_config
 from agents.training.run_config import RunConfig, check_agent_flags
+from agents.training.run_lock import run_lock
 
 __all__ = [
     "CLUSTER_FILE",
@@ -274,7 +279,21 @@ def _is_published(out: Path, checkpoint: Path) -> bool:
         summary.get("decisions") == state["num_timesteps"]
         and (out / MODEL_FILE).is_file()
         and (recorded is None or file_digest(out / MODEL_FILE)["sha256"] == recorded)
+        and _agent_file_intact(out, summary)
     )
+
+
+def _agent_file_intact(out: Path, summary: dict[str, Any]) -> bool:
+    """Whether the run's agent file is the one ``summary.json`` records, its weights matching it."""
+    if summary.get("agent_sha256") is None:
+        return True  # published by a version that wrote no agent file
+    try:
+        return file_digest(out / AGENT_SETTINGS)["sha256"] == summary["agent_sha256"] and (
+            json.loads((out / AGENT_SETTINGS).read_text(encoding="utf-8"))["weights"]["sha256"]
+            == file_digest(out / AGENT_WEIGHTS)["sha256"]
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
 
 
 def _published_decisions(out: Path) -> int | None:
@@ -308,6 +327,7 @@ def train_run(
 ) -> int:
     """Train as ``config`` says in the run folder ``out``; resume from ``checkpoint`` if given.
 
+    The run folder's lock (:mod:`agents.training.run_lock`) is held throughout: a second writer is refused.
     Nothing in ``out`` changes until the run is known to start: the environment (LLM, prompts,
     scorers) and the model (or the checkpoint) are loaded first, so a run that cannot start leaves
     the folder as it was.
@@ -325,7 +345,20 @@ def train_run(
     :raises CommandFailed: training stopped with an error (the message says what is left and how to go on).
     """
     out = Path(out)
-    check_teacher(config)
+    check_teacher(config)  # a teacher setting that cannot work is refused before anything is locked or loaded
+    with run_lock(out):  # one writer per run folder (re-entrant: mara train holds it already)
+        return _train_run(config, out, verbose, checkpoint, state, write_config, replace)
+
+
+def _train_run(
+    config: RunConfig,
+    out: Path,
+    verbose: int,
+    checkpoint: Path | None,
+    state: dict[str, Any] | None,
+    write_config: bool,
+    replace: bool,
+) -> int:
     distributed = None
     if config.train.collectors is not None:
         # Ray collectors step the environments; this process holds the learner (agents.distributed)
@@ -405,6 +438,7 @@ def train_run(
         try:
             logger = make_logger(out, verbose, keep_until=model.num_timesteps if checkpoint else None)
             model.set_logger(logger)
+            log_run_config(logger, config, model.num_timesteps)  # TensorBoard's HParams tab and config.yaml
             if demos is not None and train.teacher_bc > 0:
                 model.auxiliary_actor_loss = BehaviourCloning(
                     demos, train.teacher_bc, train.teacher_bc_decisions, model.batch_size, seed=train.seed
@@ -503,9 +537,22 @@ def _where(out: Path, config: RunConfig, *, put_back: bool) -> str:
 
 
 def _publish(out: Path, config: RunConfig, checkpoint: Path, *, resumed: bool) -> dict[str, Any]:
-    """Put the checkpoint's model at ``out/model.zip`` and write ``summary.json``, each atomically."""
+    """Put the checkpoint's model at ``out/model.zip``, its agent file beside it, and write ``summary.json``.
+
+    Each file is written atomically; ``summary.json`` last, with the SHA-256 of both models, so that
+    :func:`_is_published` tells a publication a kill cut short.
+    """
     state = read_checkpoint_state(checkpoint)
     copy_atomic(checkpoint / MODEL_FILE, out / MODEL_FILE)
+    # The agent file (safetensors + JSON) is what generate/evaluate/serve read: no pickle in it
+    try:
+        save_agent_file(load_algorithm(out / MODEL_FILE, device="cpu"), out)
+        agent_sha256 = file_digest(out / AGENT_SETTINGS)["sha256"]
+    except TypeError as error:  # a setting the format cannot name (a custom class): model.zip serves alone
+        warnings.warn(f"no agent file written for {out}: {describe(error)} The run's model.zip is.", stacklevel=2)
+        for stale in (AGENT_SETTINGS, AGENT_WEIGHTS):  # an earlier segment's must not stand for this model
+            (out / stale).unlink(missing_ok=True)
+        agent_sha256 = None
     wall = float(state.get("wall_seconds") or 0.0)
     summary = {
         "algo": config.agent.algo,
@@ -517,6 +564,8 @@ def _publish(out: Path, config: RunConfig, checkpoint: Path, *, resumed: bool) -
         "resumed": resumed,
         "model": MODEL_FILE,
         "model_sha256": file_digest(out / MODEL_FILE)["sha256"],  # lets --resume tell a damaged model.zip
+        "agent_file": AGENT_SETTINGS if agent_sha256 else None,
+        "agent_sha256": agent_sha256,  # its weights' digest is inside
     }
     if (out / TEACHER_FILE).is_file():  # the teacher's cost: scorer calls, LLM tokens, time (in wall_seconds too)
         summary["teacher"] = json.loads((out / TEACHER_FILE).read_text(encoding="utf-8"))
