@@ -19,7 +19,7 @@ Usage::
 
     python benchmarks/main_job_seeds.py                      # seeds 0 1 2, about 3 x 20 min on 2 idle cores
     python benchmarks/main_job_seeds.py --seeds 0 --no-args
-    python benchmarks/main_job_seeds.py --seeds 0 1 --train-args="--total-decisions 256 --num-envs 4" \\
+    python benchmarks/main_job_seeds.py --seeds 0 1 --train-args="--total-decisions 256 --num-envs 4 --max-new-tokens 8" \\
         --evaluate-args="--num-prompts 4" --out /tmp/seeds --runs /tmp/seeds/runs   # smoke run
 
 A seed whose report is already in its run folder is not run again (``--rerun`` runs it again). Writes
