@@ -323,7 +323,8 @@ class MARAConfig:
                 "with lookahead, the longest chain of guessed tokens (n-grams seen before, mara_env.drafting) a "
                 "row forwards ahead in one forward, checked by the next output-head call: a forced chain then "
                 "costs one round instead of one per token when the guesses are right; 0 guesses nothing. The "
-                "same episodes either way."
+                "same episodes either way. Used on accelerators only (on a CPU each guessed token costs its "
+                "compute)."
             )
         },
     )

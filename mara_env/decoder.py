@@ -46,8 +46,9 @@ logits of the one before. Guesses go further (:mod:`mara_env.drafting`, ``draft_
 a drafted chain after its forced token, after its chunk's first candidate, or after its work ahead,
 each guess following the ones before it in the same forward, and the next output-head call checks
 them all at once (:meth:`Lookahead.absorb`); a right guess is a forced token or first candidate already
-forwarded. On a CPU guesses only fill a forward up to its padded size or one token per cache row,
-whichever is larger (a straggler's forward of a few rows guesses freely).
+forwarded. Only on accelerators (``ahead_both``): on a CPU, measured at N=32 with the embedded model,
+guessing cut forwards per step from 2.58 to 2.17 but ran 0.57x the steps/s (each guessed token costs its
+compute there), and guessing only into a forward's padding still ran 0.92x (the bookkeeping) for 2.50.
 
 An accept (or a reject) then finds the forwards it needs done, and a row whose work ahead covers its
 next decision needs no forward at all in that step (a step in which every row finds its forwards done
@@ -310,6 +311,13 @@ class AcceptRejectDecoder:
     # ----------------------------------------------------------------------------------- statistics
 
     @property
+    def guessing(self) -> bool:
+        """Whether rows forward guessed chains (:mod:`mara_env.drafting`): with ``draft_tokens`` and work ahead
+        on both branches (accelerators). On a CPU every guessed token costs its compute, and measured at
+        N=32 guessing cost more time than the rounds it saved (module docstring)."""
+        return self.ahead_both and self.drafter.max_tokens > 0
+
+    @property
     def num_forwards(self) -> int:
         """LLM forwards run so far, over all replicas."""
         return sum(e.num_forwards for e in self.engines)
@@ -326,8 +334,10 @@ class AcceptRejectDecoder:
         for row, text, ids in zip(rows, prompts, prompt_ids):
             if not ids:
                 raise ValueError(f"prompt {text!r} tokenizes to nothing; remove empty prompts from the prompt set.")
-            self.rows[row] = RowState(prompt=text, prompt_ids=list(ids), phase=Phase.PREFILL, seen=RowIndex(ids))
-            self.drafter.read(ids)
+            seen = RowIndex(ids if self.guessing else ())
+            self.rows[row] = RowState(prompt=text, prompt_ids=list(ids), phase=Phase.PREFILL, seen=seen)
+            if self.guessing:
+                self.drafter.read(ids)
 
     def release(self, row: int) -> None:
         """End ``row``'s sequence where it is (a cancelled answer): it takes part in no further round."""
@@ -457,7 +467,8 @@ class AcceptRejectDecoder:
         st = self.rows[row]
         token = int(st.cands.tokens[k])
         st.response.append(token)
-        st.seen.extend((token,))
+        if self.guessing:
+            st.seen.extend((token,))
         st.ref_logprob += float(np.log(st.cands.probs[k]))
         st.accepted_ranks.append(k)
         ahead, after, sibling = st.ahead, st.after, st.sibling
@@ -532,7 +543,7 @@ class AcceptRejectDecoder:
             self._assign(need, chain, tree, [[]] * len(need), out, list(range(len(need))))
             return
         ahead = self._work_ahead(rows_here) if self.config.lookahead else []
-        guesses = self._guesses(need, chain, tree, ahead, engine.num_rows)
+        guesses = self._guesses(need, chain, tree, ahead)
         ahead = [item for item in ahead if item[2]]
         # Each row's guesses follow the token they continue and each other: after a forced token (a chain),
         # tree slots 0, 1, ...; after a chunk's first candidate (slot 0), the slots past the chunk.
@@ -602,26 +613,19 @@ class AcceptRejectDecoder:
         chain: list,
         tree: list,
         ahead: list[tuple[int, int, list[tuple[int, list[int]]]]],
-        cache_rows: int,
     ) -> list[list[int]]:
         """Guessed tokens each row of ``need`` forwards after its forced token or its chunk's first candidate;
         READY rows' guesses (past the candidate under decision and the tokens forwarded after it) are added
         to their ``ahead`` work in place.
 
-        On an accelerator every row guesses up to ``draft_tokens`` (a forward costs its launches, whatever its
-        tokens). On a CPU each token costs its compute, so guesses fill the forward only up to the larger of
-        its padded size without them and one token per cache row, and only rows that take part anyway guess:
-        a forward of a few stragglers guesses freely, a full round only into its padding.
+        Every row guesses up to ``draft_tokens`` (on an accelerator a forward costs its launches, whatever its
+        tokens; :attr:`guessing` is off on a CPU).
         """
         guesses: list[list[int]] = [[] for _ in need]
-        if not self.drafter.max_tokens:
+        if not self.guessing:
             return guesses
         base = [len(c) + len(t) for c, t in zip(chain, tree)] + [len(w) for _, _, w in ahead]
-        taking_part = sum(1 for w in base if w)
-        if self.ahead_both:
-            width = max(max(base), 1 + self.drafter.max_tokens)
-        else:
-            width = max(max(base) * taking_part, cache_rows) // taking_part
+        width = max(max(base), 1 + self.drafter.max_tokens)
         for i, (row, _) in enumerate(need):
             if width > base[i]:
                 guesses[i] = self._guess(self.rows[row], [] if chain[i] else [tree[i][0]], width - base[i])
@@ -629,7 +633,7 @@ class AcceptRejectDecoder:
         for j, (row, _, work) in enumerate(ahead):
             st, room = self.rows[row], width - base[len(need) + j]
             a = st.ahead
-            if room <= 0 or a is None or a.candidate != st.index or (not work and not self.ahead_both):
+            if room <= 0 or a is None or a.candidate != st.index:
                 continue
             accept = [tok for tok, f in work if f]
             m = len(a.tokens) + len(accept)  # the chain position of the first guess
@@ -706,7 +710,8 @@ class AcceptRejectDecoder:
             for row in need_logits:
                 st = self.rows[row]
                 cands = known[row]
-                self.drafter.learn(st.seen.tokens, cands.top)
+                if self.guessing:
+                    self.drafter.learn(st.seen.tokens, cands.top)
                 st.cands, st.index, st.chunk, st.last_hidden = cands, 0, None, None
                 st.set_sizes.append(len(cands))
                 if len(cands) == 1:
@@ -724,7 +729,7 @@ class AcceptRejectDecoder:
 
     def _learn_chain(self, st: RowState, a: Lookahead, since: int, committed: bool) -> None:
         """Teach the drafter the greedy tokens of the sets a chain just took (positions ``since`` on)."""
-        if not self.drafter.max_tokens or len(a.sets) <= since:
+        if not self.guessing or len(a.sets) <= since:
             return
         # position m's context: the row's tokens, then the candidate and the chain's tokens before m that
         # are not committed yet
