@@ -137,6 +137,11 @@ class Lookahead:
                 break
         del self.tokens[keep:], self.hidden[keep:], self.slots[keep:]
 
+    def sources(self, first: HiddenRef) -> list[HiddenRef]:
+        """The hidden states whose output head gives the :meth:`wanted` sets: ``first`` (the candidate's, or
+        the last committed token's once the candidate is taken) for position 0, ``hidden[m - 1]`` for ``m``."""
+        return [first if m == 0 else self.hidden[m - 1] for m in self.wanted()]
+
     @property
     def complete(self) -> bool:
         """Whether the chain reached a set of several candidates and forwarded its first one."""
@@ -679,34 +684,37 @@ class AcceptRejectDecoder:
             known = {r: self._known_set(self.rows[r]) for r in need_logits}
             own = [r for r, cands in known.items() if cands is None]
             if own:
-                chains: list[tuple[Lookahead, int]] = []  # (chain, how many sets) in the order of ``refs``
+                chains: list[tuple[Lookahead | None, int]] = []  # (chain, how many sets), in ``refs``' order
                 refs: list[HiddenRef] = []
                 for r in own:
                     st = self.rows[r]
                     a = st.after
                     if a is not None and len(a.tokens) > a.taken:  # guesses past the last committed token
-                        refs += [st.last_hidden if m == a.taken else a.hidden[m - 1] for m in a.wanted()]
-                        chains.append((a, len(a.wanted())))
+                        # (past position 0, ``hidden[taken - 1]`` is the last committed token's own)
+                        sources = a.sources(st.last_hidden)
+                        refs += sources
+                        chains.append((a, len(sources)))
                     else:
                         st.after = None  # its work ahead, if any, is used up
                         refs.append(st.last_hidden)
                         chains.append((None, 1))
-                rows_of = [self.rows[r] for r in own]
-                for st, sources in self._sets_wanted(items) if self.config.lookahead else []:
+                wanted = self._sets_wanted(items) if self.config.lookahead else []
+                for st, sources in wanted:
                     refs += sources
                     chains.append((st.ahead, len(sources)))
-                    rows_of.append(st)
                 sets = candidate_sets(engine.logits(gather_hidden(refs)), self.config.candidates)
                 self.num_syncs += 1
                 at = 0
                 for i, (a, count) in enumerate(chains):
                     part, at = sets[at : at + count], at + count
-                    if a is not None:
-                        known_before = len(a.sets)
-                        a.absorb(part)
-                        self._learn_chain(rows_of[i], a, known_before, committed=i < len(own))
-                    if i < len(own):
+                    if i < len(own):  # a row waiting for its set (learnt below, as the row takes it)
+                        if a is not None:
+                            a.absorb(part)
                         known[own[i]] = part[0] if a is None else a.sets[a.taken]
+                    else:  # a READY row's work ahead
+                        since = len(a.sets)
+                        a.absorb(part)
+                        self._learn_chain(wanted[i - len(own)][0], a, since)
             for row in need_logits:
                 st = self.rows[row]
                 cands = known[row]
@@ -727,16 +735,15 @@ class AcceptRejectDecoder:
                 else:
                     st.phase = Phase.NEED_FORWARD
 
-    def _learn_chain(self, st: RowState, a: Lookahead, since: int, committed: bool) -> None:
-        """Teach the drafter the greedy tokens of the sets a chain just took (positions ``since`` on)."""
-        if not self.guessing or len(a.sets) <= since:
+    def _learn_chain(self, st: RowState, a: Lookahead, since: int) -> None:
+        """Teach the drafter the greedy tokens of the sets a READY row's work ahead just took (positions
+        ``since`` on); a taken chain's sets are learnt as the row takes them."""
+        if not self.guessing:
             return
-        # position m's context: the row's tokens, then the candidate and the chain's tokens before m that
-        # are not committed yet
-        base = st.seen.tokens[-3:] + ([] if committed else [st.candidate])
-        first = a.taken if committed else 0
+        # position m's context: the row's tokens, the candidate under decision, the chain's tokens before m
+        base = [*st.seen.tokens[-3:], st.candidate]
         for m in range(since, len(a.sets)):
-            self.drafter.learn(base + a.tokens[first:m], a.sets[m].top)
+            self.drafter.learn(base + a.tokens[:m], a.sets[m].top)
 
     @staticmethod
     def _known_set(st: RowState) -> CandidateSet | None:
@@ -764,7 +771,7 @@ class AcceptRejectDecoder:
             st = self.rows[row]
             if st.phase is not Phase.READY or (a := self._ahead(st)) is None:
                 continue
-            sources = [st.candidate_hidden if m == 0 else a.hidden[m - 1] for m in a.wanted()]
+            sources = a.sources(st.candidate_hidden)
             if sources:
                 wanted.append((st, sources))
         return wanted
@@ -803,6 +810,6 @@ class AcceptRejectDecoder:
                 )
             ):
                 tokens.append((int(st.cands.tokens[k]), []))
-            if tokens or a is not None:
+            if tokens or (a is not None and self.guessing):  # a row with no known token may still guess
                 work.append((row, local, tokens))
         return work
