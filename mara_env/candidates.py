@@ -71,6 +71,11 @@ class CandidateSet:
         return int(self.tokens.shape[0])
 
     @property
+    def top(self) -> int:
+        """The most probable candidate's token id (the token taken when the set is a single token)."""
+        return int(self.tokens[0])
+
+    @property
     def accept_probs(self) -> np.ndarray:
         """``p_ref(accept | k) = q_k / sum_{j >= k} q_j``."""
         return np.exp(self.log_accept)

@@ -316,6 +316,18 @@ class MARAConfig:
             )
         },
     )
+    draft_tokens: int = field(
+        default=4,
+        metadata={
+            "help": (
+                "with lookahead, the longest chain of guessed tokens (n-grams seen before, mara_env.drafting) a "
+                "row forwards ahead in one forward, checked by the next output-head call: a forced chain then "
+                "costs one round instead of one per token when the guesses are right; 0 guesses nothing. The "
+                "same episodes either way. Used on accelerators only (on a CPU each guessed token costs its "
+                "compute)."
+            )
+        },
+    )
     obs_dtype: str = field(
         default="float32", metadata={"help": '"float32" or "float16" (halves replay-buffer memory).'}
     )
@@ -331,7 +343,8 @@ class MARAConfig:
             if expected is not None:
                 raise ValueError(f"{f.name} must be {expected}, got {value!r} ({type(value).__name__}).")
         self.candidates = CandidateConfig(top_k=self.top_k, top_p=self.top_p, temperature=self.temperature)
-        DecoderConfig(candidates=self.candidates, max_new_tokens=self.max_new_tokens)  # validates max_new_tokens
+        # validates max_new_tokens and draft_tokens
+        DecoderConfig(candidates=self.candidates, max_new_tokens=self.max_new_tokens, draft_tokens=self.draft_tokens)
         check_devices(self.devices)
         check_dtype(self.dtype)
         check_test_fraction(self.test_fraction)

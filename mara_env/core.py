@@ -94,7 +94,11 @@ class MARACore:
                 "give more prompts, lower test_fraction, or use prompt_split='all'."
             )
         self.decoder = self.session.decoder(
-            num_rows, config.max_new_tokens, environment=True, lookahead=config.lookahead
+            num_rows,
+            config.max_new_tokens,
+            environment=True,
+            lookahead=config.lookahead,
+            draft_tokens=config.draft_tokens,
         )
         self.max_prompt_tokens = self.session.prompt_limit(config.max_new_tokens)
         scorer_device = config.scorer_device if config.scorer_device is not None else self.session.device

@@ -14,10 +14,11 @@ taking-part row new tokens in two parts:
 A tree can also be placed further into the row's scratch (``offsets``; the slots below are kept), and each
 of its tokens can *follow* scratch tokens of earlier forwards (``follow``): a token that follows scratch
 slots ``s_1 .. s_m`` sees the prefix, those slots and itself, at position ``length + m``, as if they had
-been committed. The decoder uses it to work ahead of a decision (:mod:`mara_env.decoder`): the token after
-a candidate under decision follows the candidate's slot, the next candidate of the set follows nothing,
-both in one row of the batch; committing the candidate and then the follower's slot gives the same cache
-as the usual order.
+been committed; a followed slot may also be that of another new token of the row in the same forward
+(a drafted chain of guesses, :mod:`mara_env.drafting`). The decoder uses it to work ahead of a decision
+(:mod:`mara_env.decoder`): the token after a candidate under decision follows the candidate's slot, the
+next candidate of the set follows nothing, both in one row of the batch; committing the candidate and
+then the follower's slot gives the same cache as the usual order.
 
 Keys are stored after the model applies rotary embeddings, so a slot can move without changing its
 meaning: only the position ids passed to the forward matter.
@@ -129,9 +130,11 @@ class ReplicaEngine:
             has at least one new token in all.
         :param offsets: for each row, the scratch slot of its first tree token (default 0, right after the
             prefix); slots below it keep what earlier forwards put there. Rows with a chain take 0.
-        :param follow: for each row, for each of its tree tokens, the scratch slots of earlier forwards it
-            follows, in order (default none): the token sees the prefix, those slots and itself, at position
-            ``length + len(follow)``. Rows with a chain follow nothing.
+        :param follow: for each row, for each of its tree tokens, the scratch slots it follows, in order
+            (default none): the token sees the prefix, those slots and itself, at position ``length +
+            len(follow)`` (``length`` after the chain). A followed slot is an earlier forward's, or that of
+            another tree token of the same row in this forward (a drafted chain: tree token ``i`` lands in
+            slot ``offset + i``). Rows with a chain follow only their own new tree tokens.
         :param packed: the packed layout (one sequence, no padding; no ``offsets`` or ``follow``).
         """
         n = len(rows)
@@ -146,8 +149,8 @@ class ReplicaEngine:
             raise ValueError("every taking-part row needs at least one new token.")
         if any(len(f) != len(t) for f, t in zip(follows, tree)):
             raise ValueError("follow needs one list of followed slots per tree token.")
-        if ((n_chain > 0) & ((offs > 0) | followed)).any():
-            raise ValueError("offsets and follow apply to tree tokens after no chain only.")
+        if ((n_chain > 0) & (offs > 0)).any():
+            raise ValueError("offsets apply to tree tokens after no chain only.")
         if packed and (offs.any() or followed.any()):
             raise ValueError("the packed layout takes no offsets or follow.")
         self.num_forwards += 1
@@ -198,11 +201,26 @@ class ReplicaEngine:
         dest: np.ndarray,
     ) -> RoundOutput:
         n, width = len(rows), int(n_new.max())
-        # the attended past reaches every row's prefix and the furthest scratch slot its tokens follow
-        reach = lengths.copy()
+        # Each followed slot is either a scratch slot of an earlier forward (a column of the attended past)
+        # or one of this forward's new tree tokens of the same row (a column of the new block).
+        new_slot = {
+            (int(token_row[t]), int(offs[token_row[t]] + j[t] - n_chain[token_row[t]])): int(j[t])
+            for t in np.flatnonzero(j >= n_chain[token_row])
+        }
+        old_pairs, new_pairs = [], []
         for t, f in enumerate(token_follow):
-            if f:
-                reach[token_row[t]] = max(reach[token_row[t]], lengths[token_row[t]] + max(f) + 1)
+            r = int(token_row[t])
+            for s in f:
+                if (r, s) in new_slot:
+                    new_pairs.append((t, new_slot[r, s]))
+                elif n_chain[r]:
+                    raise ValueError("a row with a chain can follow only its own new tree tokens.")
+                else:
+                    old_pairs.append((t, s))
+        # the attended past reaches every row's prefix and the furthest earlier scratch slot its tokens follow
+        reach = lengths.copy()
+        for t, s in old_pairs:
+            reach[token_row[t]] = max(reach[token_row[t]], lengths[token_row[t]] + s + 1)
         in_place = list(rows) == list(range(self.num_rows))
         # in place, the new slots are written past every row's kept scratch (the slots below its offset)
         past = int(np.maximum(reach, lengths + offs).max() if in_place else reach.max())
@@ -217,9 +235,8 @@ class ReplicaEngine:
         grid_pos[token_row, j] = positions
         allow = np.zeros((n, width, past + width), dtype=bool)
         allow[:, :, :past] = np.arange(past)[None, None, :] < lengths[:, None, None]
-        pairs = [(t, s) for t, f in enumerate(token_follow) for s in f]
-        if pairs:  # followed scratch slots, as if committed
-            pt, ps = np.array(pairs).T
+        if old_pairs:  # followed scratch slots of earlier forwards, as if committed
+            pt, ps = np.array(old_pairs).T
             allow[token_row[pt], j[pt], lengths[token_row[pt]] + ps] = True
         q = np.arange(width)[None, :, None]
         k = np.arange(width)[None, None, :]
@@ -227,6 +244,9 @@ class ReplicaEngine:
         chain_q, real_q = q < nc, q < nn
         # chain tokens: causal among the chain; tree tokens: the chain and themselves; padding: itself only
         allow[:, :, past:] = (chain_q & (k <= q)) | (~chain_q & real_q & ((k < nc) | (k == q))) | (~real_q & (k == q))
+        if new_pairs:  # followed tree tokens of this forward
+            pt, pj = np.array(new_pairs).T
+            allow[token_row[pt], j[pt], past + pj] = True
         allow[:, :, :past] &= real_q[:, :, 0][:, :, None]
 
         if in_place:  # the storage itself is the cache buffer: new slots land at past .. past + width

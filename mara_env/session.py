@@ -126,7 +126,13 @@ class DecodingSession:
     # ----------------------------------------------------------------------------------- decoders
 
     def decoder(
-        self, rows: int, max_new_tokens: int, *, environment: bool = False, lookahead: bool = False
+        self,
+        rows: int,
+        max_new_tokens: int,
+        *,
+        environment: bool = False,
+        lookahead: bool = False,
+        draft_tokens: int = 4,
     ) -> AcceptRejectDecoder:
         """A decoder of ``rows`` rows under this session's rules.
 
@@ -135,6 +141,8 @@ class DecodingSession:
         :param environment: the environments' chunk plan (the same at any number of rows) instead of the
             plan for ``rows`` generation rows.
         :param lookahead: work ahead of the decisions in rounds that run anyway (environments).
+        :param draft_tokens: with ``lookahead``, the longest chain of guessed tokens forwarded ahead
+            (:mod:`mara_env.drafting`).
         """
         plan = self.chunk_plan(None if environment else rows)
         config = DecoderConfig(
@@ -144,6 +152,7 @@ class DecodingSession:
             chunk_coverage=plan.coverage,
             packed=plan.packed,
             lookahead=lookahead,
+            draft_tokens=draft_tokens,
         )
         rule = self._chunk_rules.setdefault(plan, make_chunk_rule(plan.size, plan.coverage))
         return AcceptRejectDecoder(self.replicas, rows, config, chunk_rule=rule)
