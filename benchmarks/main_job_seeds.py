@@ -193,6 +193,11 @@ def args_system(prompts_from: Path, out: Path, runs: dict[int, Path], evaluate_a
     }
 
 
+def minutes(seconds: float | None) -> str:
+    """Seconds as minutes; ``None`` (not measured: a run resumed in another process) as "n/a"."""
+    return "n/a" if seconds is None else f"{seconds / 60:.1f}"
+
+
 def markdown(result: dict[str, Any]) -> str:
     lines = [
         f"Held-out prompts: {result['prompts']}; one `mara train --seed S && mara evaluate` per seed "
@@ -207,8 +212,8 @@ def markdown(result: dict[str, Any]) -> str:
             f"| {r['seed']} | {percent(r['preference'])} [{percent(r['ci'][0])}, {percent(r['ci'][1])}] "
             f"| {percent(r['vs_best_of_2'])} [{percent(r['vs_best_of_2_ci'][0])}, {percent(r['vs_best_of_2_ci'][1])}] "
             f"| {r['kl']:.2f} | {r['scorer_calls_per_answer']:.0f} "
-            f"| {r['train_wall_seconds'] / 60:.1f} / {r['train_cpu_seconds'] / 60:.1f} "
-            f"| {r['evaluate_wall_seconds'] / 60:.1f} / {r['evaluate_cpu_seconds'] / 60:.1f} |"
+            f"| {minutes(r['train_wall_seconds'])} / {minutes(r['train_cpu_seconds'])} "
+            f"| {minutes(r['evaluate_wall_seconds'])} / {minutes(r['evaluate_cpu_seconds'])} |"
         )
     pooled = result["pooled_vs_best_of_2"]
     lines += [
