@@ -110,6 +110,10 @@ class MARACore:
             device=scorer_device,
         )
         self.rngs: list[np.random.Generator] = [seeding.np_random(None)[0] for _ in range(num_rows)]
+        # With several rows, each row's next prompt is drawn (from its own generator, so the prompts drawn
+        # are the same) when its episode starts, and prefilled ahead while a prefill forward runs anyway.
+        self._prefill_ahead = config.lookahead and num_rows > 1
+        self._next_prompt: dict[int, str] = {}
         self.shaping = config.reward_shaping == "potential"
         #: Phi(s) of each row's current state under potential shaping (0 otherwise).
         self.potential = np.zeros(num_rows)
@@ -120,6 +124,8 @@ class MARACore:
         for row, seed in zip(rows, seeds):
             if seed is not None:
                 self.rngs[row] = seeding.np_random(seed)[0]
+                if self._next_prompt.pop(row, None) is not None:  # drawn from the old generator
+                    self.decoder.prepare([row], [None])
 
     def start_rows(self, rows: Sequence[int], options: dict[str, Any] | None = None) -> list[int]:
         """Start new episodes on ``rows``; return how many decision-free episodes each skipped.
@@ -168,6 +174,12 @@ class MARACore:
         self.decoder.start(rows, texts, [ids for ids, _ in encoded])
         for row, (_, truncated) in zip(rows, encoded):
             self.decoder.rows[row].prompt_truncated = truncated
+        if self._prefill_ahead:
+            drawn = [row for row in rows if row not in self._next_prompt]
+            for row in drawn:
+                self._next_prompt[row] = self._draw_prompt(row)
+            ids = [self.session.encode(self._next_prompt[row], self.config.max_new_tokens)[0] for row in drawn]
+            self.decoder.prepare(drawn, ids)
 
     def _settle(
         self, rows: Sequence[int], decided: dict[int, RowState], restart: bool, options: dict[str, Any]
@@ -291,6 +303,11 @@ class MARACore:
             if not isinstance(index, (int, np.integer)) or not 0 <= index < len(self.prompts):
                 raise ValueError(f"reset options: 'prompt_index' must be in [0, {len(self.prompts)}), got {index!r}.")
             return self.prompts[int(index)]
+        if row in self._next_prompt:
+            return self._next_prompt.pop(row)
+        return self._draw_prompt(row)
+
+    def _draw_prompt(self, row: int) -> str:
         return self.prompts[int(self.rngs[row].integers(len(self.prompts)))]
 
 

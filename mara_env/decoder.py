@@ -22,7 +22,7 @@ need one (one output-head call), a prefill forward for rows that :meth:`~AcceptR
 a prompt, then one forward for every row that needs hidden states (forced tokens, new prompts' first
 candidates and candidate chunks alike). An environment needs every row READY or DONE after each step
 (:meth:`~AcceptRejectDecoder.advance` runs rounds until then, and the environment core restarts ended
-episodes between rounds so that their prefill shares the step's rounds); aligned generation lets rows
+episodes between rounds so that their first candidates share the step's forward); aligned generation lets rows
 decide until each waits for a forward, then runs one round, so that a row's decisions inside a chunk
 cost no forward and rows waiting for a forward share it.
 
@@ -50,6 +50,13 @@ forwarded. Only on accelerators (``ahead_both``): on a CPU, measured at N=32 wit
 guessing cut forwards per step from 2.58 to 2.17 but ran 0.57x the steps/s (each guessed token costs its
 compute there), and guessing only into a forward's padding still ran 0.92x (the bookkeeping) for 2.50.
 
+Prompts are prefilled ahead too: an environment tells the decoder each row's next prompt
+(:meth:`AcceptRejectDecoder.prepare`, drawn when the row's episode starts), and a prefill forward that runs
+anyway, for a row starting on a prompt nobody prefilled, also runs the next prompts of the rows past half
+their answer limit (:meth:`ReplicaEngine.prefill`, packed on a CPU). A row that later starts on its
+prefilled prompt copies its keys/values in (:meth:`ReplicaEngine.adopt`) and needs no forward of its own,
+so a prefill forward runs now and then, not in every step that restarts an episode.
+
 An accept (or a reject) then finds the forwards it needs done, and a row whose work ahead covers its
 next decision needs no forward at all in that step (a step in which every row finds its forwards done
 runs none). Decisions, tokens and observations are the same as without lookahead.
@@ -71,7 +78,7 @@ import torch
 from mara_env.candidates import CandidateConfig, CandidateSet, candidate_sets
 from mara_env.chunking import AdaptiveChunks, FixedChunks, make_chunk_rule
 from mara_env.drafting import Drafter, RowIndex
-from mara_env.engine import ReplicaEngine, RoundOutput
+from mara_env.engine import Prefilled, ReplicaEngine, RoundOutput
 from mara_env.llm import LLMReplica
 
 #: A hidden state kept where a forward left it: (that forward's flat hidden states, index).
@@ -149,12 +156,22 @@ class Lookahead:
 
 
 @dataclass
+class Prompt:
+    """A prompt's token ids and, once a forward ran them, where its keys/values wait (:meth:`ReplicaEngine.prefill`)."""
+
+    ids: list[int]
+    prefilled: Prefilled | None = None
+    index: int = 0
+
+
+@dataclass
 class RowState:
     """Everything the decoder knows about one sequence."""
 
     prompt: str = ""
     prompt_ids: list[int] = field(default_factory=list)
     prompt_truncated: bool = False
+    prefill: Prompt | None = None  # the prompt, until the row starts on its prefilled keys/values
     response: list[int] = field(default_factory=list)
     phase: Phase = Phase.DONE
     cands: CandidateSet | None = None
@@ -312,6 +329,7 @@ class AcceptRejectDecoder:
         self.engines = [ReplicaEngine(self.replicas[i], len(b)) for i, b in enumerate(self._blocks)]
         self._where = {row: (i, j) for i, block in enumerate(self._blocks) for j, row in enumerate(block)}
         self._pool = ThreadPoolExecutor(max_workers=n_rep) if n_rep > 1 else None
+        self._next: dict[int, Prompt] = {}  # each row's next prompt, prefilled ahead (:meth:`prepare`)
 
     # ----------------------------------------------------------------------------------- statistics
 
@@ -340,9 +358,29 @@ class AcceptRejectDecoder:
             if not ids:
                 raise ValueError(f"prompt {text!r} tokenizes to nothing; remove empty prompts from the prompt set.")
             seen = RowIndex(ids if self.guessing else ())
-            self.rows[row] = RowState(prompt=text, prompt_ids=list(ids), phase=Phase.PREFILL, seen=seen)
+            prompt = self._next.pop(row, None)
+            if prompt is None or prompt.ids != list(ids):
+                prompt = Prompt(list(ids))
+            self.rows[row] = RowState(prompt=text, prompt_ids=list(ids), phase=Phase.PREFILL, seen=seen, prefill=prompt)
             if self.guessing:
                 self.drafter.read(ids)
+
+    def prepare(self, rows: Sequence[int], prompt_ids: Sequence[list[int] | None]) -> None:
+        """Tell the decoder the prompt each of ``rows`` will :meth:`start` next (``None`` forgets it).
+
+        The next forward that prefills prompts anyway (a row starting on a prompt nobody prefilled) runs these
+        too, for the rows past half their answer limit; a row starting on its prefilled prompt later needs no
+        prefill forward of its own. So an environment whose episodes restart at different steps runs a
+        prefill forward now and then, not in most steps. Costs the prefilled prompts' keys/values in memory
+        until their rows start.
+        """
+        for row, ids in zip(rows, prompt_ids):
+            if ids is None:
+                self._next.pop(row, None)
+            elif not ids:
+                raise ValueError("prepare: a prompt tokenizes to nothing; remove empty prompts from the prompt set.")
+            else:
+                self._next[row] = Prompt(list(ids))
 
     def release(self, row: int) -> None:
         """End ``row``'s sequence where it is (a cancelled answer): it takes part in no further round."""
@@ -516,18 +554,34 @@ class AcceptRejectDecoder:
         self._resolve_sets(engine, items)
         prefill = [(r, loc) for r, loc in items if self.rows[r].phase is Phase.PREFILL]
         if prefill:
-            locals_ = [loc for _, loc in prefill]
-            engine.reset_rows(locals_)
-            out = engine.run(locals_, chain=[self.rows[r].prompt_ids for r, _ in prefill])
-            for i, (row, _) in enumerate(prefill):
-                st = self.rows[row]
-                st.last_hidden = (out.hidden, out.start[i] + len(st.prompt_ids) - 1)
-                st.phase = Phase.NEED_LOGITS
+            self._prefill(engine, prefill, items)
             self._resolve_sets(engine, items)  # the new prompts' first candidates join this round's forward
         need = [(r, loc) for r, loc in items if self.rows[r].phase is Phase.NEED_FORWARD]
         if need:
             self._forward(engine, need, items)
             self._resolve_sets(engine, items)  # rows that forwarded a forced token get their next set
+
+    def _prefill(self, engine: ReplicaEngine, rows: list[tuple[int, int]], rows_here: list[tuple[int, int]]) -> None:
+        """Start ``rows`` (PREFILL) on their prompts' keys/values. A prompt prefilled ahead costs no forward; the
+        others run in one forward, with the prepared next prompts (:meth:`prepare`) of the other rows here that
+        are past half their answer limit."""
+        prompts = [self.rows[r].prefill for r, _ in rows]
+        todo = [p for p in prompts if p.prefilled is None]
+        if todo:
+            starting = {r for r, _ in rows}
+            # rows past half their answer limit: likely to restart before the next prefill forward (a prompt
+            # prefilled for a row that ends much later would hold memory, and compute at the end of a run)
+            half = self.config.max_new_tokens / 2
+            late = [r for r, _ in rows_here if r not in starting and len(self.rows[r].response) >= half]
+            todo += [p for r in late if (p := self._next.get(r)) is not None and p.prefilled is None]
+            out = engine.prefill([p.ids for p in todo])
+            for i, p in enumerate(todo):
+                p.prefilled, p.index = out, i
+        engine.adopt([loc for _, loc in rows], [(p.prefilled, p.index) for p in prompts])
+        for (row, _), p in zip(rows, prompts):
+            st = self.rows[row]
+            st.last_hidden = p.prefilled.last_hidden(p.index)
+            st.phase, st.prefill = Phase.NEED_LOGITS, None
 
     def _forward(self, engine: ReplicaEngine, need: list[tuple[int, int]], rows_here: list[tuple[int, int]]) -> None:
         """One forward: every row of ``need`` gets its forced token or candidate chunk, READY rows work ahead."""

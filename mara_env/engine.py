@@ -70,6 +70,35 @@ class RoundOutput(NamedTuple):
         return self.hidden[self.start[i] : end]
 
 
+class Prefilled(NamedTuple):
+    """Prompts run through the LLM before any row takes them (:meth:`ReplicaEngine.prefill`).
+
+    Their keys/values stay in a buffer of their own until :meth:`ReplicaEngine.adopt` copies one into a row.
+
+    :param keys: shape ``(layers, buffer rows, kv_heads, slots, head_dim)``.
+    :param values: the same for values.
+    :param hidden: shape ``(buffer rows * slots, hidden)``, the last-layer hidden states.
+    :param lengths: each prompt's token count.
+    :param where: each prompt's first slot ``(buffer row, slot)``; its tokens follow on that buffer row.
+    """
+
+    keys: torch.Tensor
+    values: torch.Tensor
+    hidden: torch.Tensor
+    lengths: list[int]
+    where: list[tuple[int, int]]
+
+    def last_hidden(self, i: int) -> tuple[torch.Tensor, int]:
+        """Where the hidden state of prompt ``i``'s last token is (it gives the first candidate set)."""
+        row, slot = self.where[i]
+        return self.hidden, row * self.keys.shape[3] + slot + self.lengths[i] - 1
+
+
+#: The most prompt tokens a packed prefill (:meth:`ReplicaEngine.prefill` on a CPU) runs as one sequence: its
+#: mask grows with the square of that (4,096 tokens: 64 MiB of float32).
+PACKED_PREFILL_TOKENS = 4096
+
+
 class ReplicaEngine:
     """The KV cache and forwards of ``num_rows`` sequences on one replica.
 
@@ -175,6 +204,66 @@ class ReplicaEngine:
         for r, c in zip(rows, n_chain):
             self.length[r] += int(c)
         return out
+
+    @torch.no_grad()
+    def prefill(self, prompts: Sequence[Sequence[int]]) -> Prefilled:
+        """Run ``prompts`` (token ids) through the LLM in one forward, into a buffer that no row owns yet.
+
+        A row takes one with :meth:`adopt`; until then the prompts cost memory, not forwards. Each token sees
+        its prompt up to itself, as in a forward of the prompts as rows' chains (:meth:`run`). On a CPU, where a
+        padded token costs its compute, the prompts run packed as one sequence (a prompt set's lengths vary:
+        32 prompts padded to the longest are about half padding); elsewhere each prompt is a batch row.
+        """
+        lengths = np.array([len(p) for p in prompts], dtype=np.int64)
+        if len(lengths) == 0 or (lengths < 1).any():
+            raise ValueError("prefill needs at least one prompt, each of at least one token.")
+        total = int(lengths.sum())
+        packed = self.device.type == "cpu" and len(lengths) > 1 and total <= PACKED_PREFILL_TOKENS
+        self._ensure_capacity(int(lengths.max()))  # the storage's layout gives the buffer's
+        self.num_forwards += 1
+        self.num_tokens += total
+        flat = np.concatenate([np.asarray(p, dtype=np.int64) for p in prompts])
+        prompt_of = np.repeat(np.arange(len(lengths)), lengths)
+        j = np.arange(total) - np.repeat(np.cumsum(lengths) - lengths, lengths)  # index within its prompt
+        if packed:  # one sequence; each token sees its own prompt's tokens up to itself
+            ids, positions = flat[None], j[None]
+            t = np.arange(total)
+            allow = ((prompt_of[:, None] == prompt_of[None, :]) & (t[None, :] <= t[:, None]))[None]
+            where = [(0, int(s)) for s in np.cumsum(lengths) - lengths]
+        else:  # one batch row per prompt, padded; a padding slot sees only itself
+            width = int(lengths.max())
+            ids = np.zeros((len(lengths), width), dtype=np.int64)
+            ids[prompt_of, j] = flat
+            positions = np.tile(np.arange(width), (len(lengths), 1))
+            q, k = np.arange(width)[None, :, None], np.arange(width)[None, None, :]
+            allow = (k <= q) & ((q < lengths[:, None, None]) | (k == q))
+            where = [(i, 0) for i in range(len(lengths))]
+        n, width = ids.shape
+        shape = (self._keys.shape[0], n, self._keys.shape[2], width)
+        keys = self._keys.new_empty((*shape, self._keys.shape[4]))
+        values = self._values.new_empty((*shape, self._values.shape[4]))
+        hidden = self._forward(ids, positions, allow, keys, values, 0, width)
+        return Prefilled(keys, values, hidden.reshape(n * width, -1), lengths.tolist(), where)
+
+    def adopt(self, rows: Sequence[int], sources: Sequence[tuple[Prefilled, int]]) -> None:
+        """Start each of ``rows`` on a prefilled prompt ``(prefilled, index)``: its keys/values are copied in
+        (one indexed copy per source buffer, all layers at once) and become the row's committed prefix."""
+        self.reset_rows(rows)
+        lengths = [p.lengths[i] for p, i in sources]
+        self._ensure_capacity(max(lengths))
+        self._flush_moves()
+        groups: dict[int, tuple[Prefilled, list[int], list[int]]] = {}
+        for row, (p, i) in zip(rows, sources):
+            groups.setdefault(id(p), (p, [], []))[1].append(i)
+            groups[id(p)][2].append(row)
+        for p, index, dest in groups.values():
+            counts = [p.lengths[i] for i in index]
+            cols = np.concatenate([np.arange(c) for c in counts])
+            src_row = np.repeat([p.where[i][0] for i in index], counts)
+            src_col = np.repeat([p.where[i][1] for i in index], counts) + cols
+            self._write(p.keys, p.values, src_row, src_col, np.repeat(dest, counts), cols)
+        for row, length in zip(rows, lengths):
+            self.length[row] = length
 
     @torch.no_grad()
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
