@@ -19,10 +19,13 @@ Usage::
 
     python benchmarks/main_job_seeds.py                      # seeds 0 1 2, about 3 x 20 min on 2 idle cores
     python benchmarks/main_job_seeds.py --seeds 0 --no-args
-    python benchmarks/main_job_seeds.py --seeds 0 1 --train-args="--total-decisions 256 --num-envs 4 --max-new-tokens 8" \\
+    python benchmarks/main_job_seeds.py --seeds 0 1 \\
+        --train-args="--total-decisions 256 --num-envs 4 --max-new-tokens 8" \\
         --evaluate-args="--num-prompts 4" --out /tmp/seeds --runs /tmp/seeds/runs   # smoke run
 
-A seed whose report is already in its run folder is not run again (``--rerun`` runs it again). Writes
+A seed whose report is already in its run folder is not run again (``--rerun`` runs it again); a seed
+whose training was stopped goes on from its checkpoint (``mara train --resume``), and one that finished
+training is only evaluated. Writes
 ``benchmarks/results/main_job_seeds.json`` (``{"runs": [{"seed", "preference", "ci", "vs_best_of_2",
 "kl", ...}], "mean", "std", ...}``), ``main_job_seeds.md`` and ``main_job_seeds.png``; run folders in
 ``runs/main_job_seeds/``.
@@ -86,14 +89,30 @@ def main_job(seed: int, run: Path, args: argparse.Namespace) -> dict[str, Any]:
     timing_file = run / "main_job_timing.json"
     if report.is_file() and timing_file.is_file() and not args.rerun:
         return json.loads(timing_file.read_text())
-    if run.exists():
-        shutil.rmtree(run)
-    run.parent.mkdir(parents=True, exist_ok=True)
     mara = [sys.executable, "-m", "agents.cli"]
     train = [*mara, "train", "--seed", str(seed), "--out", str(run), "--no-progress", *shlex.split(args.train_args)]
+    if run.exists() and args.rerun:
+        shutil.rmtree(run)  # asked for: this seed starts afresh
+    elif (run / "checkpoint").is_dir() and not (run / "model.zip").is_file():
+        # a training run that was stopped: go on from its checkpoint rather than throw hours away
+        train = [*mara, "train", "--out", str(run), "--resume", "--no-progress"]
+    elif run.exists() and not (run / "model.zip").is_file():
+        raise SystemExit(
+            f"{run} exists but holds neither a finished run nor a checkpoint to resume; move it away, or pass "
+            "--rerun to start this seed afresh."
+        )
+    run.parent.mkdir(parents=True, exist_ok=True)
     evaluate = [*mara, "evaluate", "--run", str(run), "--no-progress", *shlex.split(args.evaluate_args)]
-    print(f"seed {seed}: {shlex.join(train[2:])}", flush=True)
-    timing = {"train": timed(train, run.parent / f"seed{seed}-train.log")}
+    timing = {}
+    if not (run / "model.zip").is_file():
+        print(f"seed {seed}: {shlex.join(train[2:])}", flush=True)
+        timing["train"] = timed(train, run.parent / f"seed{seed}-train.log")
+        if "--resume" in train:  # the trainer's own total covers the part before the stop; CPU time does not
+            wall = json.loads((run / "summary.json").read_text())["wall_seconds"]
+            timing["train"] = {"wall_seconds": wall, "cpu_seconds": None}
+    else:  # trained before; its own summary has the trainer's wall time (its CPU time is not known)
+        wall = json.loads((run / "summary.json").read_text())["wall_seconds"]
+        timing["train"] = {"wall_seconds": wall, "cpu_seconds": None}
     print(f"seed {seed}: {shlex.join(evaluate[2:])}", flush=True)
     timing["evaluate"] = timed(evaluate, run.parent / f"seed{seed}-evaluate.log")
     timing["commands"] = [shlex.join(train[2:]), shlex.join(evaluate[2:])]
