@@ -23,6 +23,7 @@ import numpy as np
 from agents.cli.common import DECODING_KEYS, LLM_KEYS
 from agents.evaluation import held_out_prompts, run_comparison
 from agents.evaluation.statistics import compare, mean_difference, preference
+from agents.training.checkpoints import find_checkpoint, read_checkpoint_state
 from agents.training.run_config import RunConfig
 from agents.training.runner import CONFIG_FILE, MODEL_FILE, SUMMARY_FILE, resume_run, train_run
 
@@ -70,21 +71,39 @@ def trained(folder: Path) -> dict[str, Any]:
     summary = json.loads((folder / SUMMARY_FILE).read_text())
     segments = _timing(folder)
     summary["timing"] = segments
-    summary["train_wall_seconds"] = sum(s["wall_seconds"] for s in segments) or summary["wall_seconds"]
-    summary["train_cpu_seconds"] = sum(s["cpu_seconds"] for s in segments) if segments else None
+    if any("resumed_at" in s for s in segments):  # the part before a stop was timed by nobody but the trainer
+        summary["train_wall_seconds"], summary["train_cpu_seconds"] = summary["wall_seconds"], None
+    else:
+        summary["train_wall_seconds"] = sum(s["wall_seconds"] for s in segments) or summary["wall_seconds"]
+        summary["train_cpu_seconds"] = sum(s["cpu_seconds"] for s in segments) if segments else None
     return summary
 
 
 def train(config: RunConfig, folder: Path, *, retrain: bool = False) -> dict[str, Any]:
     """Train ``config`` into ``folder`` unless its model is there (trained with the same settings); its summary.
 
-    A folder left by a run that stopped half-way is trained again from the start.
+    A run that stopped half-way (a killed process, a session that ended) goes on from its checkpoint when
+    its settings are the same; without a checkpoint it is trained again from the start.
     """
     if (folder / MODEL_FILE).is_file() and not retrain:
         changes = RunConfig.from_file(folder / CONFIG_FILE).changes_from(config)
         changed = [name for name in changes if name not in BOOKKEEPING]
         if changed:
             raise SystemExit(f"{folder} was trained with other settings ({', '.join(changed)}); pass --retrain.")
+        return trained(folder)
+    checkpoint = find_checkpoint(folder)[0] if (folder / CONFIG_FILE).is_file() and not retrain else None
+    same = checkpoint is not None and not [
+        name for name in RunConfig.from_file(folder / CONFIG_FILE).changes_from(config) if name not in BOOKKEEPING
+    ]
+    if same:
+        done = int(read_checkpoint_state(checkpoint)["num_timesteps"])
+        start_wall, start_cpu = time.perf_counter(), cpu_seconds()
+        flags: dict[str, dict[str, Any]] = {"env": {}, "agent": {}, "train": {}}
+        if resume_run(folder, flags, verbose=0) != 0:
+            raise SystemExit(f"resuming {folder} from its checkpoint stopped.")
+        segment = {"to_decisions": config.train.total_decisions, "resumed_at": done}
+        segment.update(wall_seconds=time.perf_counter() - start_wall, cpu_seconds=cpu_seconds() - start_cpu)
+        (folder / TIMING_FILE).write_text(json.dumps([segment], indent=2) + "\n")
         return trained(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     start_wall, start_cpu = time.perf_counter(), cpu_seconds()
