@@ -104,13 +104,12 @@ def main_job(seed: int, run: Path, args: argparse.Namespace) -> dict[str, Any]:
     run.parent.mkdir(parents=True, exist_ok=True)
     evaluate = [*mara, "evaluate", "--run", str(run), "--no-progress", *shlex.split(args.evaluate_args)]
     timing = {}
-    if not (run / "model.zip").is_file():
+    trained_before = (run / "model.zip").is_file()
+    if not trained_before:
         print(f"seed {seed}: {shlex.join(train[2:])}", flush=True)
         timing["train"] = timed(train, run.parent / f"seed{seed}-train.log")
-        if "--resume" in train:  # the trainer's own total covers the part before the stop; CPU time does not
-            wall = json.loads((run / "summary.json").read_text())["wall_seconds"]
-            timing["train"] = {"wall_seconds": wall, "cpu_seconds": None}
-    else:  # trained before; its own summary has the trainer's wall time (its CPU time is not known)
+    if trained_before or "--resume" in train:
+        # not all of its training ran here: the trainer's own wall total counts it all; its CPU time is not known
         wall = json.loads((run / "summary.json").read_text())["wall_seconds"]
         timing["train"] = {"wall_seconds": wall, "cpu_seconds": None}
     print(f"seed {seed}: {shlex.join(evaluate[2:])}", flush=True)

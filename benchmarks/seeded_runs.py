@@ -79,6 +79,11 @@ def trained(folder: Path) -> dict[str, Any]:
     return summary
 
 
+def _changed_settings(folder: Path, config: RunConfig) -> list[str]:
+    """The settings (bookkeeping aside) in which the run in ``folder`` differs from ``config``."""
+    return [name for name in RunConfig.from_file(folder / CONFIG_FILE).changes_from(config) if name not in BOOKKEEPING]
+
+
 def train(config: RunConfig, folder: Path, *, retrain: bool = False) -> dict[str, Any]:
     """Train ``config`` into ``folder`` unless its model is there (trained with the same settings); its summary.
 
@@ -86,16 +91,12 @@ def train(config: RunConfig, folder: Path, *, retrain: bool = False) -> dict[str
     its settings are the same; without a checkpoint it is trained again from the start.
     """
     if (folder / MODEL_FILE).is_file() and not retrain:
-        changes = RunConfig.from_file(folder / CONFIG_FILE).changes_from(config)
-        changed = [name for name in changes if name not in BOOKKEEPING]
+        changed = _changed_settings(folder, config)
         if changed:
             raise SystemExit(f"{folder} was trained with other settings ({', '.join(changed)}); pass --retrain.")
         return trained(folder)
     checkpoint = find_checkpoint(folder)[0] if (folder / CONFIG_FILE).is_file() and not retrain else None
-    same = checkpoint is not None and not [
-        name for name in RunConfig.from_file(folder / CONFIG_FILE).changes_from(config) if name not in BOOKKEEPING
-    ]
-    if same:
+    if checkpoint is not None and not _changed_settings(folder, config):
         done = int(read_checkpoint_state(checkpoint)["num_timesteps"])
         start_wall, start_cpu = time.perf_counter(), cpu_seconds()
         flags: dict[str, dict[str, Any]] = {"env": {}, "agent": {}, "train": {}}
