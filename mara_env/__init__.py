@@ -37,12 +37,13 @@ from mara_env.config import (
     ADAPTIVE_CHUNKS,
     AUTO_CHUNK_SIZE,
     ChunkPlan,
+    DecoderConfig,
     MARAConfig,
     resolve_chunk_size,
     resolve_chunking,
     type_problem,
 )
-from mara_env.decoder import AcceptRejectDecoder, DecoderConfig, Phase
+from mara_env.decoder import AcceptRejectDecoder
 from mara_env.env import TokenAcceptRejectEnv
 from mara_env.llm import (
     EMBEDDED_LLM,
@@ -54,6 +55,7 @@ from mara_env.llm import (
 )
 from mara_env.observation import REFERENCE_FEATURES, ObservationLayout, observe
 from mara_env.prompts import PromptSet, held_out_prompts
+from mara_env.row_state import Phase
 from mara_env.scoring import TerminalReward, TerminalScores
 from mara_env.session import DecodingSession
 from mara_env.variants import VARIANTS, variant_settings

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from mara_env.candidates import CandidateConfig
-from mara_env.decoder import DecoderConfig
+from mara_env.chunking import make_chunk_rule
 from mara_env.hints import did_you_mean
 from mara_env.llm import check_devices, check_dtype
 from mara_env.observation import ObservationLayout
@@ -52,6 +52,49 @@ ADAPTIVE_CHUNKS: dict[str, tuple[int, float]] = {
     "mps": (8, 0.9),
     "xpu": (16, 0.95),
 }
+
+
+@dataclass(frozen=True)
+class DecoderConfig:
+    """Rules shared by training and generation.
+
+    :param candidates: how candidate sets are formed.
+    :param max_new_tokens: response-length limit (the paper's 512).
+    :param chunk_size: candidates whose hidden states are computed per forward (``>= 1``); with
+        ``chunk_coverage``, the largest chunk.
+    :param chunk_coverage: ``None``: every chunk has ``chunk_size`` candidates; a probability in (0, 1]:
+        each row's chunk is sized to hold the candidate the agent takes with that probability
+        (:class:`mara_env.chunking.AdaptiveChunks`).
+    :param packed: run a forward whose rows have different token counts without padding
+        (:meth:`ReplicaEngine.run` with ``packed=True``) instead of padding every row to the widest.
+    :param lookahead: in forwards that run anyway, forward the forced token after each candidate under
+        decision (and a set's last candidate) ahead of the decision (module docstring); it pays where
+        every call must leave all rows READY (environments). Packed forwards do no work ahead.
+    :param draft_tokens: with ``lookahead``, the longest chain of guessed tokens (:mod:`mara_env.drafting`)
+        a row forwards ahead in one forward; ``0`` guesses nothing.
+    """
+
+    candidates: CandidateConfig = field(default_factory=CandidateConfig)
+    max_new_tokens: int = 512
+    chunk_size: int = 1
+    chunk_coverage: float | None = None
+    packed: bool = False
+    lookahead: bool = False
+    draft_tokens: int = 4
+
+    def __post_init__(self) -> None:
+        if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be an integer >= 1, got {self.max_new_tokens!r}.")
+        if isinstance(self.chunk_size, bool) or not isinstance(self.chunk_size, int) or self.chunk_size < 1:
+            raise ValueError(
+                f"chunk_size must be an integer >= 1 (or 'auto'/'all' in the env), got {self.chunk_size!r}."
+            )
+        if self.chunk_coverage is not None:
+            make_chunk_rule(self.chunk_size, self.chunk_coverage)  # checks the coverage
+        if isinstance(self.draft_tokens, bool) or not isinstance(self.draft_tokens, int) or self.draft_tokens < 0:
+            raise ValueError(
+                f"draft_tokens must be an integer >= 0 (0 guesses nothing, 4 by default), got {self.draft_tokens!r}."
+            )
 
 
 class ChunkPlan(NamedTuple):

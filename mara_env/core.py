@@ -16,10 +16,10 @@ import numpy as np
 from gymnasium.utils import seeding
 
 from mara_env.config import MARAConfig
-from mara_env.decoder import Phase, RowState
 from mara_env.hints import did_you_mean
 from mara_env.observation import ObservationLayout, observe
 from mara_env.prompts import PromptSet
+from mara_env.row_state import Phase, RowState
 from mara_env.scoring import TerminalReward
 from mara_env.session import DecodingSession
 

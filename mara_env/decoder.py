@@ -26,29 +26,9 @@ episodes between rounds so that their first candidates share the step's forward)
 decide until each waits for a forward, then runs one round, so that a row's decisions inside a chunk
 cost no forward and rows waiting for a forward share it.
 
-A row that takes a candidate followed by a forced token needs two forwards in a row (the forced
-token's, then the next candidate's), so in an environment with many rows almost every step runs
-extra rounds of a few rows each. With ``lookahead`` the decoder works ahead of each READY row's
-decision, one token per branch per forward, in the forwards that run anyway:
-
-- the *accept* branch: the set after the candidate (computed with the other rows' output head), then
-  the token that follows it, forwarded after the candidate in scratch (``follow`` in
-  :meth:`ReplicaEngine.run`): a forced token, whose own set then comes with the next head call, and so
-  on, until the chain reaches a set of several candidates, whose first candidate is forwarded last;
-- the *reject* branch: the next candidate of the set, when the chunk does not hold it.
-
-On a CPU (``ahead_both`` false) only forced tokens and a set's last candidate are worked ahead: there a
-token costs its compute, and forwarding a first candidate or a next candidate for every waiting row
-doubles the forwards that carry them.
-
-Known tokens advance a chain by one token per round, since each forced token is known only from the
-logits of the one before. Guesses go further (:mod:`mara_env.drafting`, ``draft_tokens``): a row forwards
-a drafted chain after its forced token, after its chunk's first candidate, or after its work ahead,
-each guess following the ones before it in the same forward, and the next output-head call checks
-them all at once (:meth:`Lookahead.absorb`); a right guess is a forced token or first candidate already
-forwarded. Only on accelerators (``ahead_both``): on a CPU, measured at N=32 with the embedded model,
-guessing cut forwards per step from 2.58 to 2.17 but ran 0.57x the steps/s (each guessed token costs its
-compute there), and guessing only into a forward's padding still ran 0.92x (the bookkeeping) for 2.50.
+With ``lookahead`` the decoder works ahead of each READY row's decision in the forwards that run anyway:
+forced tokens, next candidates and guessed chains (:mod:`mara_env.work_ahead`), so that an accept or a
+reject finds the forwards it needs done. Decisions, tokens and observations are the same without it.
 
 Prompts are prefilled ahead too: an environment tells the decoder each row's next prompt
 (:meth:`AcceptRejectDecoder.prepare`, drawn when the row's episode starts), and a prefill forward that runs
@@ -57,234 +37,29 @@ their answer limit (:meth:`ReplicaEngine.prefill`, packed on a CPU). A row that 
 prefilled prompt copies its keys/values in (:meth:`ReplicaEngine.adopt`) and needs no forward of its own,
 so a prefill forward runs now and then, not in every step that restarts an episode.
 
-An accept (or a reject) then finds the forwards it needs done, and a row whose work ahead covers its
-next decision needs no forward at all in that step (a step in which every row finds its forwards done
-runs none). Decisions, tokens and observations are the same as without lookahead.
-
 With several replicas, rows are split into contiguous blocks, one per replica, and the replicas'
 forwards run in parallel threads (torch releases the GIL inside its kernels).
 """
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from mara_env.candidates import CandidateConfig, CandidateSet, candidate_sets
+from mara_env.candidates import candidate_sets
 from mara_env.chunking import AdaptiveChunks, FixedChunks, make_chunk_rule
+from mara_env.config import DecoderConfig
 from mara_env.drafting import Drafter, RowIndex
-from mara_env.engine import Prefilled, ReplicaEngine, RoundOutput
+from mara_env.engine import ReplicaEngine, RoundOutput
 from mara_env.llm import LLMReplica
-
-#: A hidden state kept where a forward left it: (that forward's flat hidden states, index).
-HiddenRef = tuple[torch.Tensor, int]
-
-
-class Phase(enum.Enum):
-    PREFILL = "prefill"  # a new prompt waits for its prefill forward
-    NEED_LOGITS = "need_logits"  # last committed token's hidden state known; candidate set not built
-    NEED_FORWARD = "need_forward"  # a forced token or the next candidate chunk must go through the LLM
-    READY = "ready"  # waiting for the agent's decision on candidate ``index``
-    DONE = "done"
+from mara_env.row_state import WAITING, HiddenRef, Lookahead, Phase, Prompt, RowState, gather_hidden
+from mara_env.work_ahead import WorkAhead
 
 
-#: Phases of rows that need a round (an output-head call or a forward) before their next decision.
-WAITING = (Phase.PREFILL, Phase.NEED_LOGITS, Phase.NEED_FORWARD)
-
-
-@dataclass
-class Lookahead:
-    """Work done past candidate ``candidate`` in case it is accepted (decoders with ``lookahead``).
-
-    Chain position ``m`` is the token after the candidate and ``m`` forced tokens. ``sets[m]`` is the
-    candidate set there, once an output-head call gave it. ``tokens[m]`` is the token forwarded ahead at
-    position ``m`` (into scratch slot ``slots[m]``, after the candidate and the tokens before it; hidden
-    state ``hidden[m]``): the single token of a forced set, a set's first candidate (which ends the chain),
-    or, past the known sets, a guess (:mod:`mara_env.drafting`). :meth:`absorb` checks guesses against sets
-    as they come and drops every token past the first wrong one, so tokens at positions with a known set
-    are always the ones the rules take. ``taken`` counts the forced tokens committed since the candidate
-    was accepted.
-    """
-
-    candidate: int
-    sets: list[CandidateSet] = field(default_factory=list)
-    tokens: list[int] = field(default_factory=list)
-    hidden: list[HiddenRef] = field(default_factory=list)
-    slots: list[int] = field(default_factory=list)
-    taken: int = 0
-
-    def wanted(self) -> range:
-        """Chain positions whose sets the hidden states at hand give (position 0's comes from the
-        candidate's hidden state, position ``m``'s from ``hidden[m - 1]``); none once the chain reached a
-        set of several candidates."""
-        if self.sets and len(self.sets[-1]) > 1:
-            return range(0)
-        return range(len(self.sets), len(self.tokens) + 1)
-
-    def absorb(self, sets: Sequence[CandidateSet]) -> None:
-        """Take the sets of the :meth:`wanted` positions, in order; keep the tokens forwarded ahead that the
-        rules take there and drop the rest (a wrong guess, and everything forwarded after it)."""
-        for cands in sets:
-            m = len(self.sets)
-            if m and (len(self.sets[m - 1]) > 1 or m > len(self.tokens) or self.tokens[m - 1] != self.sets[m - 1].top):
-                break  # computed after a wrong guess: not this chain's set
-            self.sets.append(cands)
-        keep = len(self.tokens)
-        for m in range(min(len(self.tokens), len(self.sets))):
-            if self.tokens[m] != self.sets[m].top:
-                keep = m
-                break
-            if len(self.sets[m]) > 1:
-                keep = m + 1  # a first candidate ends the chain
-                break
-        del self.tokens[keep:], self.hidden[keep:], self.slots[keep:]
-
-    def sources(self, first: HiddenRef) -> list[HiddenRef]:
-        """The hidden states whose output head gives the :meth:`wanted` sets: ``first`` (the candidate's, or
-        the last committed token's once the candidate is taken) for position 0, ``hidden[m - 1]`` for ``m``."""
-        return [first if m == 0 else self.hidden[m - 1] for m in self.wanted()]
-
-    @property
-    def complete(self) -> bool:
-        """Whether the chain reached a set of several candidates and forwarded its first one."""
-        return bool(self.sets) and len(self.sets[-1]) > 1 and len(self.tokens) == len(self.sets)
-
-
-@dataclass
-class Prompt:
-    """A prompt's token ids and, once a forward ran them, where its keys/values wait (:meth:`ReplicaEngine.prefill`)."""
-
-    ids: list[int]
-    prefilled: Prefilled | None = None
-    index: int = 0
-
-
-@dataclass
-class RowState:
-    """Everything the decoder knows about one sequence."""
-
-    prompt: str = ""
-    prompt_ids: list[int] = field(default_factory=list)
-    prompt_truncated: bool = False
-    prefill: Prompt | None = None  # the prompt, until the row starts on its prefilled keys/values
-    response: list[int] = field(default_factory=list)
-    phase: Phase = Phase.DONE
-    cands: CandidateSet | None = None
-    index: int = 0  # the candidate under decision
-    chunk_start: int = 0  # the chunk's first candidate
-    chunk_len: int = 0  # candidates in the chunk
-    chunk: HiddenRef | None = None  # hidden state of the chunk's first candidate; the others follow it
-    last_hidden: HiddenRef | None = None  # hidden state of the last committed token
-    pending: int | None = None  # forced token awaiting its forward
-    seen: RowIndex = field(default_factory=RowIndex)  # prompt and response tokens, indexed for guesses
-    scratch_end: int = 0  # first scratch slot not holding this position's chunk or work done ahead
-    ahead: Lookahead | None = None  # work done past the candidate under decision
-    after: Lookahead | None = None  # the same, for the candidate just taken
-    chunk_slot: int = 0  # the scratch slot of the chunk's first candidate
-    sibling: tuple[int, HiddenRef] | None = None  # candidate ``index + 1`` forwarded ahead: (slot, hidden)
-    finish_reason: str | None = None  # "eos" or "length"
-    num_decisions: int = 0
-    # sum over response tokens of log q(token): the episode's total reference log-probability,
-    # which the per-decision KL rewards add up to (times kl_coef).
-    ref_logprob: float = 0.0
-    accepted_ranks: list[int] = field(default_factory=list)  # 0-based rank of each response token
-    set_sizes: list[int] = field(default_factory=list)
-
-    @property
-    def candidate(self) -> int:
-        """Token id of the candidate under decision."""
-        return int(self.cands.tokens[self.index])
-
-    @property
-    def candidate_hidden(self) -> HiddenRef:
-        """Where the hidden state of the candidate under decision is (READY rows)."""
-        tensor, first = self.chunk
-        return tensor, first + self.index - self.chunk_start
-
-    def in_chunk(self, k: int) -> bool:
-        """Whether candidate ``k``'s hidden state is in the computed chunk."""
-        return self.chunk is not None and self.chunk_start <= k < self.chunk_start + self.chunk_len
-
-    def slot_of(self, k: int) -> int:
-        """The scratch slot of candidate ``k`` of the chunk."""
-        return self.chunk_slot + k - self.chunk_start
-
-    def use_chunk(self, start: int, length: int, ref: HiddenRef, slot: int) -> None:
-        """Candidates ``start .. start + length - 1`` are computed (hidden states from ``ref`` on, scratch slots
-        from ``slot`` on): the row is READY on candidate ``start``."""
-        self.index, self.chunk_start, self.chunk_len, self.chunk, self.chunk_slot = start, start, length, ref, slot
-        self.scratch_end = max(self.scratch_end, slot + length)
-        self.phase = Phase.READY
-
-
-@dataclass(frozen=True)
-class DecoderConfig:
-    """Rules shared by training and generation.
-
-    :param candidates: how candidate sets are formed.
-    :param max_new_tokens: response-length limit (the paper's 512).
-    :param chunk_size: candidates whose hidden states are computed per forward (``>= 1``); with
-        ``chunk_coverage``, the largest chunk.
-    :param chunk_coverage: ``None``: every chunk has ``chunk_size`` candidates; a probability in (0, 1]:
-        each row's chunk is sized to hold the candidate the agent takes with that probability
-        (:class:`mara_env.chunking.AdaptiveChunks`).
-    :param packed: run a forward whose rows have different token counts without padding
-        (:meth:`ReplicaEngine.run` with ``packed=True``) instead of padding every row to the widest.
-    :param lookahead: in forwards that run anyway, forward the forced token after each candidate under
-        decision (and a set's last candidate) ahead of the decision (module docstring); it pays where
-        every call must leave all rows READY (environments). Packed forwards do no work ahead.
-    :param draft_tokens: with ``lookahead``, the longest chain of guessed tokens (:mod:`mara_env.drafting`)
-        a row forwards ahead in one forward; ``0`` guesses nothing.
-    """
-
-    candidates: CandidateConfig = field(default_factory=CandidateConfig)
-    max_new_tokens: int = 512
-    chunk_size: int = 1
-    chunk_coverage: float | None = None
-    packed: bool = False
-    lookahead: bool = False
-    draft_tokens: int = 4
-
-    def __post_init__(self) -> None:
-        if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be an integer >= 1, got {self.max_new_tokens!r}.")
-        if isinstance(self.chunk_size, bool) or not isinstance(self.chunk_size, int) or self.chunk_size < 1:
-            raise ValueError(
-                f"chunk_size must be an integer >= 1 (or 'auto'/'all' in the env), got {self.chunk_size!r}."
-            )
-        if self.chunk_coverage is not None:
-            make_chunk_rule(self.chunk_size, self.chunk_coverage)  # checks the coverage
-        if isinstance(self.draft_tokens, bool) or not isinstance(self.draft_tokens, int) or self.draft_tokens < 0:
-            raise ValueError(
-                f"draft_tokens must be an integer >= 0 (0 guesses nothing, 4 by default), got {self.draft_tokens!r}."
-            )
-
-
-def gather_hidden(refs: Sequence[HiddenRef]) -> torch.Tensor:
-    """The hidden states ``refs`` point at, stacked ``(len(refs), hidden)``: one index per source forward."""
-    groups: dict[int, tuple[torch.Tensor, list[int], list[int]]] = {}
-    for i, (tensor, index) in enumerate(refs):
-        groups.setdefault(id(tensor), (tensor, [], []))[1].append(index)
-        groups[id(tensor)][2].append(i)
-    if len(groups) == 1:
-        tensor, idx, _ = next(iter(groups.values()))
-        return tensor[torch.as_tensor(idx, device=tensor.device)]
-    parts, order = [], []
-    for tensor, idx, where in groups.values():
-        parts.append(tensor[torch.as_tensor(idx, device=tensor.device)])
-        order.extend(where)
-    stacked = torch.cat(parts)
-    inverse = np.empty(len(order), dtype=np.int64)
-    inverse[np.asarray(order)] = np.arange(len(order))
-    return stacked[torch.as_tensor(inverse, device=stacked.device)]
-
-
-class AcceptRejectDecoder:
+class AcceptRejectDecoder(WorkAhead):
     """Runs ``num_rows`` sequences through accept/reject decoding on one or more replicas.
 
     :param replicas: the LLM replicas (same model); rows are split evenly across them.
@@ -332,13 +107,6 @@ class AcceptRejectDecoder:
         self._next: dict[int, Prompt] = {}  # each row's next prompt, prefilled ahead (:meth:`prepare`)
 
     # ----------------------------------------------------------------------------------- statistics
-
-    @property
-    def guessing(self) -> bool:
-        """Whether rows forward guessed chains (:mod:`mara_env.drafting`): with ``draft_tokens`` and work ahead
-        on both branches (accelerators). On a CPU every guessed token costs its compute, and measured at
-        N=32 guessing cost more time than the rounds it saved (module docstring)."""
-        return self.ahead_both and self.drafter.max_tokens > 0
 
     @property
     def num_forwards(self) -> int:
@@ -666,67 +434,6 @@ class AcceptRejectDecoder:
                     st.ahead = Lookahead(st.index, [], list(guesses[i]), drafted, slots)
                     st.scratch_end = size + len(drafted)
 
-    def _guesses(
-        self,
-        need: list[tuple[int, int]],
-        chain: list,
-        tree: list,
-        ahead: list[tuple[int, int, list[tuple[int, list[int]]]]],
-    ) -> list[list[int]]:
-        """Guessed tokens each row of ``need`` forwards after its forced token or its chunk's first candidate;
-        READY rows' guesses (past the candidate under decision and the tokens forwarded after it) are added
-        to their ``ahead`` work in place.
-
-        Every row guesses up to ``draft_tokens`` (on an accelerator a forward costs its launches, whatever its
-        tokens; :attr:`guessing` is off on a CPU).
-        """
-        guesses: list[list[int]] = [[] for _ in need]
-        if not self.guessing:
-            return guesses
-        base = [len(c) + len(t) for c, t in zip(chain, tree)] + [len(w) for _, _, w in ahead]
-        width = max(max(base), 1 + self.drafter.max_tokens)
-        for i, (row, _) in enumerate(need):
-            if width > base[i]:
-                guesses[i] = self._guess(self.rows[row], [] if chain[i] else [tree[i][0]], width - base[i])
-                self.guessed += len(guesses[i])
-        for j, (row, _, work) in enumerate(ahead):
-            st, room = self.rows[row], width - base[len(need) + j]
-            a = st.ahead
-            if room <= 0 or a is None or a.candidate != st.index:
-                continue
-            accept = [tok for tok, f in work if f]
-            m = len(a.tokens) + len(accept)  # the chain position of the first guess
-            if m < len(a.sets):  # known there: a first candidate (or a token that ends the episode)
-                if len(a.sets[m]) > 1 and self._continues(st, m + 1, a.tokens[-1] if a.tokens else st.candidate):
-                    guessed = [a.sets[m].top]  # forwarded as it is known, not guessed
-                else:
-                    continue
-            elif m and m - 1 < len(a.sets) and len(a.sets[m - 1]) > 1:
-                continue  # the last token forwarded is a first candidate: the chain ends there
-            else:
-                guessed = self._guess(st, [st.candidate, *a.tokens, *accept], room)
-                self.guessed += len(guessed)
-            if not guessed:
-                continue
-            slots = [st.slot_of(st.index), *a.slots]
-            at = st.scratch_end + len(accept)  # the guesses' first slot, before the sibling's
-            new = [(tok, slots + list(range(st.scratch_end, at + i))) for i, tok in enumerate(guessed)]
-            work[:] = [w for w in work if w[1]] + new + [w for w in work if not w[1]]
-        return guesses
-
-    def _guess(self, st: RowState, extra: list[int], count: int) -> list[int]:
-        """Up to ``count`` guesses after the row's tokens and ``extra`` (tokens past them, not committed),
-        while the episode would go on after them: none after an EOS or the length limit, none past a guessed
-        EOS."""
-        room = self.config.max_new_tokens - len(st.response) - len(extra)
-        if room <= 0 or any(t in self.eos for t in extra):
-            return []
-        out = self.drafter.draft(st.seen, extra, min(count, room))
-        for i, token in enumerate(out):
-            if token in self.eos:
-                return out[: i + 1]
-        return out
-
     def _resolve_sets(self, engine: ReplicaEngine, items: list[tuple[int, int]]) -> None:
         """Give every NEED_LOGITS row of ``items`` its candidate set (taking single-token sets), one
         output-head call per pass; with ``lookahead`` the same call computes the sets wanted by READY
@@ -788,82 +495,3 @@ class AcceptRejectDecoder:
                     st.use_chunk(0, 1, after.hidden[after.taken], after.slots[after.taken] - (after.taken + 1))
                 else:
                     st.phase = Phase.NEED_FORWARD
-
-    def _learn_chain(self, st: RowState, a: Lookahead, since: int) -> None:
-        """Teach the drafter the greedy tokens of the sets a READY row's work ahead just took (positions
-        ``since`` on); a taken chain's sets are learnt as the row takes them."""
-        if not self.guessing:
-            return
-        # position m's context: the row's tokens, the candidate under decision, the chain's tokens before m
-        base = [*st.seen.tokens[-3:], st.candidate]
-        for m in range(since, len(a.sets)):
-            self.drafter.learn(base + a.tokens[:m], a.sets[m].top)
-
-    @staticmethod
-    def _known_set(st: RowState) -> CandidateSet | None:
-        """The set after a row's last committed token, if work ahead computed it."""
-        if st.after is not None and st.after.taken < len(st.after.sets):
-            return st.after.sets[st.after.taken]
-        return None
-
-    def _continues(self, st: RowState, nth: int, token: int) -> bool:
-        """Whether a row's episode goes on after committing ``token`` as its ``nth`` token from now."""
-        return token not in self.eos and len(st.response) + nth < self.config.max_new_tokens
-
-    def _ahead(self, st: RowState) -> Lookahead | None:
-        """A READY row's work past its candidate under decision (started if new), or None when the episode
-        would end with the candidate."""
-        if st.ahead is None or st.ahead.candidate != st.index:
-            st.ahead = Lookahead(candidate=st.index) if self._continues(st, 1, st.candidate) else None
-        return st.ahead
-
-    def _sets_wanted(self, items: list[tuple[int, int]]) -> list[tuple[RowState, list[HiddenRef]]]:
-        """READY rows whose work ahead waits for candidate sets, with the hidden states that give them (the
-        candidate's for the set after it, each token's forwarded ahead for the set after that token)."""
-        wanted = []
-        for row, _ in items:
-            st = self.rows[row]
-            if st.phase is not Phase.READY or (a := self._ahead(st)) is None:
-                continue
-            sources = a.sources(st.candidate_hidden)
-            if sources:
-                wanted.append((st, sources))
-        return wanted
-
-    def _work_ahead(self, items: list[tuple[int, int]]) -> list[tuple[int, int, list[tuple[int, list[int]]]]]:
-        """What READY rows forward ahead in this round, at most one known token per branch (guesses are added
-        by :meth:`_guesses`): ``(row, local row, [(token, followed slots), ...])``, the tokens going to the
-        row's scratch from ``scratch_end`` on (module docstring).
-
-        The accept branch's next token follows the candidate's scratch slot and those of the tokens forwarded
-        after it; the reject branch's next candidate follows nothing (it is one more alternative for the
-        position).
-        """
-        work = []
-        for row, local in items:
-            st = self.rows[row]
-            if st.phase is not Phase.READY:
-                continue
-            tokens: list[tuple[int, list[int]]] = []
-            a = self._ahead(st)
-            if a is not None and len(a.sets) == len(a.tokens) + 1:
-                m = len(a.tokens)  # tokens forwarded ahead so far, all forced
-                nxt = a.sets[m]
-                token = nxt.top
-                # a forced token would be the row's (m + 2)-th token from now: forward it only if the episode
-                # goes on after it (its hidden state gives the next set); a first candidate is a decision
-                if (len(nxt) > 1 and self.ahead_both) or (len(nxt) == 1 and self._continues(st, m + 2, token)):
-                    tokens.append((token, [st.slot_of(st.index), *a.slots]))
-            k, n = st.index + 1, len(st.cands)
-            if (
-                st.sibling is None
-                and k < n
-                and not st.in_chunk(k)
-                and (
-                    (k < n - 1 and self.ahead_both) or (k == n - 1 and self._continues(st, 1, int(st.cands.tokens[k])))
-                )
-            ):
-                tokens.append((int(st.cands.tokens[k]), []))
-            if tokens or (a is not None and self.guessing):  # a row with no known token may still guess
-                work.append((row, local, tokens))
-        return work

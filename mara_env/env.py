@@ -10,9 +10,9 @@ from gymnasium import spaces
 
 from mara_env.config import MARAConfig
 from mara_env.core import Decisions, MARACore
-from mara_env.decoder import RowState
 from mara_env.observation import ObservationLayout
 from mara_env.rendering import RENDER_FPS, RENDER_MODES, check_render_mode, text_frame
+from mara_env.row_state import RowState
 
 
 def parse_action(action: Any, name: str = "action") -> int:

