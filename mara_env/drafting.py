@@ -91,7 +91,8 @@ class Drafter:
         return out
 
     def learn(self, context: Sequence[int], token: int) -> None:
-        """Record that the LLM's greedy token after ``context`` (its last tokens suffice) is ``token``."""
+        """Record that the LLM's greedy token after ``context`` is ``token``. ``context`` is everything before that
+        token (the row's prompt and response, then tokens past them); this drafter keeps its n-grams."""
         for n in ORDERS:
             if len(context) >= n:
                 self.shared[tuple(context[-n:])] = int(token)

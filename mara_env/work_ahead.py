@@ -122,7 +122,7 @@ class WorkAhead:
         if not self.guessing:
             return
         # position m's context: the row's tokens, the candidate under decision, the chain's tokens before m
-        base = [*st.seen.tokens[-3:], st.candidate]
+        base = [*st.seen.tokens, st.candidate]
         for m in range(since, len(a.sets)):
             self.drafter.learn(base + a.tokens[:m], a.sets[m].top)
 
