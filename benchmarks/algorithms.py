@@ -101,7 +101,8 @@ from agents.generation import MARAGenerator
 from agents.registry import ALGORITHMS, get_spec, resolve_kwargs
 from agents.registry import make_algorithm as build_algorithm
 from agents.training.callbacks import EvaluationCallback, MARALoggingCallback
-from agents.training.runner import learn, make_env
+from agents.training.environment import make_env
+from agents.training.runner import learn
 from mara_env import LLMReplica, MARAConfig, TerminalReward, load_replicas
 from mara_env.prompts import held_out_part
 from mara_env.variants import VARIANTS, variant_settings

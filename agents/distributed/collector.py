@@ -23,7 +23,9 @@ from agents.accept import accept_probabilities, kl_increment
 from agents.distributed.batch import TransitionBatch
 from agents.distributed.policy_sync import PolicySnapshot, apply_behaviour_settings, load_snapshot
 from agents.errors import INPUT_ERRORS, describe
+from agents.registry import make_algorithm
 from agents.training.callbacks import EPISODE_METRICS
+from agents.training.environment import make_env
 from agents.training.run_config import RunConfig
 
 __all__ = ["Collector", "CollectorError"]
@@ -60,9 +62,6 @@ class Collector:
 
     def _build(self, config: RunConfig, threads: int) -> None:
         import torch
-
-        from agents.registry import make_algorithm
-        from agents.training.runner import make_env
 
         torch.set_num_threads(max(1, int(threads)))
         env_kwargs = dict(config.env_kwargs)

@@ -16,9 +16,9 @@ A run folder::
     teacher-demonstrations.npz   with train.teacher_bc > 0: the demonstrated decisions, for --resume
     cluster.json       with train.collectors: where each Ray collector ran and what it delivered
 
-:func:`make_env` and :func:`learn` are the steps every training shares (``mara train`` and
-``benchmarks/algorithms.py``): the vector environment SB3 trains on, and ``model.learn`` with the
-logging callback. With ``train.collectors`` set, Ray collector actors step the environments and
+:func:`~agents.training.environment.make_env` and :func:`learn` are the steps every training shares
+(``mara train`` and ``benchmarks/algorithms.py``): the vector environment SB3 trains on, and
+``model.learn`` with the logging callback. With ``train.collectors`` set, Ray collector actors step the environments and
 this process learns (:class:`agents.distributed.DistributedLearner`), with the same run folder,
 checkpoints and resumption. Nothing a run does destroys finished work: see :func:`train_run` for ``replace``
 and :func:`resume_run` for damaged checkpoints.
@@ -42,6 +42,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import CSVOutputFormat, HumanOutputFormat, Logger, make_output_format
 
 from agents.agent_file import AGENT_SETTINGS, AGENT_WEIGHTS, save_agent_file
+from agents.distributed import DistributedLearner
 from agents.errors import CommandFailed, describe
 from agents.files import copy_atomic, write_text_atomic
 from agents.loading import load_algorithm
@@ -67,6 +68,7 @@ from agents.training.checkpoints import (
     recover_checkpoint,
     set_aside_damaged,
 )
+from agents.training.environment import make_env
 from agents.training.hparams import log_run_config
 from agents.training.run_config import RunConfig, check_agent_flags
 from agents.training.run_lock import run_lock
@@ -81,7 +83,6 @@ __all__ = [
     "TENSORBOARD_DIR",
     "check_out",
     "learn",
-    "make_env",
     "make_logger",
     "put_back_replaced",
     "resume_run",
@@ -109,22 +110,6 @@ _RESUMABLE_CHANGES = {
     "train.collector_gpus",
     "train.collect_steps",
 }
-
-
-def make_env(env_id: str, num_envs: int, **env_kwargs: Any) -> Any:
-    """``VecMonitor(SB3VecEnv(gym.make_vec(env_id, num_envs, **env_kwargs)))``: what every MARA training steps.
-
-    :param env_id: ``"MARA-v1"`` or ``"MARA-v0"``.
-    :param num_envs: sub-environments batched through the LLM.
-    :param env_kwargs: :class:`mara_env.MARAConfig` settings (``llm`` may be loaded replicas).
-    """
-    import gymnasium as gym
-    from stable_baselines3.common.vec_env import VecMonitor
-
-    import mara_env  # noqa: F401  (registers the ids)
-    from mara_env.sb3 import SB3VecEnv
-
-    return VecMonitor(SB3VecEnv(gym.make_vec(env_id, num_envs=num_envs, **env_kwargs)))
 
 
 def learn(
@@ -362,8 +347,6 @@ def _train_run(
     distributed = None
     if config.train.collectors is not None:
         # Ray collectors step the environments; this process holds the learner (agents.distributed)
-        from agents.distributed import DistributedLearner
-
         distributed = DistributedLearner(config)
         venv = distributed.start()
         write_config = write_config or distributed.config != config
