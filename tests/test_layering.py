@@ -22,7 +22,6 @@ ALGORITHM_MODULES = (
     "agents.safe_unpickler",
     "agents.agent_file",
     "agents.accept",
-    "agents.algorithms",
     "agents.hints",
     "agents.files",
     "agents.errors",

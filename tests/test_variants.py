@@ -12,6 +12,7 @@ import pytest
 from conftest import TINY_PROMPTS
 
 import mara_env
+from agents.training.run_config import DEFAULT_RUN
 from mara_env.config import MARAConfig
 from mara_env.prompts import BUILTIN_PROMPT_SETS
 from mara_env.variants import VARIANTS, variant_settings
@@ -63,9 +64,8 @@ def test_variants_differ_as_named():
 
 
 def test_default_variant_is_the_default_run():
-    run_config = pytest.importorskip("agents.run_config")
     default = variant_settings("default")
-    for key, value in run_config.DEFAULT_RUN["env"].items():
+    for key, value in DEFAULT_RUN["env"].items():
         if key != "env_id":  # a variant is a task on either version; the version is named beside it
             assert default[key] == value, key
 
