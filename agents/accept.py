@@ -10,7 +10,7 @@ One reading of ``pi(accept | s)`` for every agent the package trains or loads:
   an actor in the authors' layout, a :class:`~agents.sac_discrete.policies.DiscreteActor`, a callable)
   into a function from observations to accept probabilities, with the observation layout it reads.
 
-This module imports ``mara_env`` only inside :func:`as_accept_function` (for the observation layout),
+Of ``mara_env`` this module uses only :class:`~mara_env.observation.ObservationLayout` (no LLM machinery),
 so :func:`accept_probabilities` works on any ``Discrete(2)`` environment. Example::
 
     >>> import numpy as np
@@ -31,6 +31,7 @@ from gymnasium import spaces
 from stable_baselines3.common.base_class import BaseAlgorithm
 
 from agents.sac_discrete.policies import DiscreteActor, DiscreteSACPolicy
+from mara_env.observation import ObservationLayout
 
 __all__ = ["AcceptFunction", "accept_probabilities", "as_accept_function", "kl_increment"]
 
@@ -107,16 +108,8 @@ def accept_probabilities(model: BaseAlgorithm, obs: np.ndarray, *, behaviour: bo
     return probs.detach().cpu().numpy().astype(np.float64)
 
 
-def _observation_layout(mode: str, hidden_size: int) -> Any:
-    from mara_env import ObservationLayout
-
-    return ObservationLayout(mode, hidden_size)
-
-
-def _layout_for(size: int, hidden_size: int, observation: str, what: str) -> Any:
+def _layout_for(size: int, hidden_size: int, observation: str, what: str) -> ObservationLayout:
     """The observation layout an agent that reads vectors of ``size`` needs on an LLM of ``hidden_size``."""
-    from mara_env import ObservationLayout
-
     try:
         found = ObservationLayout.for_size(size, hidden_size)
     except ValueError:
@@ -142,7 +135,7 @@ def _layout_for(size: int, hidden_size: int, observation: str, what: str) -> Any
 
 def as_accept_function(
     agent: Any, hidden_size: int, device: str | th.device = "auto", observation: str = "auto"
-) -> tuple[AcceptFunction, Any]:
+) -> tuple[AcceptFunction, ObservationLayout]:
     """Turn any supported agent into a function from observations to accept probabilities.
 
     :param agent: a trained SB3 model (``DiscreteSAC``, PPO, A2C, DQN, QR-DQN); the path of a saved SB3
@@ -156,7 +149,8 @@ def as_accept_function(
     :return: the function and the observation layout to feed it.
     """
     if isinstance(agent, (str, os.PathLike)):
-        # agents.loading imports every SB3 algorithm class; only needed for files
+        # Only for files: agents.loading imports every registered algorithm (sb3-contrib's QR-DQN among them),
+        # which decoding alone must not need (benchmarks/gpu_suite.py runs on torch, transformers and a short list)
         from agents.loading import load_agent
 
         agent = load_agent(agent, device=device)
@@ -194,7 +188,7 @@ def as_accept_function(
                 )
             return out
 
-        return checked, _observation_layout("hidden" if observation == "auto" else observation, hidden_size)
+        return checked, ObservationLayout("hidden" if observation == "auto" else observation, hidden_size)
     raise TypeError(
         f"agent: cannot use a {type(agent).__name__}. Pass a trained SB3 model, the path of its .zip, an actor in "
         "the authors' layout (.pt), or a callable observations -> accept probabilities."

@@ -18,7 +18,7 @@ and :data:`MOVED_MODULES` maps any path that has since moved to where the class 
     >>> type(load_algorithm(saved, device="cpu").policy).__name__
     'AnchoredActorCriticPolicy'
 
-Like the registry, this module never imports ``mara_env``.
+Like the registry, this module loads none of ``mara_env``'s LLM machinery.
 """
 
 from __future__ import annotations

@@ -20,44 +20,22 @@ Every setting can still be given to either id; the id only sets these defaults.
 **Public API.** Everything in :data:`__all__`, which includes what code outside the package (the
 ``agents`` generator, evaluation and CLI) builds on: the decoding session that sets up the LLM and hands
 out the decoder both environments run (:class:`DecodingSession`, :class:`AcceptRejectDecoder`,
-:class:`DecoderConfig`, :class:`Phase`), the observation of a decision
-(:func:`observe`, :class:`ObservationLayout`), the prompt format and its length rule
-(:class:`PromptFormat`, :class:`PromptEncoder`, :func:`default_max_prompt_tokens`), candidate sets, the
-chunk rules (:func:`resolve_chunking`, :class:`AdaptiveChunks`), the scorers (:class:`TerminalReward`)
-and the prompt sets (:class:`PromptSet`, :func:`held_out_prompts`). Other module attributes are internals.
+:class:`DecoderConfig`, :class:`Phase`), what an agent may know about an environment
+(:class:`AgentContract`), the observation of a decision (:func:`observe`, :class:`ObservationLayout`),
+the prompt format and its length rule (:class:`PromptFormat`, :class:`PromptEncoder`,
+:func:`default_max_prompt_tokens`), candidate sets, the chunk rules (:func:`resolve_chunking`,
+:class:`AdaptiveChunks`), the scorers (:class:`TerminalReward`) and the prompt sets (:class:`PromptSet`,
+:func:`held_out_prompts`). Other module attributes are internals.
+
+The names load on first use, so that ``import mara_env`` (and :mod:`mara_env.contract`, which agents
+read) does not load transformers and the LLM machinery until an environment is made.
 """
 
+from importlib import import_module
 from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
 from gymnasium.envs.registration import register, registry
-
-from mara_env.candidates import CandidateConfig, CandidateSet, candidate_sets
-from mara_env.chunking import AdaptiveChunks, FixedChunks, make_chunk_rule
-from mara_env.config import (
-    ADAPTIVE_CHUNKS,
-    AUTO_CHUNK_SIZE,
-    ChunkPlan,
-    MARAConfig,
-    resolve_chunk_size,
-    resolve_chunking,
-    type_problem,
-)
-from mara_env.decoder import AcceptRejectDecoder, DecoderConfig, Phase
-from mara_env.env import TokenAcceptRejectEnv
-from mara_env.llm import (
-    EMBEDDED_LLM,
-    LLMReplica,
-    PromptEncoder,
-    PromptFormat,
-    default_max_prompt_tokens,
-    load_replicas,
-)
-from mara_env.observation import REFERENCE_FEATURES, ObservationLayout, observe
-from mara_env.prompts import PromptSet, held_out_prompts
-from mara_env.scoring import TerminalReward, TerminalScores
-from mara_env.session import DecodingSession
-from mara_env.variants import VARIANTS, variant_settings
-from mara_env.vector_env import TokenAcceptRejectVectorEnv
 
 __all__ = [
     "ADAPTIVE_CHUNKS",
@@ -69,6 +47,7 @@ __all__ = [
     "VERSIONS",
     "AcceptRejectDecoder",
     "AdaptiveChunks",
+    "AgentContract",
     "CandidateConfig",
     "CandidateSet",
     "ChunkPlan",
@@ -98,6 +77,45 @@ __all__ = [
     "variant_settings",
 ]
 
+#: Where each export lives, loaded on first use.
+_EXPORTS = {
+    "ADAPTIVE_CHUNKS": "mara_env.config",
+    "AUTO_CHUNK_SIZE": "mara_env.config",
+    "EMBEDDED_LLM": "mara_env.llm",
+    "REFERENCE_FEATURES": "mara_env.observation",
+    "VARIANTS": "mara_env.variants",
+    "AcceptRejectDecoder": "mara_env.decoder",
+    "AdaptiveChunks": "mara_env.chunking",
+    "AgentContract": "mara_env.contract",
+    "CandidateConfig": "mara_env.candidates",
+    "CandidateSet": "mara_env.candidates",
+    "ChunkPlan": "mara_env.config",
+    "DecoderConfig": "mara_env.decoder",
+    "DecodingSession": "mara_env.session",
+    "FixedChunks": "mara_env.chunking",
+    "LLMReplica": "mara_env.llm",
+    "MARAConfig": "mara_env.config",
+    "ObservationLayout": "mara_env.observation",
+    "Phase": "mara_env.decoder",
+    "PromptEncoder": "mara_env.llm",
+    "PromptFormat": "mara_env.llm",
+    "PromptSet": "mara_env.prompts",
+    "TerminalReward": "mara_env.scoring",
+    "TerminalScores": "mara_env.scoring",
+    "TokenAcceptRejectEnv": "mara_env.env",
+    "TokenAcceptRejectVectorEnv": "mara_env.vector_env",
+    "candidate_sets": "mara_env.candidates",
+    "default_max_prompt_tokens": "mara_env.llm",
+    "held_out_prompts": "mara_env.prompts",
+    "load_replicas": "mara_env.llm",
+    "make_chunk_rule": "mara_env.chunking",
+    "observe": "mara_env.observation",
+    "resolve_chunk_size": "mara_env.config",
+    "resolve_chunking": "mara_env.config",
+    "type_problem": "mara_env.config",
+    "variant_settings": "mara_env.variants",
+}
+
 try:
     #: The installed distribution's version (``pyproject.toml`` is the one place it is written).
     __version__ = version("mara-rl")
@@ -120,3 +138,16 @@ for _id, _defaults in VERSIONS.items():
             vector_entry_point="mara_env.vector_env:TokenAcceptRejectVectorEnv",
             kwargs=dict(_defaults),
         )
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name]), name)
+    raise AttributeError(
+        f"module 'mara_env' has no attribute {name!r}; internals are imported from their module "
+        "(e.g. mara_env.session.DecodingSession, mara_env.decoder.DecoderConfig)."
+    )
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -101,7 +101,7 @@ class Collector:
             "observation_space": self.venv.observation_space,
             "action_space": self.venv.action_space,
             "config": self.venv.get_attr("config")[0],
-            "observation_layout": self.venv.get_attr("observation_layout")[0],
+            "agent_contract": self.venv.get_attr("agent_contract")[0],
         }
 
     def reset(self, seed: int | None) -> None:
