@@ -323,7 +323,8 @@ def calibrate(replica: Any, prompts: Sequence[str], target_mean: float = REAL_SE
     distribution), and the mean set size falls as ``s`` grows, so ``s`` is found by bisection on
     ``log s`` over the logits of every position of the prompts (one forward each).
     """
-    from mara_env import CandidateConfig, PromptFormat, candidate_sets
+    from mara_env.candidates import CandidateConfig, candidate_sets
+    from mara_env.llm import PromptFormat
 
     model = replica.model
     fmt = PromptFormat(replica.tokenizer)

@@ -17,15 +17,13 @@ Importing this package registers two versions of the task::
 Every setting can still be given to either id; the id only sets these defaults.
 ``gym.make("mara_env:MARA-v1")`` imports the package itself.
 
-**Public API.** Everything in :data:`__all__`, which includes what code outside the package (the
-``agents`` generator, evaluation and CLI) builds on: the decoding session that sets up the LLM and hands
-out the decoder both environments run (:class:`DecodingSession`, :class:`AcceptRejectDecoder`,
-:class:`DecoderConfig`, :class:`Phase`), what an agent may know about an environment
-(:class:`AgentContract`), the observation of a decision (:func:`observe`, :class:`ObservationLayout`),
-the prompt format and its length rule (:class:`PromptFormat`, :class:`PromptEncoder`,
-:func:`default_max_prompt_tokens`), candidate sets, the chunk rules (:func:`resolve_chunking`,
-:class:`AdaptiveChunks`), the scorers (:class:`TerminalReward`) and the prompt sets (:class:`PromptSet`,
-:func:`held_out_prompts`). Other module attributes are internals.
+**Public API.** What a user of the environment needs, in :data:`__all__`: the two environments and
+their settings (:class:`MARAConfig`, :data:`VERSIONS`, :data:`VARIANTS`), what an agent may know about
+one (:class:`AgentContract`, :class:`ObservationLayout`), the LLM replicas several environments can share
+(:func:`load_replicas`), the scorers (:class:`TerminalReward`) and the prompt sets (:class:`PromptSet`,
+:func:`held_out_prompts`). The machinery under them (the decoding session, the decoder, candidate sets,
+chunk rules, prompt formats) is importable from its own module (:mod:`mara_env.session`,
+:mod:`mara_env.decoder`, ...) for code that builds on it, such as ``agents``' generator.
 
 The names load on first use, so that ``import mara_env`` (and :mod:`mara_env.contract`, which agents
 read) does not load transformers and the LLM machinery until an environment is made.
@@ -38,81 +36,41 @@ from typing import Any
 from gymnasium.envs.registration import register, registry
 
 __all__ = [
-    "ADAPTIVE_CHUNKS",
-    "AUTO_CHUNK_SIZE",
     "EMBEDDED_LLM",
     "MARA_V1",
     "REFERENCE_FEATURES",
     "VARIANTS",
     "VERSIONS",
-    "AcceptRejectDecoder",
-    "AdaptiveChunks",
     "AgentContract",
-    "CandidateConfig",
-    "CandidateSet",
-    "ChunkPlan",
-    "DecoderConfig",
-    "DecodingSession",
-    "FixedChunks",
     "LLMReplica",
     "MARAConfig",
     "ObservationLayout",
-    "Phase",
-    "PromptEncoder",
-    "PromptFormat",
     "PromptSet",
     "TerminalReward",
     "TerminalScores",
     "TokenAcceptRejectEnv",
     "TokenAcceptRejectVectorEnv",
-    "candidate_sets",
-    "default_max_prompt_tokens",
     "held_out_prompts",
     "load_replicas",
-    "make_chunk_rule",
-    "observe",
-    "resolve_chunk_size",
-    "resolve_chunking",
-    "type_problem",
     "variant_settings",
 ]
 
 #: Where each export lives, loaded on first use.
 _EXPORTS = {
-    "ADAPTIVE_CHUNKS": "mara_env.config",
-    "AUTO_CHUNK_SIZE": "mara_env.config",
     "EMBEDDED_LLM": "mara_env.llm",
     "REFERENCE_FEATURES": "mara_env.observation",
     "VARIANTS": "mara_env.variants",
-    "AcceptRejectDecoder": "mara_env.decoder",
-    "AdaptiveChunks": "mara_env.chunking",
     "AgentContract": "mara_env.contract",
-    "CandidateConfig": "mara_env.candidates",
-    "CandidateSet": "mara_env.candidates",
-    "ChunkPlan": "mara_env.config",
-    "DecoderConfig": "mara_env.decoder",
-    "DecodingSession": "mara_env.session",
-    "FixedChunks": "mara_env.chunking",
     "LLMReplica": "mara_env.llm",
     "MARAConfig": "mara_env.config",
     "ObservationLayout": "mara_env.observation",
-    "Phase": "mara_env.decoder",
-    "PromptEncoder": "mara_env.llm",
-    "PromptFormat": "mara_env.llm",
     "PromptSet": "mara_env.prompts",
     "TerminalReward": "mara_env.scoring",
     "TerminalScores": "mara_env.scoring",
     "TokenAcceptRejectEnv": "mara_env.env",
     "TokenAcceptRejectVectorEnv": "mara_env.vector_env",
-    "candidate_sets": "mara_env.candidates",
-    "default_max_prompt_tokens": "mara_env.llm",
     "held_out_prompts": "mara_env.prompts",
     "load_replicas": "mara_env.llm",
-    "make_chunk_rule": "mara_env.chunking",
-    "observe": "mara_env.observation",
-    "resolve_chunk_size": "mara_env.config",
-    "resolve_chunking": "mara_env.config",
-    "type_problem": "mara_env.config",
     "variant_settings": "mara_env.variants",
 }
 

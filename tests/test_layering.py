@@ -160,3 +160,16 @@ def test_lazy_evaluation_names_are_the_pipelines_exports() -> None:
 
     assert set(pipeline.__all__) == evaluation._PIPELINE
     assert set(evaluation.__all__) >= evaluation._PIPELINE
+
+
+def test_mara_env_exports_what_a_user_of_the_environment_needs() -> None:
+    import mara_env
+
+    # every public name resolves (loaded on first use), and only those are the package's
+    assert set(mara_env.__all__) == set(mara_env._EXPORTS) | {"MARA_V1", "VERSIONS"}
+    for name in mara_env.__all__:
+        assert getattr(mara_env, name) is not None, name
+    # the machinery under the environments stays in its modules
+    with pytest.raises(AttributeError, match="internals are imported from their module"):
+        mara_env.DecoderConfig  # noqa: B018
+    from mara_env.decoder import DecoderConfig  # noqa: F401
