@@ -76,7 +76,6 @@ import math
 import os
 import platform
 import shutil
-import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields, replace
@@ -86,10 +85,6 @@ from typing import Any
 
 import numpy as np
 import torch as th
-
-# Runnable as a script from anywhere in the repository
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from stable_baselines3.common.logger import configure
 from tqdm.auto import tqdm
 

@@ -93,8 +93,6 @@ from typing import Any
 import torch
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))  # the sibling benchmark scripts whose runners this suite reuses
-sys.path.insert(0, str(HERE.parent))  # the repository: mara_env, agents
 # A GPU machine for this suite has no internet: never wait on the model hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
