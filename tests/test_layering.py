@@ -153,6 +153,12 @@ def test_application_modules_do_not_import_the_command_line(module: str) -> None
     assert not {name for name in loaded if name == "agents.cli" or name.startswith("agents.cli.")}, module
 
 
+def test_generation_does_not_import_the_evaluation() -> None:
+    # the evaluation generates answers; generation needs nothing of it (the shared counts live below both)
+    loaded = _loaded_after_import("agents.generation")
+    assert not {name for name in loaded if name.startswith("agents.evaluation")}
+
+
 def test_lazy_evaluation_names_are_the_pipelines_exports() -> None:
     # agents.evaluation lists the pipeline's names by hand, to load it only on first use
     import agents.evaluation as evaluation
