@@ -25,9 +25,11 @@ def bench():
     """``benchmarks/algorithms.py`` as a module (benchmarks/ is not a package)."""
     spec = importlib.util.spec_from_file_location("benchmark_algorithms", BENCHMARK)
     module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the file executes
-    spec.loader.exec_module(module)
-    yield module
+    with pytest.MonkeyPatch.context() as patch:
+        patch.syspath_prepend(str(BENCHMARK.parent))  # as running the script does: its siblings are importable
+        sys.modules[spec.name] = module  # dataclasses look their module up while the file executes
+        spec.loader.exec_module(module)
+        yield module
     sys.modules.pop(spec.name, None)
 
 
