@@ -71,6 +71,7 @@ from agents.training.checkpoints import (
 from agents.training.environment import make_env
 from agents.training.hparams import log_run_config
 from agents.training.run_config import RunConfig, check_agent_flags
+from agents.training.run_folder import CONFIG_FILE, replaced_path
 from agents.training.run_lock import run_lock
 
 __all__ = [
@@ -81,15 +82,12 @@ __all__ = [
     "SUMMARY_FILE",
     "TEACHER_FILE",
     "TENSORBOARD_DIR",
-    "check_out",
     "learn",
     "make_logger",
-    "put_back_replaced",
     "resume_run",
     "train_run",
 ]
 
-CONFIG_FILE = "config.yaml"
 #: Distributed runs: where each collector ran (node, GPUs, LLM devices) and what it delivered.
 CLUSTER_FILE = "cluster.json"
 PROGRESS_FILE = "progress.csv"
@@ -97,8 +95,6 @@ SUMMARY_FILE = "summary.json"
 TEACHER_FILE = "teacher.json"
 DEMONSTRATIONS_FILE = "teacher-demonstrations.npz"
 TENSORBOARD_DIR = "tb"
-#: ``<out>`` + this: where ``--overwrite`` keeps the replaced run until the new run's first checkpoint.
-REPLACED_SUFFIX = ".overwritten"
 
 # Settings that --resume may change: the run's length, how progress is shown, and where it runs (the
 # learner's model and replay buffer are the same with or without Ray collectors, on any cluster).
@@ -132,57 +128,6 @@ def learn(
         log_interval=None,
         reset_num_timesteps=reset_num_timesteps,
         progress_bar=progress_bar,
-    )
-
-
-def check_out(out: Path, *, overwrite: bool) -> None:
-    """Refuse an ``--out`` that a new run may not use; changes nothing."""
-    if out.exists() and not out.is_dir():
-        raise FileExistsError(f"--out {out} is a file, not a folder.")
-    if not (out.is_dir() and any(out.iterdir())):
-        return
-    if overwrite:
-        if not (out / CONFIG_FILE).is_file():  # --overwrite replaces a folder; only ever one that a run made
-            raise FileExistsError(
-                f"--overwrite only replaces run folders (with {CONFIG_FILE}); {out} is not one. Choose another --out."
-            )
-        return
-    never_saved = not any(out.glob(CHECKPOINT_DIR + "*")) and not (out / MODEL_FILE).exists()
-    if (out / CONFIG_FILE).is_file() and never_saved:
-        raise FileExistsError(
-            f"{out} holds a run that stopped before its first checkpoint (it has no trained model): pass --resume to "
-            "start it again with its own settings, --overwrite to replace it with these, or choose another --out."
-        )
-    raise FileExistsError(
-        f"{out} already exists and is not empty: pass --overwrite to replace it, --resume to continue the run in it, "
-        "or choose another --out."
-    )
-
-
-def _replaced(out: Path) -> Path:
-    """Where ``--overwrite`` keeps the run it replaces until the new run's first checkpoint."""
-    return out.with_name(out.name + REPLACED_SUFFIX)
-
-
-def put_back_replaced(out: Path) -> None:
-    """Finish what a killed ``--overwrite`` left: drop the replaced run, or put it back if the new one never started.
-
-    The replaced run is deleted right after the new run's first checkpoint; a kill before that leaves
-    it in ``<out>.overwritten``, and since the new run then holds nothing to resume, the old one comes back.
-    """
-    aside = _replaced(out)
-    if not aside.is_dir():
-        return
-    if out.is_dir() and recover_checkpoint(out) is not None:
-        shutil.rmtree(aside)  # killed between the first checkpoint and the deletion
-        return
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(aside, out)
-    print(
-        f"mara train: note: an earlier --overwrite of {out} stopped before the new run's first checkpoint; the run it "
-        f"replaced is back in {out}.",
-        file=sys.stderr,
     )
 
 
@@ -392,8 +337,8 @@ def _train_run(
         created = not out.exists()
         try:
             if replace and out.is_dir() and any(out.iterdir()):
-                os.replace(out, _replaced(out))
-                aside = _replaced(out)  # only once it is there: the undo below deletes out
+                os.replace(out, replaced_path(out))
+                aside = replaced_path(out)  # only once it is there: the undo below deletes out
             out.mkdir(parents=True, exist_ok=True)
             if write_config:
                 config.dump(out / CONFIG_FILE)
