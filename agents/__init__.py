@@ -3,8 +3,9 @@
 - The algorithms (``agents.sac_discrete`` with its policies, ``agents.reference_anchor``,
   ``agents.presets``, ``agents.hyperparameters``, ``agents.registry``, ``agents.safe_unpickler``,
   ``agents.agent_file``, ``agents.loading``,
-  ``agents.accept``): they work on any Gymnasium environment with a ``Discrete`` action space and never
-  import ``mara_env`` (``tests/test_layering.py``).
+  ``agents.accept``): they work on any Gymnasium environment with a ``Discrete`` action space; of
+  ``mara_env`` they know only the :class:`~mara_env.contract.AgentContract` a MARA environment publishes
+  (``mara_env.contract``, without the LLM machinery; ``tests/test_layering.py``).
 - The application on top, which uses ``mara_env``: ``agents.generation`` (aligned generation),
   ``agents.reward_guided`` (the ARGS baseline), ``agents.evaluation`` (statistics, results, figures,
   report, the evaluation pipeline), ``agents.training`` (run config, callbacks, checkpoints, the runner)

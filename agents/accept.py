@@ -5,12 +5,15 @@ One reading of ``pi(accept | s)`` for every agent the package trains or loads:
 - :func:`accept_probabilities` asks an SB3 model of any registered algorithm (DiscreteSAC, PPO, A2C,
   DQN, QR-DQN) for ``P(accept)`` on observation rows; training logs and the generator both use it;
 - :func:`kl_increment` is each decision's term of the single-sample KL estimate of the policy
-  from the reference, the same for the training logs and generated answers;
+  from the reference, the same for the training logs and generated answers; :class:`EpisodeKL` sums it
+  over each sub-environment's episode with the behaviour policy's probabilities
+  (:func:`behaviour_accept_probabilities`: uniform during an off-policy warm-up, :func:`uniform_warmup`), for
+  single-process training and the distributed collectors alike;
 - :func:`as_accept_function` turns anything that can serve as a MARA agent (a model, its saved zip,
   an actor in the authors' layout, a :class:`~agents.sac_discrete.policies.DiscreteActor`, a callable)
   into a function from observations to accept probabilities, with the observation layout it reads.
 
-This module imports ``mara_env`` only inside :func:`as_accept_function` (for the observation layout),
+Of ``mara_env`` this module uses only :class:`~mara_env.observation.ObservationLayout` (no LLM machinery),
 so :func:`accept_probabilities` works on any ``Discrete(2)`` environment. Example::
 
     >>> import numpy as np
@@ -29,10 +32,20 @@ import numpy as np
 import torch as th
 from gymnasium import spaces
 from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 
 from agents.sac_discrete.policies import DiscreteActor, DiscreteSACPolicy
+from mara_env.observation import ObservationLayout
 
-__all__ = ["AcceptFunction", "accept_probabilities", "as_accept_function", "kl_increment"]
+__all__ = [
+    "AcceptFunction",
+    "EpisodeKL",
+    "accept_probabilities",
+    "as_accept_function",
+    "behaviour_accept_probabilities",
+    "kl_increment",
+    "uniform_warmup",
+]
 
 #: A function from observations ``(n, size)`` to accept probabilities (or 0/1 decisions) ``(n,)``.
 AcceptFunction = Callable[[np.ndarray], np.ndarray]
@@ -107,16 +120,56 @@ def accept_probabilities(model: BaseAlgorithm, obs: np.ndarray, *, behaviour: bo
     return probs.detach().cpu().numpy().astype(np.float64)
 
 
-def _observation_layout(mode: str, hidden_size: int) -> Any:
-    from mara_env import ObservationLayout
+def uniform_warmup(model: BaseAlgorithm, timesteps: int) -> bool:
+    """Whether ``model`` picks the actions of a step taken at ``timesteps`` uniformly at random.
 
-    return ObservationLayout(mode, hidden_size)
+    SB3's off-policy warm-up: before ``learning_starts``, unless gSDE samples the warm-up
+    (``use_sde_at_warmup``) or the algorithm warms up on its policy (DiscreteSAC's ``uniform_warmup`` False).
+
+    :param timesteps: ``num_timesteps`` before the step (the decisions taken so far).
+    """
+    if not isinstance(model, OffPolicyAlgorithm) or not getattr(model, "uniform_warmup", True):
+        return False
+    return timesteps < model.learning_starts and not (model.use_sde and model.use_sde_at_warmup)
 
 
-def _layout_for(size: int, hidden_size: int, observation: str, what: str) -> Any:
+def behaviour_accept_probabilities(model: BaseAlgorithm, obs: np.ndarray, timesteps: int) -> np.ndarray:
+    """The probability with which ``model`` accepts on each row in training at ``timesteps``: 0.5 during a
+    uniform warm-up (:func:`uniform_warmup`), else :func:`accept_probabilities` with ``behaviour=True``."""
+    if uniform_warmup(model, timesteps):
+        return np.full(len(obs), 0.5)
+    return accept_probabilities(model, obs, behaviour=True)
+
+
+class EpisodeKL:
+    """The single-sample KL estimate of each sub-environment's episode so far, from the behaviour policy.
+
+    ``KL(pi || reference) = sum_t log pi_b(a_t | s_t) - log p_ref(a_t | k_t)``, ``pi_b`` the policy that chose
+    the actions (:func:`behaviour_accept_probabilities`), ``log p_ref`` the step info's ``ref_logp``.
+
+    :param num_envs: sub-environments.
+    """
+
+    def __init__(self, num_envs: int) -> None:
+        self.totals = np.zeros(num_envs)
+
+    def step(
+        self, model: BaseAlgorithm, obs: np.ndarray, actions: np.ndarray, infos: list[dict[str, Any]], timesteps: int
+    ) -> None:
+        """Add one vector step: ``actions`` taken on ``obs`` at ``timesteps`` (before the step), and its ``infos``."""
+        p_accept = behaviour_accept_probabilities(model, obs, timesteps)
+        ref_logp = np.array([info.get("ref_logp", np.nan) for info in infos], dtype=np.float64)
+        self.totals += kl_increment(p_accept, np.asarray(actions).reshape(-1), ref_logp)
+
+    def finish(self, index: int) -> float:
+        """The estimate of sub-environment ``index``'s finished episode; its next episode starts at 0."""
+        value = float(self.totals[index])
+        self.totals[index] = 0.0
+        return value
+
+
+def _layout_for(size: int, hidden_size: int, observation: str, what: str) -> ObservationLayout:
     """The observation layout an agent that reads vectors of ``size`` needs on an LLM of ``hidden_size``."""
-    from mara_env import ObservationLayout
-
     try:
         found = ObservationLayout.for_size(size, hidden_size)
     except ValueError:
@@ -142,7 +195,7 @@ def _layout_for(size: int, hidden_size: int, observation: str, what: str) -> Any
 
 def as_accept_function(
     agent: Any, hidden_size: int, device: str | th.device = "auto", observation: str = "auto"
-) -> tuple[AcceptFunction, Any]:
+) -> tuple[AcceptFunction, ObservationLayout]:
     """Turn any supported agent into a function from observations to accept probabilities.
 
     :param agent: a trained SB3 model (``DiscreteSAC``, PPO, A2C, DQN, QR-DQN); the path of a saved SB3
@@ -156,7 +209,8 @@ def as_accept_function(
     :return: the function and the observation layout to feed it.
     """
     if isinstance(agent, (str, os.PathLike)):
-        # agents.loading imports every SB3 algorithm class; only needed for files
+        # Only for files: agents.loading imports every registered algorithm (sb3-contrib's QR-DQN among them),
+        # which decoding alone must not need (benchmarks/gpu_suite.py runs on torch, transformers and a short list)
         from agents.loading import load_agent
 
         agent = load_agent(agent, device=device)
@@ -194,7 +248,7 @@ def as_accept_function(
                 )
             return out
 
-        return checked, _observation_layout("hidden" if observation == "auto" else observation, hidden_size)
+        return checked, ObservationLayout("hidden" if observation == "auto" else observation, hidden_size)
     raise TypeError(
         f"agent: cannot use a {type(agent).__name__}. Pass a trained SB3 model, the path of its .zip, an actor in "
         "the authors' layout (.pt), or a callable observations -> accept probabilities."

@@ -37,7 +37,7 @@ and ``serve`` read it first. Example::
     >>> type(load_agent_file(folder, device="cpu")).__name__
     'PPO'
 
-Like the registry, this module never imports ``mara_env``.
+Like the registry, this module loads none of ``mara_env``'s LLM machinery.
 """
 
 from __future__ import annotations

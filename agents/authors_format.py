@@ -34,6 +34,9 @@ from torch import nn
 from agents.sac_discrete.policies import DiscreteActor
 from agents.sac_discrete.sac_discrete import DiscreteSAC
 
+#: File suffixes read as an actor in the authors' state-dict layout.
+AUTHORS_SUFFIXES = (".pt", ".pth", ".bin")
+
 #: Authors' module names, in the order of the corresponding modules of our actor
 AUTHORS_MODULES = ("ln", "linear1", "linear2", "output_linear")
 

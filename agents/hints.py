@@ -1,7 +1,7 @@
 """The "did you mean" hint of every error in ``agents`` that refuses an unknown name.
 
-``mara_env`` has its own (:mod:`mara_env.hints`): the algorithm modules never import ``mara_env``
-and ``mara_env`` never imports ``agents``, so each package keeps this one function.
+``mara_env`` has its own (:mod:`mara_env.hints`): ``mara_env`` never imports ``agents``, and the algorithm
+modules use nothing of ``mara_env`` but its agent contract, so each package keeps this one function.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 A value out of range rarely fails where it is given: ``batch_size=0`` trains on empty batches and
 ends in a "non-finite loss" that blames the data, ``gradient_steps=0`` silently never updates.
 :func:`range_problem` says what a value should have been; the registry
-(:func:`agents.algorithms.check_overrides`, for config files, flags and :func:`~agents.algorithms.make_algorithm`)
+(:func:`agents.registry.check_overrides`, for config files, flags and :func:`~agents.registry.make_algorithm`)
 and :class:`~agents.sac_discrete.DiscreteSAC`'s constructor (for direct use) both ask it.
 
 Example::

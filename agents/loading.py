@@ -18,7 +18,7 @@ and :data:`MOVED_MODULES` maps any path that has since moved to where the class 
     >>> type(load_algorithm(saved, device="cpu").policy).__name__
     'AnchoredActorCriticPolicy'
 
-Like the registry, this module never imports ``mara_env``.
+Like the registry, this module loads none of ``mara_env``'s LLM machinery.
 """
 
 from __future__ import annotations
@@ -40,13 +40,13 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.torch_layers import FlattenExtractor
 
 from agents.agent_file import AGENT_SETTINGS, is_agent_file, load_agent_file
-from agents.authors_format import UnsafeFileError, import_authors_actor, load_weights, weights_error
+from agents.authors_format import AUTHORS_SUFFIXES, UnsafeFileError, import_authors_actor, load_weights, weights_error
+from agents.hub import hub_agent_path
 from agents.registry import ALGORITHMS, get_spec
 from agents.sac_discrete.policies import DiscreteActor
 from agents.safe_unpickler import UnsafePickleError, safe_loads
 
 __all__ = [
-    "AUTHORS_SUFFIXES",
     "MOVED_MODULES",
     "detect_algorithm",
     "load_agent",
@@ -54,9 +54,6 @@ __all__ = [
     "load_authors_actor",
     "read_saved_data",
 ]
-
-#: File suffixes read as an actor in the authors' state-dict layout.
-AUTHORS_SUFFIXES = (".pt", ".pth", ".bin")
 
 #: Module paths that pickled classes of earlier saves name -> where those classes live now. The policy
 #: classes of every release so far kept their module (``agents.sac_discrete.policies``,
@@ -241,7 +238,7 @@ def load_agent(path: str | os.PathLike, device: str | th.device = "auto") -> Bas
 
     - an agent file (:mod:`agents.agent_file`: a folder with ``agent.json`` + ``agent.safetensors``, or
       either of the two files);
-    - an actor in the authors' layout (:data:`AUTHORS_SUFFIXES`, ``weights_only=True``);
+    - an actor in the authors' layout (:data:`~agents.authors_format.AUTHORS_SUFFIXES`, ``weights_only=True``);
     - a saved SB3 zip (:func:`load_algorithm`), or a folder holding ``model.zip``;
     - ``hf:ID[@REVISION][:FILE]``: an agent file or an authors' actor on the Hugging Face Hub, downloaded
       (:func:`agents.hub.hub_agent_path`; a zip is never fetched from the Hub).
@@ -251,8 +248,6 @@ def load_agent(path: str | os.PathLike, device: str | th.device = "auto") -> Bas
     :raises FileNotFoundError: no such file, or a folder without an agent.
     """
     if isinstance(path, str) and path.startswith("hf:"):
-        from agents.hub import hub_agent_path  # lazy: only Hub references need huggingface_hub
-
         path = hub_agent_path(path)
     path = Path(path)
     if path.is_dir():

@@ -10,7 +10,7 @@ so a policy whose logits are the reference's log-probabilities plus a learned of
 start: an untrained agent decodes as top-k/top-p sampling of the LLM (KL 0) and only moves where
 its value estimates say. The reference's log-probabilities are read from the observation:
 ``MARA-v1``'s observation carries them (``observation="hidden+ref"``, indices from
-``env.observation_layout.reference_logits``); this module never imports ``mara_env``.
+``env.observation_layout.reference_logits``); this module imports nothing of ``mara_env``.
 
 - :class:`ReferenceLogits`: the module reading ``log p_ref(a | k)`` per action from the observation;
 - :func:`zero_output_`: makes the last layer of ``f`` output exactly 0;

@@ -5,8 +5,9 @@ MARA defaults are; :func:`make_algorithm` builds one (defaults < ``overrides``).
 read by :mod:`agents.loading`; what an agent decides is read by :mod:`agents.accept`.
 
 Like every algorithm module this one works on any Gymnasium environment with a ``Discrete`` action
-space and never imports ``mara_env``: a MARA environment's settings are read by duck typing. Example,
-on a classic-control task::
+space. Of ``mara_env`` it knows only what a MARA environment publishes for agents, its
+:class:`~mara_env.contract.AgentContract` (``kl_coef``, the shaping discount, the observation layout),
+from :mod:`mara_env.contract`, which loads none of the LLM machinery. Example, on a classic-control task::
 
     >>> import gymnasium as gym
     >>> from stable_baselines3.common.vec_env import DummyVecEnv
@@ -47,6 +48,7 @@ from agents.presets import mara_preset
 from agents.reference_anchor import AnchoredActorCriticPolicy, check_raw_observations
 from agents.sac_discrete import DiscreteSAC
 from agents.sac_discrete.policies import DiscreteSACPolicy
+from mara_env.contract import AgentContract, find_agent_contract
 
 __all__ = [
     "ALGORITHMS",
@@ -56,10 +58,6 @@ __all__ = [
     "SHAPING_GAMMA",
     "AlgorithmSpec",
     "check_overrides",
-    "env_config",
-    "env_kl_coef",
-    "env_observation_layout",
-    "env_shaping_gamma",
     "get_spec",
     "make_algorithm",
     "resolve_kwargs",
@@ -300,58 +298,7 @@ def _expected_type(key: str, default: Any, value: Any) -> str | None:
     return None
 
 
-def _env_candidates(env: Any, attribute: str) -> list[Any]:
-    """``env``, its unwrapped env and, for an SB3 VecEnv (through wrappers such as VecMonitor), each
-    sub-environment's ``attribute``: where a MARA setting may be found."""
-    candidates = [env, getattr(env, "unwrapped", None)]
-    try:
-        candidates += env.get_attr(attribute)
-    except Exception:  # not an SB3 VecEnv, or an env without that attribute
-        pass
-    return candidates
-
-
-def env_config(env: Any) -> Any:
-    """The settings of a MARA environment (plain, vector or SB3-wrapped: anything with a numeric
-    ``kl_coef``), else ``None``. Read by duck typing, so this module never imports ``mara_env``."""
-    for candidate in _env_candidates(env, "config"):
-        config = getattr(candidate, "config", candidate)
-        value = getattr(config, "kl_coef", None)
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return config
-    return None
-
-
-def env_kl_coef(env: Any) -> float | None:
-    """The KL coefficient of a MARA environment (plain, vector or SB3-wrapped), else ``None``."""
-    config = env_config(env)
-    return None if config is None else float(config.kl_coef)
-
-
-def _shaping_gamma(config: Any) -> float | None:
-    if getattr(config, "reward_shaping", None) == "potential":
-        return float(config.shaping_gamma)
-    return None
-
-
-def env_shaping_gamma(env: Any) -> float | None:
-    """The discount of a MARA environment's potential shaping (``None``: no shaping, or not a MARA env)."""
-    return _shaping_gamma(env_config(env))
-
-
-def env_observation_layout(env: Any) -> Any:
-    """The observation layout of a MARA environment (plain, vector or SB3-wrapped), else ``None``.
-
-    Read by duck typing (``observation_layout`` with ``reference_logits``), so this module never imports ``mara_env``.
-    """
-    for candidate in _env_candidates(env, "observation_layout"):
-        layout = getattr(candidate, "observation_layout", candidate)
-        if hasattr(layout, "has_reference"):
-            return layout
-    return None
-
-
-def _resolve_reference(name: str, env: Any, kwargs: dict[str, Any], kl: float | None) -> Any:
+def _resolve_reference(name: str, contract: AgentContract | None, kwargs: dict[str, Any], kl: float | None) -> Any:
     """Resolve ``reference_logits`` / ``critic_reference_scale`` in ``kwargs["policy_kwargs"]``; return the policy."""
     spec = get_spec(name)
     policy_kwargs = dict(kwargs.get("policy_kwargs") or {})
@@ -362,7 +309,7 @@ def _resolve_reference(name: str, env: Any, kwargs: dict[str, Any], kl: float | 
                 f"policy_kwargs.reference_logits={value!r} is not understood: use 'auto', 'observation', a list of "
                 "observation indices (one per action) or none."
             )
-        layout = env_observation_layout(env)
+        layout = None if contract is None else contract.observation_layout
         if layout is not None and layout.has_reference:
             policy_kwargs["reference_logits"] = tuple(layout.reference_logits)
         elif value == "auto":
@@ -445,18 +392,18 @@ def make_algorithm(
     device = overrides.pop("device", "auto")
     kwargs = resolve_kwargs(name, **overrides)
     spec = get_spec(name)
-    config = env_config(env)
-    kl = (None if config is None else float(config.kl_coef)) if kl_coef is None else kl_coef
+    contract = find_agent_contract(env)
+    kl = (None if contract is None else float(contract.kl_coef)) if kl_coef is None else kl_coef
     kl_tied = kwargs.get("ent_coef") == KL_COEF
     if kl_tied:
         # Without a positive kl_coef: SAC learns its coefficient (from the authors' 0.01), PPO/A2C use none.
         learned = isinstance(inspect.signature(spec.cls.__init__).parameters["ent_coef"].default, str)
         fallback = "auto_0.01" if learned else 0.0
         kwargs["ent_coef"] = float(kl) if kl is not None and kl > 0 else fallback
-    shaping_gamma = _shaping_gamma(config)
+    shaping_gamma = None if contract is None else contract.shaping_discount
     if kwargs.get("gamma") == SHAPING_GAMMA:
         # not a MARA env: SB3's usual 0.99
-        kwargs["gamma"] = shaping_gamma if shaping_gamma is not None else (1.0 if config is not None else 0.99)
+        kwargs["gamma"] = shaping_gamma if shaping_gamma is not None else (1.0 if contract is not None else 0.99)
     elif shaping_gamma is not None and "gamma" in kwargs and not math.isclose(kwargs["gamma"], shaping_gamma):
         warnings.warn(
             f"{name} discounts with gamma={kwargs['gamma']} but the environment shapes its rewards with "
@@ -465,11 +412,11 @@ def make_algorithm(
             f"'{SHAPING_GAMMA}', or create the environment with shaping_gamma={kwargs['gamma']}.",
             stacklevel=2,
         )
-    policy = _resolve_reference(name, env, kwargs, kl)
+    policy = _resolve_reference(name, contract, kwargs, kl)
     vec_normalize = unwrap_vec_normalize(env) if isinstance(env, VecEnv) else None
     if policy != _PLAIN_POLICY:
         check_raw_observations(vec_normalize, f"{name} on a VecNormalize environment")
-    if vec_normalize is not None and vec_normalize.norm_reward and config is not None and kl_tied:
+    if vec_normalize is not None and vec_normalize.norm_reward and contract is not None and kl_tied:
         warnings.warn(
             f"{name}: ent_coef is the environment's kl_coef ({kwargs['ent_coef']}), which makes the entropy bonus "
             "cancel the per-decision KL reward only at the environment's own reward scale; VecNormalize(norm_reward="

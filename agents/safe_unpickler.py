@@ -32,7 +32,7 @@ Every other opcode builds plain data (numbers, strings, bytes, tuples, lists, di
     ...
     agents.safe_unpickler.UnsafePickleError: a reference to builtins.eval, which is not one of the data types ...
 
-Like the registry, this module never imports ``mara_env``.
+Like the registry, this module loads none of ``mara_env``'s LLM machinery.
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ variant                features  anchor  shaping
 
 Every variant is then decoded on the same held-out prompts (the test part of the default set, never
 trained on) with the same seeds and compared with the base LLM in one report
-(:func:`agents.comparison.run_comparison`): preference rate with its prompt-bootstrap interval, the
+(:func:`agents.evaluation.pipeline.run_comparison`): preference rate with its prompt-bootstrap interval, the
 mean reward and cost differences, KL to the reference. Training runs are kept under
 ``<out>/runs/<variant>/`` and reused when their ``model.zip`` exists (``--retrain`` trains again),
 so an interrupted benchmark continues where it stopped.

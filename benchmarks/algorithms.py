@@ -72,11 +72,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
-import platform
 import shutil
-import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields, replace
@@ -84,12 +81,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch as th
-
-# Runnable as a script from anywhere in the repository
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
+from algorithms_budget import BUDGETS, Budget, fit_to_budget
+from algorithms_report import aggregate, markdown, plot_learning_curves, pm
+from common import machine_info
 from stable_baselines3.common.logger import configure
 from tqdm.auto import tqdm
 
@@ -101,7 +96,8 @@ from agents.generation import MARAGenerator
 from agents.registry import ALGORITHMS, get_spec, resolve_kwargs
 from agents.registry import make_algorithm as build_algorithm
 from agents.training.callbacks import EvaluationCallback, MARALoggingCallback
-from agents.training.runner import learn, make_env
+from agents.training.environment import make_env
+from agents.training.runner import learn
 from mara_env import LLMReplica, MARAConfig, TerminalReward, load_replicas
 from mara_env.prompts import held_out_part
 from mara_env.variants import VARIANTS, variant_settings
@@ -109,118 +105,6 @@ from mara_env.variants import VARIANTS, variant_settings
 RESULTS = Path(__file__).resolve().parent / "results" / "algorithms"
 
 RESULT_FILE = "result.json"
-
-
-@dataclass(frozen=True)
-class Budget:
-    """How much every (algorithm, seed) pair gets.
-
-    :param decisions: environment decisions of training per pair (SB3 timesteps over all sub-environments).
-    :param seeds: seeds; each algorithm trains once per seed.
-    :param num_envs: sub-environments batched through the LLM (also the evaluation batch size).
-    :param eval_every: decisions between evaluations of the learning curve (plus one at 0 and one at the end).
-    :param eval_prompts: held-out prompts decoded at each evaluation (the first ones, the same every time).
-    :param compare_prompts: held-out prompts of the final comparison with the base LLM (``None``: all).
-    :param max_new_tokens: response limit for training and evaluation (``None``: the variant's).
-    :param log_every: decisions between rows of each pair's ``progress.csv``.
-    """
-
-    decisions: int
-    seeds: tuple[int, ...]
-    num_envs: int
-    eval_every: int
-    eval_prompts: int
-    compare_prompts: int | None
-    max_new_tokens: int | None
-    log_every: int
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
-        for name in ("decisions", "num_envs", "eval_every", "eval_prompts", "log_every"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"budget {name} must be an integer >= 1, got {value!r}.")
-        for name in ("compare_prompts", "max_new_tokens"):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise ValueError(f"budget {name} must be None or an integer >= 1, got {value!r}.")
-        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
-            raise ValueError(f"budget seeds must be distinct and at least one, got {self.seeds!r}.")
-
-
-#: The ``--budget`` presets (see the module docstring for the time each takes).
-BUDGETS: dict[str, Budget] = {
-    "quick": Budget(
-        decisions=96,
-        seeds=(0,),
-        num_envs=8,
-        eval_every=96,
-        eval_prompts=4,
-        compare_prompts=4,
-        max_new_tokens=8,
-        log_every=32,
-    ),
-    "standard": Budget(
-        decisions=6_000,
-        seeds=(0, 1),
-        num_envs=16,
-        eval_every=3_000,
-        eval_prompts=16,
-        compare_prompts=32,
-        max_new_tokens=None,
-        log_every=500,
-    ),
-    "full": Budget(
-        decisions=200_000,
-        seeds=(0, 1, 2, 3, 4),
-        num_envs=64,
-        eval_every=10_000,
-        eval_prompts=64,
-        compare_prompts=None,
-        max_new_tokens=256,
-        log_every=2_000,
-    ),
-}
-
-
-# --------------------------------------------------------------------------------------------- algorithms
-
-
-def fit_to_budget(algo: str, decisions: int, num_envs: int) -> dict[str, Any]:
-    """Hyperparameter overrides that let an algorithm's MARA defaults work within ``decisions``.
-
-    Only schedules longer than a quarter of the budget are shortened, so every algorithm spends at
-    most a quarter of its decisions before its first update: an on-policy rollout
-    (``n_steps * num_envs``; ``n_steps`` becomes the largest power of two that fits, and the
-    mini-batch at most the rollout), an off-policy warm-up (``learning_starts``) and a DQN target
-    period (``target_update_interval``). The replay buffer is cut to the budget (it would never
-    wrap, so this saves memory only). With the ``standard`` budget this shortens PPO's rollout
-    (2,048 -> 1,024 decisions), the warm-ups (2,000 -> 1,500) and nothing else.
-
-    :param algo: registry name.
-    :param decisions: training decisions per run.
-    :param num_envs: sub-environments.
-    :return: overrides for :func:`agents.registry.make_algorithm` (empty when the defaults fit).
-    """
-    spec = get_spec(algo)
-    defaults = resolve_kwargs(algo)
-    quarter = max(decisions // 4, 1)
-    out: dict[str, Any] = {}
-    if spec.on_policy:
-        n_steps = int(defaults["n_steps"])
-        if n_steps * num_envs > quarter:
-            n_steps = 2 ** int(math.log2(max(quarter // num_envs, 1)))
-            out["n_steps"] = n_steps
-        rollout = n_steps * num_envs
-        if "batch_size" in defaults and defaults["batch_size"] > rollout:
-            out["batch_size"] = max(rollout, 2)  # PPO needs mini-batches of at least 2
-    else:
-        for key in ("learning_starts", "target_update_interval"):
-            if key in defaults and defaults[key] > quarter:
-                out[key] = quarter
-        if "buffer_size" in defaults and defaults["buffer_size"] > decisions + num_envs:
-            out["buffer_size"] = decisions + num_envs
-    return out
 
 
 # --------------------------------------------------------------------------------------------- the benchmark
@@ -243,23 +127,6 @@ def _jsonable(value: Any) -> Any:
 def _write_json(path: Path, data: Any) -> None:
     """Write JSON through a temporary file and a rename, so a kill never leaves half a file."""
     write_json_atomic(path, data, default=_name)
-
-
-def machine_info(replicas: Sequence[LLMReplica]) -> dict[str, Any]:
-    """The hardware and software a result was measured on."""
-    devices = sorted({str(r.device) for r in replicas})
-    gpus = [th.cuda.get_device_name(i) for i in range(th.cuda.device_count())] if th.cuda.is_available() else []
-    return {
-        "cpu": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "gpus": gpus,
-        "llm_devices": devices,
-        "llm_dtype": str(replicas[0].model.dtype),
-        "torch_threads": th.get_num_threads(),
-        "python": platform.python_version(),
-        "torch": th.__version__,
-        "platform": platform.platform(),
-    }
 
 
 @dataclass
@@ -440,39 +307,6 @@ def _load_finished(folder: Path, fingerprint: dict[str, Any]) -> dict[str, Any] 
 
 
 #: Per-run numbers aggregated across seeds (mean, std, values).
-SUMMARY_METRICS = (
-    "preference_rate",
-    "reward",
-    "cost",
-    "kl",
-    "accept_first",
-    "base_reward",
-    "base_cost",
-    "decisions",
-    "decisions_per_s",
-    "train_seconds",
-    "eval_seconds",
-    "wall_seconds",
-)
-
-
-def aggregate(runs: Mapping[str, Mapping[int, Mapping[str, Any]]]) -> dict[str, dict[str, Any]]:
-    """Mean, sample standard deviation (0 for one seed), count and values of each metric, per algorithm."""
-    summary: dict[str, dict[str, Any]] = {}
-    for algo, by_seed in runs.items():
-        summary[algo] = {}
-        for metric in SUMMARY_METRICS:
-            values = [r[metric] for r in by_seed.values() if r.get(metric) is not None]
-            array = np.asarray(values, dtype=np.float64)
-            summary[algo][metric] = {
-                "mean": float(array.mean()) if array.size else None,
-                "std": float(array.std(ddof=1)) if array.size > 1 else (0.0 if array.size else None),
-                "n": int(array.size),
-                "values": values,
-            }
-    return summary
-
-
 def run_benchmark(
     settings: Mapping[str, Any],
     algos: Sequence[str],
@@ -611,7 +445,7 @@ def run_benchmark(
             tqdm.write(
                 f"{algo} seed {seed}: preference {result['preference_rate']:+.3f} "
                 f"[{result['preference_ci_low']:+.3f}, {result['preference_ci_high']:+.3f}], "
-                f"reward {_pm({'mean': result['reward'], 'n': 1})}, cost {_pm({'mean': result['cost'], 'n': 1})}, "
+                f"reward {pm({'mean': result['reward'], 'n': 1})}, cost {pm({'mean': result['cost'], 'n': 1})}, "
                 f"{result['decisions_per_s']:.1f} decisions/s, {result['wall_seconds']:.0f} s"
             )
             _write_summary(out, meta, base_eval, runs, resumed)
@@ -652,125 +486,6 @@ def _write_summary(
 
 
 # --------------------------------------------------------------------------------------------- reporting
-
-
-def _pm(stats: Mapping[str, Any], spec: str = ".3f", scale: float = 1.0, unit: str = "") -> str:
-    if stats.get("mean") is None:
-        return "n/a"
-    text = f"{stats['mean'] * scale:{spec}}{unit}"
-    return text + (f" ± {stats['std'] * scale:{spec.lstrip('+')}}" if stats["n"] > 1 else "")
-
-
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "n/a"
-    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
-
-
-def markdown(results: Mapping[str, Any]) -> str:
-    """The summary table of ``results.json`` as markdown."""
-    meta, summary, runs = results["meta"], results["summary"], results["runs"]
-    budget = meta["budget"]
-    settings = meta["settings"]
-    changes = meta.get("variant_changes") or {}
-    lines = [
-        f"# {meta['task']}: RL algorithms",
-        "",
-        f"- **task**: {meta['task']}"
-        + (f" with {', '.join(f'{k}={v}' for k, v in changes.items())}" if changes else "")
-        + f"; LLM {settings.get('llm')}, prompts {settings.get('prompts')!s:.60}, "
-        f"reward {settings.get('reward_model')}, cost {settings.get('cost_model')}, "
-        f"top_k {settings.get('top_k')}, top_p {settings.get('top_p')}, "
-        f"kl_coef {settings.get('kl_coef')}, max_new_tokens {settings.get('max_new_tokens')}",
-        f"- **budget**: {budget['decisions']:,} decisions per run, seeds {budget['seeds']}, "
-        f"{budget['num_envs']} envs; evaluation every {budget['eval_every']:,} decisions on {meta['eval_prompts']} "
-        f"held-out prompts; comparison on {meta['compare_prompts']} held-out prompts",
-        f"- **machine**: {meta['machine']['cpu']} ({meta['machine']['cpu_count']} cores), "
-        f"GPUs {meta['machine']['gpus'] or 'none'}, LLM on {', '.join(meta['machine']['llm_devices'])} "
-        f"({meta['machine']['llm_dtype']}), torch {meta['machine']['torch']} with "
-        f"{meta['machine']['torch_threads']} threads",
-        f"- **date**: {meta['date']}",
-        "",
-        "Preference rate: (wins - losses) / prompts against the base LLM on the same held-out prompts (win: higher "
-        "reward *and* lower cost). Mean ± standard deviation across seeds; per seed its 95% bootstrap interval. "
-        "Reward, cost, KL (nats, to the reference) and accept@1 (share of answer tokens that were the first "
-        "candidate) are the agent's means on those prompts. Decisions/s: training only (evaluation excluded); "
-        "wall time: training, evaluations and comparison of one run.",
-        "",
-        "| algorithm | preference rate vs base | reward | cost | KL | accept@1 share | decisions/s | wall time |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
-    ]
-    base_reward = {"mean": None, "n": 0}
-    base_cost = {"mean": None, "n": 0}
-    base_accept: list[float] = []
-    for algo, stats in summary.items():
-        per_seed = "; ".join(
-            f"s{seed} {r['preference_rate'] * 100:+.1f}% [{r['preference_ci_low'] * 100:+.1f}, "
-            f"{r['preference_ci_high'] * 100:+.1f}]"
-            for seed, r in runs[algo].items()
-        )
-        lines.append(
-            f"| {algo} | {_pm(stats['preference_rate'], '+.1f', 100, '%')} ({per_seed}) | {_pm(stats['reward'])} "
-            f"| {_pm(stats['cost'])} | {_pm(stats['kl'])} | {_pm(stats['accept_first'])} "
-            f"| {_pm(stats['decisions_per_s'], '.1f')} | {_duration(stats['wall_seconds']['mean'])} |"
-        )
-        base_reward, base_cost = stats["base_reward"], stats["base_cost"]
-        base_accept += [r["base_accept_first"] for r in runs[algo].values() if r.get("base_accept_first") is not None]
-    if summary:
-        accept = {"mean": float(np.mean(base_accept)) if base_accept else None, "n": 1}
-        lines.append(
-            f"| base LLM (no agent) | 0 (reference) | {_pm(base_reward)} | {_pm(base_cost)} | 0 | {_pm(accept)} | | |"
-        )
-    if meta.get("resumed_runs"):
-        lines += ["", f"Runs reused from an earlier invocation (--resume): {', '.join(meta['resumed_runs'])}."]
-    lines += [
-        "",
-        "![learning curves](learning_curves.png)",
-        "",
-        "Per-run reports (answers, accepted positions, reward vs cost): "
-        "`runs/<algorithm>/seed<k>/comparison/report.md`.",
-    ]
-    return "\n".join(lines) + "\n"
-
-
-def plot_learning_curves(
-    runs: Mapping[str, Mapping[int, Mapping[str, Any]]], base_eval: Mapping[str, Any], path: Path, title: str = ""
-) -> None:
-    """Evaluation reward, cost and KL against training decisions: one line per algorithm (mean over
-    seeds, +- one standard deviation band), the base LLM's level dashed."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    panels = (("reward", "evaluation reward score R"), ("cost", "evaluation cost score C"), ("kl", "KL to reference"))
-    figure = Figure(figsize=(15, 4.2), layout="constrained")
-    FigureCanvasAgg(figure)
-    axes = figure.subplots(1, len(panels))
-    order = list(ALGORITHMS)
-    for algo, by_seed in runs.items():
-        curves = [r["curve"] for r in by_seed.values() if r.get("curve")]
-        if not curves:
-            continue
-        length = min(len(c) for c in curves)  # seeds evaluate at the same decisions; align by index
-        color = f"C{order.index(algo) if algo in order else len(order)}"
-        x = np.mean([[p["decisions"] for p in c[:length]] for c in curves], axis=0)
-        for ax, (key, _) in zip(axes, panels):
-            y = np.array([[np.nan if p[key] is None else p[key] for p in c[:length]] for c in curves], dtype=float)
-            mean = np.nanmean(y, axis=0)
-            ax.plot(x, mean, color=color, marker="o", ms=3, label=f"{algo} ({len(curves)} seed(s))")
-            if len(curves) > 1:
-                std = np.nanstd(y, axis=0, ddof=1)
-                ax.fill_between(x, mean - std, mean + std, color=color, alpha=0.2, linewidth=0)
-    for ax, (key, label) in zip(axes, panels):
-        level = base_eval.get(key)
-        if level is not None and math.isfinite(level):
-            ax.axhline(level, color="gray", ls="--", lw=1, label="base LLM")
-        ax.set_title(label)
-        ax.set_xlabel("training decisions")
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize="small")
-    if title:
-        figure.suptitle(f"{title}: evaluation on held-out prompts during training")
-    figure.savefig(path, dpi=120)
 
 
 # --------------------------------------------------------------------------------------------- command line

@@ -3,7 +3,7 @@
 ARGS's weight ``w`` and candidate count ``k`` are chosen here, on the ``"train"`` part of the prompt
 set (the part ``MARA-v0`` trains on), so that the held-out prompts ``mara evaluate`` reports on are
 never used to pick them. Every setting of the grid answers the same prompts and is compared with the
-base LLM by :func:`agents.comparison.run_comparison` (the paper's win/tie/lose rule, preference rate
+base LLM by :func:`agents.evaluation.pipeline.run_comparison` (the paper's win/tie/lose rule, preference rate
 and mean reward / cost differences with 95% prompt-bootstrap intervals). The base LLM samples
 ``--samples-per-prompt`` answers per prompt; greedy ARGS is deterministic, so its one answer per prompt
 is paired with each of them.

@@ -38,7 +38,7 @@ import torch
 from op_count import ForwardCounter, OpCounter
 
 from agents.generation import MARAGenerator
-from mara_env import ChunkPlan
+from mara_env.config import ChunkPlan
 from mara_env.llm import load_replicas
 from mara_env.prompts import PromptSet
 

@@ -1,7 +1,7 @@
 """Fault injection against ``mara train`` on a tiny model: kills at random moments, damaged files, unwritable folders.
 
 Every fault hits a run of the test suite's tiny model (a word-level tokenizer and a 2-layer Llama built
-in code, ``tests/conftest.py``) through the command line itself, then the benchmark types what a user
+in code, :mod:`mara_env.tiny`) through the command line itself, then the benchmark types what a user
 would type next (``--resume``, or the same command again) until the run is finished. Each trial ends as
 
 - **recovered**: the run finished as configured: ``model.zip`` trained for ``--total-decisions``,
@@ -75,14 +75,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from agents.cli import main
+from agents.loading import read_saved_data
+from mara_env.tiny import save_tiny_files
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
-sys.path.insert(0, str(REPO / "tests"))
-
-from conftest import save_tiny_files  # noqa: E402  (the test suite's tiny model, built in code)
-
-from agents.cli import main  # noqa: E402
-from agents.loading import read_saved_data  # noqa: E402
 
 #: Decisions of every run, and between its checkpoints: several checkpoints per run, each ~13 MB.
 TOTAL, CHECKPOINT_EVERY = 256, 32

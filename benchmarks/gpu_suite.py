@@ -93,8 +93,6 @@ from typing import Any
 import torch
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))  # the sibling benchmark scripts whose runners this suite reuses
-sys.path.insert(0, str(HERE.parent))  # the repository: mara_env, agents
 # A GPU machine for this suite has no internet: never wait on the model hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -323,7 +321,8 @@ def calibrate(replica: Any, prompts: Sequence[str], target_mean: float = REAL_SE
     distribution), and the mean set size falls as ``s`` grows, so ``s`` is found by bisection on
     ``log s`` over the logits of every position of the prompts (one forward each).
     """
-    from mara_env import CandidateConfig, PromptFormat, candidate_sets
+    from mara_env.candidates import CandidateConfig, candidate_sets
+    from mara_env.llm import PromptFormat
 
     model = replica.model
     fmt = PromptFormat(replica.tokenizer)

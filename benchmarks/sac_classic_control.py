@@ -22,7 +22,6 @@ import math
 import multiprocessing
 import os
 import platform
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -30,10 +29,6 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import torch as th
-
-# Runnable as a script from anywhere in the repository
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from stable_baselines3 import DQN, PPO
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback

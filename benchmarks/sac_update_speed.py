@@ -22,7 +22,6 @@ import json
 import os
 import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -31,10 +30,6 @@ import gymnasium as gym
 import numpy as np
 import torch as th
 from gymnasium import spaces
-
-# Runnable as a script from anywhere in the repository
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from stable_baselines3 import SAC
 from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm

@@ -33,15 +33,12 @@ import argparse
 import json
 import platform
 import statistics
-import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
 import httpx
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from serve_load import free_port, start_server, untrained_actor
 
 from agents.authors_format import export_authors_actor

@@ -17,88 +17,62 @@ Importing this package registers two versions of the task::
 Every setting can still be given to either id; the id only sets these defaults.
 ``gym.make("mara_env:MARA-v1")`` imports the package itself.
 
-**Public API.** Everything in :data:`__all__`, which includes what code outside the package (the
-``agents`` generator, evaluation and CLI) builds on: the decoding session that sets up the LLM and hands
-out the decoder both environments run (:class:`DecodingSession`, :class:`AcceptRejectDecoder`,
-:class:`DecoderConfig`, :class:`Phase`), the observation of a decision
-(:func:`observe`, :class:`ObservationLayout`), the prompt format and its length rule
-(:class:`PromptFormat`, :class:`PromptEncoder`, :func:`default_max_prompt_tokens`), candidate sets, the
-chunk rules (:func:`resolve_chunking`, :class:`AdaptiveChunks`), the scorers (:class:`TerminalReward`)
-and the prompt sets (:class:`PromptSet`, :func:`held_out_prompts`). Other module attributes are internals.
+**Public API.** What a user of the environment needs, in :data:`__all__`: the two environments and
+their settings (:class:`MARAConfig`, :data:`VERSIONS`, :data:`VARIANTS`), what an agent may know about
+one (:class:`AgentContract`, :class:`ObservationLayout`), the LLM replicas several environments can share
+(:func:`load_replicas`), the scorers (:class:`TerminalReward`) and the prompt sets (:class:`PromptSet`,
+:func:`held_out_prompts`). The machinery under them (the decoding session, the decoder, candidate sets,
+chunk rules, prompt formats) is importable from its own module (:mod:`mara_env.session`,
+:mod:`mara_env.decoder`, ...) for code that builds on it, such as ``agents``' generator.
+
+The names load on first use, so that ``import mara_env`` (and :mod:`mara_env.contract`, which agents
+read) does not load transformers and the LLM machinery until an environment is made.
 """
 
+from importlib import import_module
 from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
 from gymnasium.envs.registration import register, registry
 
-from mara_env.candidates import CandidateConfig, CandidateSet, candidate_sets
-from mara_env.chunking import AdaptiveChunks, FixedChunks, make_chunk_rule
-from mara_env.config import (
-    ADAPTIVE_CHUNKS,
-    AUTO_CHUNK_SIZE,
-    ChunkPlan,
-    DecoderConfig,
-    MARAConfig,
-    resolve_chunk_size,
-    resolve_chunking,
-    type_problem,
-)
-from mara_env.decoder import AcceptRejectDecoder
-from mara_env.env import TokenAcceptRejectEnv
-from mara_env.llm import (
-    EMBEDDED_LLM,
-    LLMReplica,
-    PromptEncoder,
-    PromptFormat,
-    default_max_prompt_tokens,
-    load_replicas,
-)
-from mara_env.observation import REFERENCE_FEATURES, ObservationLayout, observe
-from mara_env.prompts import PromptSet, held_out_prompts
-from mara_env.row_state import Phase
-from mara_env.scoring import TerminalReward, TerminalScores
-from mara_env.session import DecodingSession
-from mara_env.variants import VARIANTS, variant_settings
-from mara_env.vector_env import TokenAcceptRejectVectorEnv
-
 __all__ = [
-    "ADAPTIVE_CHUNKS",
-    "AUTO_CHUNK_SIZE",
     "EMBEDDED_LLM",
     "MARA_V1",
     "REFERENCE_FEATURES",
     "VARIANTS",
     "VERSIONS",
-    "AcceptRejectDecoder",
-    "AdaptiveChunks",
-    "CandidateConfig",
-    "CandidateSet",
-    "ChunkPlan",
-    "DecoderConfig",
-    "DecodingSession",
-    "FixedChunks",
+    "AgentContract",
     "LLMReplica",
     "MARAConfig",
     "ObservationLayout",
-    "Phase",
-    "PromptEncoder",
-    "PromptFormat",
     "PromptSet",
     "TerminalReward",
     "TerminalScores",
     "TokenAcceptRejectEnv",
     "TokenAcceptRejectVectorEnv",
-    "candidate_sets",
-    "default_max_prompt_tokens",
     "held_out_prompts",
     "load_replicas",
-    "make_chunk_rule",
-    "observe",
-    "resolve_chunk_size",
-    "resolve_chunking",
-    "type_problem",
     "variant_settings",
 ]
+
+#: Where each export lives, loaded on first use.
+_EXPORTS = {
+    "EMBEDDED_LLM": "mara_env.llm",
+    "REFERENCE_FEATURES": "mara_env.observation",
+    "VARIANTS": "mara_env.variants",
+    "AgentContract": "mara_env.contract",
+    "LLMReplica": "mara_env.llm",
+    "MARAConfig": "mara_env.config",
+    "ObservationLayout": "mara_env.observation",
+    "PromptSet": "mara_env.prompts",
+    "TerminalReward": "mara_env.scoring",
+    "TerminalScores": "mara_env.scoring",
+    "TokenAcceptRejectEnv": "mara_env.env",
+    "TokenAcceptRejectVectorEnv": "mara_env.vector_env",
+    "held_out_prompts": "mara_env.prompts",
+    "load_replicas": "mara_env.llm",
+    "variant_settings": "mara_env.variants",
+}
 
 try:
     #: The installed distribution's version (``pyproject.toml`` is the one place it is written).
@@ -122,3 +96,16 @@ for _id, _defaults in VERSIONS.items():
             vector_entry_point="mara_env.vector_env:TokenAcceptRejectVectorEnv",
             kwargs=dict(_defaults),
         )
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name]), name)
+    raise AttributeError(
+        f"module 'mara_env' has no attribute {name!r}; internals are imported from their module "
+        "(e.g. mara_env.session.DecodingSession, mara_env.config.DecoderConfig)."
+    )
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

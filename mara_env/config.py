@@ -17,13 +17,11 @@ import torch
 
 from mara_env.candidates import CandidateConfig
 from mara_env.chunking import make_chunk_rule
+from mara_env.contract import REWARD_SHAPINGS
 from mara_env.hints import did_you_mean
 from mara_env.llm import check_devices, check_dtype
 from mara_env.observation import ObservationLayout
 from mara_env.prompts import check_test_fraction
-
-#: Values of the ``reward_shaping`` setting.
-REWARD_SHAPINGS = ("none", "potential")
 
 #: What ``chunk_size="auto"`` means per device type, for generation one sequence at a time and for
 #: everything else (batched generation, environments of any size): a fixed

@@ -16,6 +16,7 @@ import numpy as np
 from gymnasium.utils import seeding
 
 from mara_env.config import MARAConfig
+from mara_env.contract import AgentContract
 from mara_env.hints import did_you_mean
 from mara_env.observation import ObservationLayout, observe
 from mara_env.prompts import PromptSet
@@ -79,6 +80,8 @@ class MARACore:
         self.replicas = self.session.replicas
         self.hidden_size = self.session.hidden_size
         self.layout = ObservationLayout(config.observation, self.hidden_size)
+        #: What agents may know about the environment (both environments publish it as ``agent_contract``)
+        self.contract = AgentContract(self.layout, config.kl_coef, config.reward_shaping, config.shaping_gamma)
         self.tokenizer = self.session.tokenizer
         self.prompts = PromptSet.from_source(
             config.prompts,

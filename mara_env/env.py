@@ -9,6 +9,7 @@ import numpy as np
 from gymnasium import spaces
 
 from mara_env.config import MARAConfig
+from mara_env.contract import AgentContract
 from mara_env.core import Decisions, MARACore
 from mara_env.observation import ObservationLayout
 from mara_env.rendering import RENDER_FPS, RENDER_MODES, check_render_mode, text_frame
@@ -198,6 +199,11 @@ class TokenAcceptRejectEnv(gym.Env[np.ndarray, np.int64]):
     def observation_layout(self) -> ObservationLayout:
         """Names and indices of the observation's parts (:mod:`mara_env.observation`)."""
         return self.core.layout
+
+    @property
+    def agent_contract(self) -> AgentContract:
+        """What an agent may know about this environment (:mod:`mara_env.contract`)."""
+        return self.core.contract
 
     @property
     def row(self) -> RowState:

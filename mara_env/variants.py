@@ -12,7 +12,7 @@ anything changed on top of it (a benchmark budget's shorter ``max_new_tokens``, 
 
 Every variant trains on the ``"train"`` part of its prompt set (``test_fraction=0.2``,
 ``split_seed=0``); the ``"test"`` part is the held-out evaluation set
-(:func:`agents.comparison.held_out_prompts` with the same split). All use the embedded
+(:func:`agents.evaluation.pipeline.held_out_prompts` with the same split). All use the embedded
 SmolLM2-135M-Instruct (``llm=None``), ``temperature=1.0``, ``alpha_r = alpha_c = 1``, no system
 prompt, and truncate over-long prompts from the left.
 

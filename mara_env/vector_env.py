@@ -10,6 +10,7 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from mara_env.config import MARAConfig
+from mara_env.contract import AgentContract
 from mara_env.core import MARACore, check_reset_options
 from mara_env.env import check_open, first_line, step_info
 from mara_env.observation import ObservationLayout
@@ -213,6 +214,11 @@ class TokenAcceptRejectVectorEnv(VectorEnv):
     def observation_layout(self) -> ObservationLayout:
         """Names and indices of the observation's parts (:mod:`mara_env.observation`)."""
         return self.core.layout
+
+    @property
+    def agent_contract(self) -> AgentContract:
+        """What an agent may know about this environment (:mod:`mara_env.contract`)."""
+        return self.core.contract
 
     def close_extras(self, **kwargs: Any) -> None:
         self.core.close()

@@ -16,15 +16,9 @@ from stable_baselines3.common.vec_env import VecMonitor
 
 import mara_env  # noqa: F401  (registers MARA-v0)
 from agents import DiscreteSAC
-from agents.algorithms import (
-    ALGORITHMS,
-    accept_probabilities,
-    detect_algorithm,
-    load_algorithm,
-    make_algorithm,
-    read_saved_data,
-    resolve_kwargs,
-)
+from agents.accept import accept_probabilities
+from agents.loading import detect_algorithm, load_algorithm, read_saved_data
+from agents.registry import ALGORITHMS, make_algorithm, resolve_kwargs
 from mara_env.sb3 import SB3VecEnv
 
 # Small enough that a few hundred decisions include updates of every algorithm.

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from mara_env import ChunkPlan, DecoderConfig, MARAConfig, resolve_chunking
+from mara_env import MARAConfig
 from mara_env.chunking import AdaptiveChunks, FixedChunks
+from mara_env.config import ChunkPlan, DecoderConfig, resolve_chunking
 
 
 def random_sets(rng: np.random.Generator, n: int) -> list[np.ndarray]:

@@ -26,17 +26,12 @@ import agents.cli.train as train_cli
 import agents.training.checkpoints as checkpoints
 import agents.training.runner as runner
 from agents import DiscreteSAC, NonFiniteLossError
-from agents.algorithms import load_algorithm, make_algorithm
-from agents.callbacks import (
-    EPISODE_METRICS,
-    KL_COLUMN,
-    MARALoggingCallback,
-    read_checkpoint_state,
-    recover_checkpoint,
-    verify_checkpoint,
-)
 from agents.cli import describe, main
-from agents.run_config import DEFAULT_RUN, RunConfig
+from agents.loading import load_algorithm
+from agents.registry import make_algorithm
+from agents.training.callbacks import EPISODE_METRICS, KL_COLUMN, MARALoggingCallback
+from agents.training.checkpoints import read_checkpoint_state, recover_checkpoint, verify_checkpoint
+from agents.training.run_config import DEFAULT_RUN, RunConfig
 from mara_env.sb3 import SB3VecEnv
 
 REPO = Path(__file__).resolve().parents[1]

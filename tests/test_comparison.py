@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from conftest import TINY_PROMPTS
 
-from agents.comparison import SAMPLE_SEED_STRIDE, held_out_prompts, run_comparison, sample_seed
+from agents.evaluation.pipeline import SAMPLE_SEED_STRIDE, held_out_prompts, run_comparison, sample_seed
 from agents.generation import MARAGenerator
 from mara_env.prompts import PromptSet
 

@@ -19,7 +19,7 @@ import mara_env
 
 ROOT = Path(__file__).resolve().parents[1]
 #: Entry points that run a command when imported, and old import paths that alias another module.
-NOT_LIBRARY = {"agents.cli.__main__", "mara_env.demo", "agents.comparison", "agents.run_config"}
+NOT_LIBRARY = {"agents.cli.__main__", "mara_env.demo"}
 
 
 def _modules() -> list[str]:

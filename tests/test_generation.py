@@ -12,7 +12,8 @@ from agents.authors_format import export_authors_actor
 from agents.generation import ContinuousBatch, MARAGenerator
 from agents.generation import generator as generator_module
 from agents.loading import load_authors_actor
-from mara_env import ChunkPlan, TokenAcceptRejectEnv
+from mara_env import TokenAcceptRejectEnv
+from mara_env.config import ChunkPlan
 from mara_env.llm import PromptFormat
 
 SETTINGS = dict(top_k=8, top_p=0.95, devices=["cpu"])

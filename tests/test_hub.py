@@ -25,7 +25,8 @@ import agents.hub
 from agents.accept import accept_probabilities
 from agents.agent_file import is_agent_file
 from agents.cli import main
-from agents.hub import PULLED_FILES, hub_agent_path, parse_hub_ref, pull_from_hub, push_to_hub
+from agents.hub import PULLED_FILES, hub_agent_path, parse_hub_ref, pull_from_hub
+from agents.hub_push import push_to_hub
 from agents.loading import load_agent
 
 FIXTURES = Path(__file__).parent / "fixtures"

@@ -13,10 +13,12 @@ from stable_baselines3.common.vec_env import VecMonitor
 
 import mara_env
 from agents import DiscreteSAC, export_authors_actor
-from agents.algorithms import accept_probabilities, load_algorithm, make_algorithm
+from agents.accept import accept_probabilities
 from agents.generation import MARAGenerator
+from agents.loading import load_algorithm
 from agents.reference_anchor import AnchoredActorCriticPolicy
-from agents.run_config import RunConfig
+from agents.registry import make_algorithm
+from agents.training.run_config import RunConfig
 from mara_env.observation import LOG_FLOOR, REFERENCE_FEATURES, ObservationLayout
 from mara_env.sb3 import SB3VecEnv
 
@@ -262,7 +264,7 @@ def test_anchored_sac_warms_up_on_its_policy_and_logs_zero_kl(tiny_kwargs, tmp_p
 
 
 def test_logged_kl_is_zero_while_the_anchored_agent_is_untrained(tiny_kwargs, tmp_path):
-    from agents.callbacks import KL_COLUMN, MARALoggingCallback
+    from agents.training.callbacks import KL_COLUMN, MARALoggingCallback
     from agents.training.runner import make_logger
 
     venv = _venv(tiny_kwargs, n=4)

@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agents.algorithms import accept_probabilities, load_algorithm
+from agents.accept import accept_probabilities
+from agents.loading import load_algorithm
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 EXPECTED = json.loads((FIXTURES / "saved_agents.json").read_text(encoding="utf-8"))

@@ -25,7 +25,7 @@ from agents.cli import build_parser
 from agents.generation import MARAGenerator, RowRequest
 from agents.serving import CompletionService, create_app
 from agents.serving.limits import RequestLimits
-from mara_env import PromptFormat
+from mara_env.llm import PromptFormat
 
 SETTINGS = dict(top_k=8, top_p=0.95, devices=["cpu"])
 KEY = "test-key"

@@ -26,8 +26,8 @@ from agents.teacher import (
     replay_answers,
     run_teacher,
 )
+from agents.training.environment import make_env
 from agents.training.run_config import RunConfig
-from agents.training.runner import make_env
 
 #: A distinct value per word: ARGS then often prefers a token other than the LLM's most likely one.
 WORD_VALUE = dict(zip(WORDS, np.random.default_rng(0).permutation(len(WORDS)) / len(WORDS)))

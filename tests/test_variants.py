@@ -12,6 +12,7 @@ import pytest
 from conftest import TINY_PROMPTS
 
 import mara_env
+from agents.training.run_config import DEFAULT_RUN
 from mara_env.config import MARAConfig
 from mara_env.prompts import BUILTIN_PROMPT_SETS
 from mara_env.variants import VARIANTS, variant_settings
@@ -24,9 +25,11 @@ def bench():
     """``benchmarks/algorithms.py`` as a module (benchmarks/ is not a package)."""
     spec = importlib.util.spec_from_file_location("benchmark_algorithms", BENCHMARK)
     module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the file executes
-    spec.loader.exec_module(module)
-    yield module
+    with pytest.MonkeyPatch.context() as patch:
+        patch.syspath_prepend(str(BENCHMARK.parent))  # as running the script does: its siblings are importable
+        sys.modules[spec.name] = module  # dataclasses look their module up while the file executes
+        spec.loader.exec_module(module)
+        yield module
     sys.modules.pop(spec.name, None)
 
 
@@ -63,9 +66,8 @@ def test_variants_differ_as_named():
 
 
 def test_default_variant_is_the_default_run():
-    run_config = pytest.importorskip("agents.run_config")
     default = variant_settings("default")
-    for key, value in run_config.DEFAULT_RUN["env"].items():
+    for key, value in DEFAULT_RUN["env"].items():
         if key != "env_id":  # a variant is a task on either version; the version is named beside it
             assert default[key] == value, key
 

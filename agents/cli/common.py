@@ -35,7 +35,9 @@ LLM_KEYS = ("llm", "devices", "dtype", "trust_remote_code")
 def check_run_folder(run: Path) -> None:
     """Refuse a ``--run`` that is not a training run folder, saying what it is and which flag takes it."""
     if not run.exists():
-        aside = _replaced(run)
+        from agents.training.run_folder import replaced_path  # the flag check itself loads no SB3
+
+        aside = replaced_path(run)
         if aside.is_dir():
             raise FileNotFoundError(_replaced_message(run, aside))
         raise FileNotFoundError(
@@ -78,13 +80,6 @@ def check_agent_path(path: str | Path, flag: str = "--agent") -> None:
             )
 
 
-def _replaced(run: Path) -> Path:
-    """Where an interrupted ``mara train --overwrite`` keeps the run it was replacing."""
-    from agents.training.runner import REPLACED_SUFFIX
-
-    return run.with_name(run.name + REPLACED_SUFFIX)
-
-
 def _replaced_message(run: Path, aside: Path) -> str:
     return (
         f"{run} holds no agent, but an interrupted `mara train --overwrite` left the run it was replacing in "
@@ -105,11 +100,12 @@ def run_env_settings(run: Path | None) -> dict[str, Any]:
 def run_agent(run: Path) -> Path:
     """The run's final agent (its agent file, else ``model.zip``), or its last checkpoint if training did not finish."""
     from agents.agent_file import AGENT_SETTINGS
+    from agents.training.run_folder import replaced_path
 
     for path in (run / AGENT_SETTINGS, run / "model.zip", run / "checkpoint" / "model.zip"):
         if path.is_file():
             return path
-    aside = _replaced(run)
+    aside = replaced_path(run)
     if aside.is_dir():
         raise FileNotFoundError(_replaced_message(run, aside))
     raise FileNotFoundError(

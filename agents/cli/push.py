@@ -7,7 +7,7 @@ Examples::
 
 Uploads the agent file (safetensors weights + JSON settings, never a pickle), ``config.yaml``,
 ``summary.json``, the evaluation report when ``mara evaluate`` wrote one, and a model card
-(:mod:`agents.hub`). Needs a Hub token with write access (``huggingface-cli login`` or ``$HF_TOKEN``).
+(:mod:`agents.hub_push`). Needs a Hub token with write access (``huggingface-cli login`` or ``$HF_TOKEN``).
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from agents.hub import push_to_hub
+    from agents.hub_push import push_to_hub
 
     if not args.run.exists():
         raise FileNotFoundError(

@@ -35,8 +35,9 @@ from agents.training.run_config import (
     hyperparameter_owners,
     parse_value,
 )
+from agents.training.run_folder import CONFIG_FILE, check_out, put_back_replaced
 from agents.training.run_lock import run_lock
-from agents.training.runner import CONFIG_FILE, check_out, put_back_replaced, resume_run, train_run
+from agents.training.runner import resume_run, train_run
 from mara_env import MARA_V1, VERSIONS, MARAConfig
 from mara_env.config import setting_help
 

@@ -19,11 +19,13 @@ from typing import Any
 
 import numpy as np
 
-from agents.accept import accept_probabilities, kl_increment
+from agents.accept import EpisodeKL
 from agents.distributed.batch import TransitionBatch
 from agents.distributed.policy_sync import PolicySnapshot, apply_behaviour_settings, load_snapshot
 from agents.errors import INPUT_ERRORS, describe
+from agents.registry import make_algorithm
 from agents.training.callbacks import EPISODE_METRICS
+from agents.training.environment import make_env
 from agents.training.run_config import RunConfig
 
 __all__ = ["Collector", "CollectorError"]
@@ -46,7 +48,7 @@ class Collector:
         self.index = int(index)
         self._version = -1
         self._obs: np.ndarray | None = None
-        self._episode_kl = np.zeros(0)
+        self._episode_kl = EpisodeKL(0)
         self._error: BaseException | None = None
         self.venv: Any = None
         self.model: Any = None
@@ -60,9 +62,6 @@ class Collector:
 
     def _build(self, config: RunConfig, threads: int) -> None:
         import torch
-
-        from agents.registry import make_algorithm
-        from agents.training.runner import make_env
 
         torch.set_num_threads(max(1, int(threads)))
         env_kwargs = dict(config.env_kwargs)
@@ -102,7 +101,7 @@ class Collector:
             "observation_space": self.venv.observation_space,
             "action_space": self.venv.action_space,
             "config": self.venv.get_attr("config")[0],
-            "observation_layout": self.venv.get_attr("observation_layout")[0],
+            "agent_contract": self.venv.get_attr("agent_contract")[0],
         }
 
     def reset(self, seed: int | None) -> None:
@@ -115,7 +114,7 @@ class Collector:
             raise CollectorError(f"collector {self.index} has no environment: {describe(self._error)}")
         self.venv.seed(seed)
         self._obs = self.venv.reset()
-        self._episode_kl = np.zeros(self.venv.num_envs)
+        self._episode_kl = EpisodeKL(self.venv.num_envs)
 
     def ping(self) -> int:
         """The process id: answers once the actor is up (after a restart, once it is back)."""
@@ -163,22 +162,17 @@ class Collector:
         for t in range(steps):
             obs = self._obs
             model._last_obs = obs
-            # SB3's warm-up: uniformly random actions before learning_starts (DiscreteSAC may warm up on its policy)
-            uniform = getattr(model, "uniform_warmup", True) and model.num_timesteps < model.learning_starts
             action, buffer_action = model._sample_action(model.learning_starts, None, n)
-            # The behaviour policy's probability of accepting, for the KL estimate (as MARALoggingCallback)
-            p_accept = np.full(n, 0.5) if uniform else accept_probabilities(model, obs, behaviour=True)
             new_obs, reward, done, infos = venv.step(action)
-            ref_logp = np.array([info.get("ref_logp", np.nan) for info in infos], dtype=np.float64)
-            self._episode_kl += kl_increment(p_accept, np.asarray(action).reshape(-1), ref_logp)
+            # the KL estimate of single-process training (MARALoggingCallback), behaviour policy and warm-up alike
+            self._episode_kl.step(model, obs, action, infos, model.num_timesteps)
 
             next_obs = np.array(new_obs, copy=True)
             for i in np.flatnonzero(done):
                 info = infos[i]
                 if info.get("terminal_observation") is not None:
                     next_obs[i] = info["terminal_observation"]
-                episodes.append((_episode_record(info), float(self._episode_kl[i])))
-                self._episode_kl[i] = 0.0
+                episodes.append((_episode_record(info), self._episode_kl.finish(i)))
             observations[t] = obs
             next_observations[t] = next_obs
             actions[t] = np.asarray(buffer_action).reshape(n, 1)

@@ -150,8 +150,7 @@ class DistributedLearner:
             first["num_envs"],
             first["observation_space"],
             first["action_space"],
-            config=first["config"],
-            observation_layout=first["observation_layout"],
+            agent_contract=first["agent_contract"],
         )
 
     def _wait_described(self, ray: Any) -> list[dict[str, Any]]:
@@ -419,7 +418,7 @@ class DistributedLearner:
 
 _PING = -1  # in_flight's decisions of a ping
 _WAIT_S = 0.5  # seconds between looks at the tasks in flight, and between pings of a restarting collector
-_SPACE_KEYS = ("observation_space", "action_space", "config", "observation_layout")
+_SPACE_KEYS = ("observation_space", "action_space", "config", "agent_contract")
 
 
 class _Window:

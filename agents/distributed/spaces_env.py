@@ -4,8 +4,8 @@ A Stable-Baselines3 algorithm is built on a ``VecEnv``; in distributed training 
 process loads no LLM, so its algorithm is built on this description of the collectors' vector
 envs instead: the same observation and action spaces, number of sub-environments (so the replay
 buffer has the layout of single-process training, and checkpoints move between the two), and the
-MARA settings that :func:`agents.registry.make_algorithm` reads (``kl_coef``, the shaping discount,
-the observation layout that anchors the policy to the reference).
+environment's :class:`~mara_env.contract.AgentContract` that :func:`agents.registry.make_algorithm` reads
+(``kl_coef``, the shaping discount, the observation layout that anchors the policy to the reference).
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ import gymnasium as gym
 import numpy as np
 from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvIndices, VecEnvObs, VecEnvStepReturn
 
+from mara_env.contract import AgentContract
+
 __all__ = ["SpacesOnlyVecEnv"]
 
 
@@ -26,8 +28,7 @@ class SpacesOnlyVecEnv(VecEnv):
     :param num_envs: sub-environments of each collector's vector env.
     :param observation_space: one sub-environment's observation space.
     :param action_space: one sub-environment's action space.
-    :param config: the environment's settings (a :class:`mara_env.MARAConfig`), read by duck typing.
-    :param observation_layout: the environment's observation layout (:mod:`mara_env.observation`).
+    :param agent_contract: what the collectors' environments publish for agents (``None``: not MARA's).
     """
 
     def __init__(
@@ -35,13 +36,11 @@ class SpacesOnlyVecEnv(VecEnv):
         num_envs: int,
         observation_space: gym.spaces.Space,
         action_space: gym.spaces.Space,
-        config: Any = None,
-        observation_layout: Any = None,
+        agent_contract: AgentContract | None = None,
     ) -> None:
         self.render_mode = None  # nothing to render here (SB3 warns when the attribute is missing)
         super().__init__(num_envs, observation_space, action_space)
-        self.config = config
-        self.observation_layout = observation_layout
+        self.agent_contract = agent_contract
 
     def reset(self) -> VecEnvObs:
         # SB3's learn setup resets once; the observations that matter come from the collectors

@@ -15,6 +15,7 @@ numpy only; the pipeline (LLMs, scorers) loads on first use of its names.
 from importlib import import_module
 from typing import Any
 
+from agents.accepted_positions import ACCEPT_POSITION_BINS, accept_position_counts
 from agents.evaluation.figures import (
     TRAINING_COLUMNS,
     TRAINING_OPTIONAL_COLUMNS,
@@ -27,10 +28,8 @@ from agents.evaluation.figures import (
 from agents.evaluation.report import write_report
 from agents.evaluation.results import SystemResult
 from agents.evaluation.statistics import (
-    ACCEPT_POSITION_BINS,
     MeanDifference,
     Preference,
-    accept_position_counts,
     bootstrap_ci,
     compare,
     mean_difference,

@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from agents.accepted_positions import ACCEPT_POSITION_BINS, accept_position_counts
 from agents.evaluation.results import SystemResult
-from agents.evaluation.statistics import ACCEPT_POSITION_BINS, accept_position_counts
 
 __all__ = [
     "TRAINING_COLUMNS",

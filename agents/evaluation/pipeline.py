@@ -63,9 +63,9 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from agents.accepted_positions import ACCEPT_POSITION_BINS, accept_position_counts
 from agents.evaluation.report import write_report
 from agents.evaluation.results import SystemResult
-from agents.evaluation.statistics import ACCEPT_POSITION_BINS, accept_position_counts
 from agents.generation import Generation, MARAGenerator
 from agents.reward_guided import ARGSGenerator
 from mara_env import TerminalReward, TerminalScores, held_out_prompts, load_replicas

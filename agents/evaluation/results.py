@@ -9,7 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from agents.evaluation.statistics import _as_ranks, _as_scores, accept_position_counts
+from agents.accepted_positions import accept_position_counts, as_ranks
+from agents.evaluation.statistics import _as_scores
 from agents.files import finite_or_none as _num
 from agents.files import jsonable as _jsonable
 
@@ -102,7 +103,7 @@ class SystemResult:
             setattr(self, field_name, array.astype(np.int64) if field_name == "num_tokens" else array)
         if self.accepted_ranks is not None:
             self.accepted_ranks = [
-                _as_ranks(r, f"{where}: accepted_ranks[{i}]").tolist() for i, r in enumerate(self.accepted_ranks)
+                as_ranks(r, f"{where}: accepted_ranks[{i}]").tolist() for i, r in enumerate(self.accepted_ranks)
             ]
             check_length("accepted_ranks", len(self.accepted_ranks))
         self.llm_tokens = int(self.llm_tokens)

@@ -3,7 +3,7 @@
 One concept per module:
 
 - :mod:`agents.generation.generator`: :class:`MARAGenerator`, answers under a trained accept/reject agent,
-  on a :class:`mara_env.DecodingSession` (the environments' LLM set-up and decoding rules);
+  on a :class:`mara_env.session.DecodingSession` (the environments' LLM set-up and decoding rules);
 - :mod:`agents.generation.continuous`: :class:`ContinuousBatch` and :class:`RowRequest`, the running batch
   that answers join and leave between steps (the generator's loop and ``mara serve``'s);
 - :mod:`agents.generation.plain`: :func:`batched_generate`, the LLM alone through ``model.generate`` (the

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from agents.evaluation.statistics import ACCEPT_POSITION_BINS, accept_position_counts
+from agents.accepted_positions import ACCEPT_POSITION_BINS, accept_position_counts
 
 __all__ = ["Generation", "GenerationStats", "check_prompts"]
 
@@ -49,8 +49,8 @@ class Generation:
         return len(self.token_ids)
 
     def accept_position_counts(self, max_rank: int = ACCEPT_POSITION_BINS) -> np.ndarray:
-        """How many answer tokens were the 1st, 2nd, ... candidate: :func:`agents.evaluation.accept_position_counts`
-        of this answer, the definition of every report.
+        """How many answer tokens were the 1st, 2nd, ... candidate:
+        :func:`agents.accepted_positions.accept_position_counts` of this answer, the definition of every report.
 
         Every answer token counts, a token forced from a single-candidate set too (as rank 0: it was the
         first candidate); the last bin pools ranks ``>= max_rank - 1``.

@@ -3,7 +3,7 @@
 :class:`ContinuousBatch` is the loop of aligned generation (:meth:`agents.generation.MARAGenerator.generate`
 runs it over a list of prompts) and of ``mara serve`` (which feeds it from concurrent HTTP requests).
 A step lets every row decide until it waits for a forward, then runs one round of forwards for all of
-them (:meth:`mara_env.AcceptRejectDecoder.run_round`): decisions inside a computed chunk cost no forward,
+them (:meth:`mara_env.decoder.AcceptRejectDecoder.run_round`): decisions inside a computed chunk cost no forward,
 and rows waiting for a forced token, a new chunk or a new prompt share one.
 """
 
@@ -17,7 +17,8 @@ import numpy as np
 
 from agents.accept import kl_increment
 from agents.generation.answers import Generation
-from mara_env import AcceptRejectDecoder, Phase
+from mara_env.decoder import AcceptRejectDecoder
+from mara_env.row_state import Phase
 
 if TYPE_CHECKING:
     from agents.generation.generator import MARAGenerator
@@ -30,7 +31,7 @@ class RowRequest:
     """One answer to decode on a row of a :class:`ContinuousBatch`.
 
     :param prompt: the prompt's text (kept in the :class:`Generation`).
-    :param prompt_ids: the formatted prompt's token ids (see :meth:`mara_env.DecodingSession.encode`).
+    :param prompt_ids: the formatted prompt's token ids (see :meth:`mara_env.session.DecodingSession.encode`).
     :param rng: the row's own random stream for the decisions (one per answer, so an answer does not
         depend on which others share the batch).
     :param deterministic: decide without sampling: the agent accepts when ``pi(accept | s) >= 0.5``; a

@@ -1,8 +1,8 @@
 """Aligned generation: an LLM's answers decoded under a trained accept/reject agent.
 
-:class:`MARAGenerator` decodes on a :class:`mara_env.DecodingSession`, the LLM set-up the environments
-use: the same decoder (:class:`mara_env.AcceptRejectDecoder`), prompt format, candidate sets and forced
-last candidate, and the agent's observation built the same way (:func:`mara_env.observe`, the layout read
+:class:`MARAGenerator` decodes on a :class:`mara_env.session.DecodingSession`, the LLM set-up the environments
+use: the same decoder (:class:`mara_env.decoder.AcceptRejectDecoder`), prompt format, candidate sets and forced
+last candidate, and the agent's observation built the same way (:func:`mara_env.observation.observe`, the layout read
 from the agent's input size), so an agent decides at generation time exactly as it did in training.
 Many prompts are decoded at once (a :class:`~agents.generation.ContinuousBatch`): each of ``batch_size``
 rows takes the next prompt as soon as its answer ends.
@@ -44,8 +44,11 @@ from agents.accept import AcceptFunction, as_accept_function
 from agents.generation.answers import Generation, GenerationStats, check_prompts
 from agents.generation.continuous import ContinuousBatch, RowRequest
 from agents.generation.plain import batched_generate
-from mara_env import AcceptRejectDecoder, CandidateConfig, ChunkPlan, ObservationLayout, PromptFormat, observe
-from mara_env.llm import LLMReplica
+from mara_env.candidates import CandidateConfig
+from mara_env.config import ChunkPlan
+from mara_env.decoder import AcceptRejectDecoder
+from mara_env.llm import LLMReplica, PromptFormat
+from mara_env.observation import ObservationLayout, observe
 from mara_env.session import DecodingSession
 
 __all__ = ["MARAGenerator"]
@@ -67,7 +70,7 @@ class MARAGenerator:
     :param top_p: nucleus mass.
     :param temperature: applied before the cuts.
     :param chunk_size: candidates per forward (an int, ``"all"``, ``"adaptive"``, ``"auto"`` or a
-        :class:`mara_env.ChunkPlan`; see :func:`mara_env.resolve_chunking`).
+        :class:`mara_env.config.ChunkPlan`; see :func:`mara_env.config.resolve_chunking`).
     :param max_prompt_tokens: longest formatted prompt (``None``: context minus answer room).
     :param prompt_overflow: ``"truncate"`` (cut the user text from the left, with a warning) or ``"error"``.
     :param batch_size: prompts decoded at once.

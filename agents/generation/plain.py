@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from transformers import LogitsProcessor, LogitsProcessorList
 
 from agents.generation.answers import Generation, GenerationStats, check_prompts
-from mara_env import CandidateConfig, candidate_sets
+from mara_env.candidates import CandidateConfig, candidate_sets
 
 __all__ = ["Rescore", "batched_generate"]
 

@@ -17,10 +17,9 @@ from typing import Any
 import numpy as np
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
-from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.utils import safe_mean
 
-from agents.accept import accept_probabilities, kl_increment
+from agents.accept import EpisodeKL
 from agents.training.checkpoints import write_checkpoint
 
 #: Episode-end info keys of MARA-v0 and the ``mara/*`` columns their means are logged as.
@@ -65,7 +64,7 @@ class MARALoggingCallback(BaseCallback):
         self.last_means: dict[str, float] = {}
         self._wall_before = 0.0  # seconds of earlier segments of a resumed run
         self._pending: dict[str, list[float]] = {}
-        self._episode_kl = np.zeros(0)
+        self._episode_kl = EpisodeKL(0)
         self._next_dump = 0
         self._dump_time = 0.0
         self._dump_timesteps = 0
@@ -87,21 +86,11 @@ class MARALoggingCallback(BaseCallback):
         return self._wall_before + (time.time() - self._start_time if self._start_time else 0.0)
 
     def _on_training_start(self) -> None:
-        self._episode_kl = np.zeros(self.training_env.num_envs)
+        self._episode_kl = EpisodeKL(self.training_env.num_envs)
         self._pending = {column: [] for column in [*EPISODE_METRICS.values(), KL_COLUMN]}
         self._next_dump = (self.num_timesteps // self.log_every + 1) * self.log_every
         self._start_time = self._dump_time = time.time()
         self._dump_timesteps = self.num_timesteps
-
-    def _warming_up(self) -> bool:
-        """Whether this step's actions were uniformly random (an off-policy algorithm's warm-up)."""
-        model = self.model
-        # DiscreteSAC with an anchored actor warms up on its policy (`uniform_warmup` False)
-        if not isinstance(model, OffPolicyAlgorithm) or not getattr(model, "uniform_warmup", True):
-            return False
-        # num_timesteps was already advanced past the step whose actions were chosen
-        before = self.num_timesteps - self.training_env.num_envs
-        return before < model.learning_starts and not (model.use_sde and model.use_sde_at_warmup)
 
     @property
     def dumped_at(self) -> int:
@@ -128,19 +117,14 @@ class MARALoggingCallback(BaseCallback):
             return True
         infos: list[dict[str, Any]] = self.locals["infos"]
         dones = np.asarray(self.locals["dones"], dtype=bool)
-        actions = np.asarray(self.locals["actions"]).reshape(-1)
-        # _last_obs is still the observation these actions were taken on (SB3 replaces it after callbacks)
-        if self._warming_up():
-            p_accept = np.full(len(actions), 0.5)
-        else:
-            p_accept = accept_probabilities(self.model, self.model._last_obs, behaviour=True)
-        ref_logp = np.array([info.get("ref_logp", np.nan) for info in infos], dtype=np.float64)
-        self._episode_kl += kl_increment(p_accept, actions, ref_logp)
+        # _last_obs is still the observation these actions were taken on (SB3 replaces it after callbacks);
+        # num_timesteps was already advanced past the step whose actions were chosen
+        before = self.num_timesteps - self.training_env.num_envs
+        self._episode_kl.step(self.model, self.model._last_obs, self.locals["actions"], infos, before)
 
         for i in np.flatnonzero(dones):
             # SB3VecEnv puts the episode-end info here when dones[i]
-            self.record_episode(infos[i], float(self._episode_kl[i]))
-            self._episode_kl[i] = 0.0
+            self.record_episode(infos[i], self._episode_kl.finish(i))
 
         if self.num_timesteps >= self._next_dump:
             self.dump()

@@ -45,7 +45,8 @@ from agents.files import write_text_atomic
 from agents.hints import did_you_mean
 from agents.registry import ALGORITHMS, check_overrides, get_spec, resolve_kwargs
 from agents.teacher import TEACHERS
-from mara_env import VERSIONS, MARAConfig, type_problem
+from mara_env import VERSIONS, MARAConfig
+from mara_env.config import type_problem
 
 #: The default run ("main job"): what ``mara train`` does with no options. The embedded
 #: SmolLM2-135M-Instruct (``llm=None``), the default prompt set's train part, sentiment reward,

@@ -16,9 +16,9 @@ A run folder::
     teacher-demonstrations.npz   with train.teacher_bc > 0: the demonstrated decisions, for --resume
     cluster.json       with train.collectors: where each Ray collector ran and what it delivered
 
-:func:`make_env` and :func:`learn` are the steps every training shares (``mara train`` and
-``benchmarks/algorithms.py``): the vector environment SB3 trains on, and ``model.learn`` with the
-logging callback. With ``train.collectors`` set, Ray collector actors step the environments and
+:func:`~agents.training.environment.make_env` and :func:`learn` are the steps every training shares
+(``mara train`` and ``benchmarks/algorithms.py``): the vector environment SB3 trains on, and
+``model.learn`` with the logging callback. With ``train.collectors`` set, Ray collector actors step the environments and
 this process learns (:class:`agents.distributed.DistributedLearner`), with the same run folder,
 checkpoints and resumption. Nothing a run does destroys finished work: see :func:`train_run` for ``replace``
 and :func:`resume_run` for damaged checkpoints.
@@ -42,6 +42,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import CSVOutputFormat, HumanOutputFormat, Logger, make_output_format
 
 from agents.agent_file import AGENT_SETTINGS, AGENT_WEIGHTS, save_agent_file
+from agents.distributed import DistributedLearner
 from agents.errors import CommandFailed, describe
 from agents.files import copy_atomic, write_text_atomic
 from agents.loading import load_algorithm
@@ -67,8 +68,10 @@ from agents.training.checkpoints import (
     recover_checkpoint,
     set_aside_damaged,
 )
+from agents.training.environment import make_env
 from agents.training.hparams import log_run_config
 from agents.training.run_config import RunConfig, check_agent_flags
+from agents.training.run_folder import CONFIG_FILE, replaced_path
 from agents.training.run_lock import run_lock
 
 __all__ = [
@@ -79,16 +82,12 @@ __all__ = [
     "SUMMARY_FILE",
     "TEACHER_FILE",
     "TENSORBOARD_DIR",
-    "check_out",
     "learn",
-    "make_env",
     "make_logger",
-    "put_back_replaced",
     "resume_run",
     "train_run",
 ]
 
-CONFIG_FILE = "config.yaml"
 #: Distributed runs: where each collector ran (node, GPUs, LLM devices) and what it delivered.
 CLUSTER_FILE = "cluster.json"
 PROGRESS_FILE = "progress.csv"
@@ -96,8 +95,6 @@ SUMMARY_FILE = "summary.json"
 TEACHER_FILE = "teacher.json"
 DEMONSTRATIONS_FILE = "teacher-demonstrations.npz"
 TENSORBOARD_DIR = "tb"
-#: ``<out>`` + this: where ``--overwrite`` keeps the replaced run until the new run's first checkpoint.
-REPLACED_SUFFIX = ".overwritten"
 
 # Settings that --resume may change: the run's length, how progress is shown, and where it runs (the
 # learner's model and replay buffer are the same with or without Ray collectors, on any cluster).
@@ -109,22 +106,6 @@ _RESUMABLE_CHANGES = {
     "train.collector_gpus",
     "train.collect_steps",
 }
-
-
-def make_env(env_id: str, num_envs: int, **env_kwargs: Any) -> Any:
-    """``VecMonitor(SB3VecEnv(gym.make_vec(env_id, num_envs, **env_kwargs)))``: what every MARA training steps.
-
-    :param env_id: ``"MARA-v1"`` or ``"MARA-v0"``.
-    :param num_envs: sub-environments batched through the LLM.
-    :param env_kwargs: :class:`mara_env.MARAConfig` settings (``llm`` may be loaded replicas).
-    """
-    import gymnasium as gym
-    from stable_baselines3.common.vec_env import VecMonitor
-
-    import mara_env  # noqa: F401  (registers the ids)
-    from mara_env.sb3 import SB3VecEnv
-
-    return VecMonitor(SB3VecEnv(gym.make_vec(env_id, num_envs=num_envs, **env_kwargs)))
 
 
 def learn(
@@ -147,57 +128,6 @@ def learn(
         log_interval=None,
         reset_num_timesteps=reset_num_timesteps,
         progress_bar=progress_bar,
-    )
-
-
-def check_out(out: Path, *, overwrite: bool) -> None:
-    """Refuse an ``--out`` that a new run may not use; changes nothing."""
-    if out.exists() and not out.is_dir():
-        raise FileExistsError(f"--out {out} is a file, not a folder.")
-    if not (out.is_dir() and any(out.iterdir())):
-        return
-    if overwrite:
-        if not (out / CONFIG_FILE).is_file():  # --overwrite replaces a folder; only ever one that a run made
-            raise FileExistsError(
-                f"--overwrite only replaces run folders (with {CONFIG_FILE}); {out} is not one. Choose another --out."
-            )
-        return
-    never_saved = not any(out.glob(CHECKPOINT_DIR + "*")) and not (out / MODEL_FILE).exists()
-    if (out / CONFIG_FILE).is_file() and never_saved:
-        raise FileExistsError(
-            f"{out} holds a run that stopped before its first checkpoint (it has no trained model): pass --resume to "
-            "start it again with its own settings, --overwrite to replace it with these, or choose another --out."
-        )
-    raise FileExistsError(
-        f"{out} already exists and is not empty: pass --overwrite to replace it, --resume to continue the run in it, "
-        "or choose another --out."
-    )
-
-
-def _replaced(out: Path) -> Path:
-    """Where ``--overwrite`` keeps the run it replaces until the new run's first checkpoint."""
-    return out.with_name(out.name + REPLACED_SUFFIX)
-
-
-def put_back_replaced(out: Path) -> None:
-    """Finish what a killed ``--overwrite`` left: drop the replaced run, or put it back if the new one never started.
-
-    The replaced run is deleted right after the new run's first checkpoint; a kill before that leaves
-    it in ``<out>.overwritten``, and since the new run then holds nothing to resume, the old one comes back.
-    """
-    aside = _replaced(out)
-    if not aside.is_dir():
-        return
-    if out.is_dir() and recover_checkpoint(out) is not None:
-        shutil.rmtree(aside)  # killed between the first checkpoint and the deletion
-        return
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(aside, out)
-    print(
-        f"mara train: note: an earlier --overwrite of {out} stopped before the new run's first checkpoint; the run it "
-        f"replaced is back in {out}.",
-        file=sys.stderr,
     )
 
 
@@ -362,8 +292,6 @@ def _train_run(
     distributed = None
     if config.train.collectors is not None:
         # Ray collectors step the environments; this process holds the learner (agents.distributed)
-        from agents.distributed import DistributedLearner
-
         distributed = DistributedLearner(config)
         venv = distributed.start()
         write_config = write_config or distributed.config != config
@@ -409,8 +337,8 @@ def _train_run(
         created = not out.exists()
         try:
             if replace and out.is_dir() and any(out.iterdir()):
-                os.replace(out, _replaced(out))
-                aside = _replaced(out)  # only once it is there: the undo below deletes out
+                os.replace(out, replaced_path(out))
+                aside = replaced_path(out)  # only once it is there: the undo below deletes out
             out.mkdir(parents=True, exist_ok=True)
             if write_config:
                 config.dump(out / CONFIG_FILE)
