@@ -250,7 +250,8 @@ class MARAConfig:
                 "Russell, 1999). After every decision the committed prefix y_<=t is scored, Phi(s) = alpha_r R(x, "
                 "y_<=t) - alpha_c C(x, y_<=t) (Phi = 0 at the terminal state), and the decision's reward gains "
                 "shaping_gamma * Phi(s') - Phi(s). Costs one batched call of each scorer per step (on the rows whose "
-                "prefix grew)."
+                "prefix grew); causal score models (beaver score models, decoder-only sequence classifiers) score "
+                "incrementally, about one token per row, others re-score the whole prefix (mara_env.prefix_scoring)."
             )
         },
     )
@@ -261,6 +262,16 @@ class MARAConfig:
                 "the discount of the shaping term, in (0, 1]; use the agent's gamma for exact policy invariance of "
                 "the discounted objective (1.0: an episode's shaping terms add up to -Phi(s_0), a constant per prompt"
                 " start)."
+            )
+        },
+    )
+    shaping_interval: int = field(
+        default=1,
+        metadata={
+            "help": (
+                "with potential shaping, score the prefix every k committed tokens (Phi of t tokens is that of the "
+                "first t - t % k, still a potential, so the optimum is kept): divides the cost of scorers that "
+                "re-score whole prefixes by about k."
             )
         },
     )
@@ -368,6 +379,11 @@ class MARAConfig:
         if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not 0.0 < gamma <= 1.0:
             raise ValueError(
                 f"shaping_gamma must be a number in (0, 1], got {gamma!r}; use the agent's discount (e.g. 0.99)."
+            )
+        if self.shaping_interval < 1:
+            raise ValueError(
+                f"shaping_interval must be an integer >= 1, got {self.shaping_interval!r}; 1 scores after every "
+                "committed token."
             )
         if self.obs_dtype not in ("float32", "float16"):
             raise ValueError(f"obs_dtype must be 'float32' or 'float16', got {self.obs_dtype!r}.")

@@ -19,6 +19,7 @@ from mara_env.config import MARAConfig
 from mara_env.decoder import Phase, RowState
 from mara_env.hints import did_you_mean
 from mara_env.observation import ObservationLayout, observe
+from mara_env.prefix_scoring import ShapingPotential
 from mara_env.prompts import PromptSet
 from mara_env.scoring import TerminalReward
 from mara_env.session import DecodingSession
@@ -115,6 +116,9 @@ class MARACore:
         self._prefill_ahead = config.lookahead and num_rows > 1
         self._next_prompt: dict[int, str] = {}
         self.shaping = config.reward_shaping == "potential"
+        self.shaping_potential = (
+            ShapingPotential(self.terminal, num_rows, config.shaping_interval) if self.shaping else None
+        )
         #: Phi(s) of each row's current state under potential shaping (0 otherwise).
         self.potential = np.zeros(num_rows)
 
@@ -156,15 +160,23 @@ class MARACore:
         if self.shaping:
             # F = gamma_s * Phi(s') - Phi(s), with Phi(s') = 0 when s' is terminal (the terminal reward
             # pays the full score there) and unchanged when the decision committed no token (a reject).
+            # With shaping_interval k, Phi changes only when the scored length (t - t % k) does.
+            scored = self.shaping_potential.scored_length
             before = self.potential[list(rows)]
             after = np.where(done, 0.0, before)
-            grown = [i for i, r in enumerate(rows) if not done[i] and len(states[r].response) != lengths[i]]
-            if grown:
-                after[grown] = self._potentials([rows[i] for i in grown], when="after a committed token")
+            grown = [
+                i for i, r in enumerate(rows) if not done[i] and scored(len(states[r].response)) != scored(lengths[i])
+            ]
+            fresh = list(ended) if restart else []  # restarted rows: Phi of their new episode's first state
+            # one scoring call for both, so each scorer runs one batched forward per step
+            phi = np.zeros(0)
+            if grown or fresh:
+                when = "after a committed token or at a new episode's first decision"
+                phi = self._potentials([rows[i] for i in grown] + fresh, when=when)
+                after[grown] = phi[: len(grown)]
             shaping = self.config.shaping_gamma * after - before
             self.potential[list(rows)] = after
-            if restart and ended:
-                self.potential[list(ended)] = self._potentials(list(ended), when="at the first decision")
+            self.potential[fresh] = phi[len(grown) :]
         return Decisions(logp, self.config.kl_coef * logp, shaping, done, ended, skipped)
 
     def _begin(self, rows: Sequence[int], options: dict[str, Any]) -> None:
@@ -220,9 +232,10 @@ class MARACore:
         """``Phi = alpha_r R(x, y_<=t) - alpha_c C(x, y_<=t)`` of each row's committed prefix, in one batch."""
         states = [self.decoder.rows[r] for r in rows]
         prompts = [st.prompt for st in states]
-        prefixes = [self.decode(st.response) for st in states]
+        scored = self.shaping_potential.scored_length
+        prefixes = [self.decode(st.response[: scored(len(st.response))]) for st in states]
         try:
-            return np.asarray(self.terminal(prompts, prefixes).reward, dtype=np.float64)
+            return self.shaping_potential(rows, prompts, prefixes)
         except Exception as exc:
             empty = " (some were empty)" if any(not p for p in prefixes) else ""
             raise RuntimeError(
