@@ -21,6 +21,7 @@ from mara_env.hints import did_you_mean
 from mara_env.llm import check_devices, check_dtype
 from mara_env.observation import ObservationLayout
 from mara_env.prompts import check_test_fraction
+from mara_env.score_models import split_scorer_devices
 
 #: Values of the ``reward_shaping`` setting.
 REWARD_SHAPINGS = ("none", "potential")
@@ -239,8 +240,23 @@ class MARAConfig:
     )
     alpha_r: float = field(default=1.0, metadata={"help": "weight of R."})
     alpha_c: float = field(default=1.0, metadata={"help": "weight of C."})
-    scorer_device: Any = field(
-        default=None, metadata={"help": "device for reward/cost models given by name (default: the first replica's)."}
+    scorer_devices: Any = field(
+        default=None,
+        metadata={
+            "help": (
+                "devices of reward/cost models given by name or path: None (the first LLM replica's), one device for "
+                "both, or [reward device, cost device]; e.g. an 8B LLM on cuda:0 and the score models on cuda:1."
+            )
+        },
+    )
+    scorer_dtype: Any = field(
+        default="auto",
+        metadata={
+            "help": (
+                '"auto" (bfloat16 on CUDA, float32 elsewhere), "float32", "bfloat16", "float16", or None (each '
+                "checkpoint's own): the dtype of reward/cost models given by name or path."
+            )
+        },
     )
     reward_shaping: str = field(
         default="none",
@@ -358,6 +374,11 @@ class MARAConfig:
         DecoderConfig(candidates=self.candidates, max_new_tokens=self.max_new_tokens, draft_tokens=self.draft_tokens)
         check_devices(self.devices)
         check_dtype(self.dtype)
+        split_scorer_devices(self.scorer_devices)
+        try:
+            check_dtype(self.scorer_dtype)
+        except ValueError as error:
+            raise ValueError(f"scorer_{error}") from None
         check_test_fraction(self.test_fraction)
         for name in ("alpha_r", "alpha_c"):
             if not math.isfinite(getattr(self, name)):

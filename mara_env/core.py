@@ -102,13 +102,14 @@ class MARACore:
             draft_tokens=config.draft_tokens,
         )
         self.max_prompt_tokens = self.session.prompt_limit(config.max_new_tokens)
-        scorer_device = config.scorer_device if config.scorer_device is not None else self.session.device
+        scorer_devices = config.scorer_devices if config.scorer_devices is not None else self.session.device
         self.terminal = TerminalReward(
             config.reward_model,
             config.cost_model,
             alpha_r=config.alpha_r,
             alpha_c=config.alpha_c,
-            device=scorer_device,
+            device=scorer_devices,
+            dtype=config.scorer_dtype,
         )
         self.rngs: list[np.random.Generator] = [seeding.np_random(None)[0] for _ in range(num_rows)]
         # With several rows, each row's next prompt is drawn (from its own generator, so the prompts drawn

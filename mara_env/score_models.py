@@ -16,11 +16,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
+
+from mara_env.llm import parse_dtype, resolve_device
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
-
-    import torch
 
 PLAIN_TEMPLATE = "User: {prompt}\n\nAssistant: {response}"
 """Text given to a sequence-classification reward model whose tokenizer has no chat template."""
@@ -41,7 +42,7 @@ def load_reward_model(
     model_id: str,
     *,
     device: str | torch.device | None,
-    dtype: torch.dtype | None,
+    dtype: str | torch.dtype | None,
     kind: str,
     label: int | str | None,
     template: str | None,
@@ -49,7 +50,6 @@ def load_reward_model(
     max_length: int | None,
     trust_remote_code: bool,
 ) -> ModelScoreFn:
-    import torch
     from transformers import AutoConfig, AutoTokenizer
 
     try:
@@ -72,9 +72,10 @@ def load_reward_model(
             kind = "beaver" if head else "sequence_classification"
     if tokenizer.pad_token is None:  # padding is needed for batches; the attention mask hides it
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
-    device = torch.device(device if device is not None else "cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(device)
     load_kwargs = {
-        "dtype": dtype if dtype is not None else "auto",
+        # None: the checkpoint's own dtype (transformers' "auto"); "auto": bfloat16 on CUDA, float32 elsewhere
+        "dtype": "auto" if dtype is None else parse_dtype(dtype, device),
         "device_map": device,  # straight onto the device, without a full copy in CPU memory first
         "trust_remote_code": trust_remote_code,
     }
@@ -105,6 +106,7 @@ def load_reward_model(
             raise ValueError(f"{model_id!r}: the checkpoint lacks the backbone weights {missing}.")
         forward, causal = _end_score(backbone.eval(), head, label, device)
         text = template or BEAVER_TEMPLATE
+        loaded = backbone.dtype
     else:
         from transformers import AutoModelForSequenceClassification
 
@@ -113,7 +115,10 @@ def load_reward_model(
             model.config.pad_token_id = tokenizer.pad_token_id
         forward, causal = _classifier_score(model.eval(), label)
         text = template or (None if tokenizer.chat_template else PLAIN_TEMPLATE)
-    return ModelScoreFn(forward, tokenizer, text, batch_size=batch_size, max_length=limit, device=device, causal=causal)
+        loaded = model.dtype
+    return ModelScoreFn(
+        forward, tokenizer, text, batch_size=batch_size, max_length=limit, device=device, dtype=loaded, causal=causal
+    )
 
 
 def check_template(template: str) -> None:
@@ -129,7 +134,6 @@ def check_template(template: str) -> None:
 
 def _score_head_state(model_id: str) -> dict[str, torch.Tensor]:
     """Read the ``score_head.*`` tensors of a checkpoint, without loading the rest of it."""
-    import torch
     from safetensors import safe_open
     from transformers.utils import cached_file
 
@@ -198,7 +202,6 @@ def _end_score(
     backbone: Any, head: dict[str, torch.Tensor], label: int | str | None, device: torch.device
 ) -> tuple[_Forward, CausalScore | None]:
     """A safe-rlhf score model: ``score_head`` applied to the hidden state of the last non-padding token."""
-    import torch
 
     weight = head["score_head.weight"].float().to(device)
     bias = head["score_head.bias"].float().to(device) if "score_head.bias" in head else None
@@ -220,7 +223,6 @@ def _end_score(
 
 def _classifier_score(model: Any, label: int | str | None) -> tuple[_Forward, CausalScore | None]:
     """An ``AutoModelForSequenceClassification``: its only logit, or the probability of one class."""
-    import torch
 
     config = model.config
     column = _pick_label(config.num_labels, label, config.label2id)
@@ -257,6 +259,23 @@ def _pick_label(count: int, label: int | str | None, names: dict[str, int], what
     )
 
 
+def split_scorer_devices(devices: Any) -> tuple[Any, Any]:
+    """``(reward device, cost device)`` from a ``scorer_devices`` setting: ``None``, one device for both, or
+    a list of one or two devices.
+
+    :raises ValueError: another form, naming the forms that work.
+    """
+    one = (str, torch.device)
+    if devices is None or isinstance(devices, one):
+        return devices, devices
+    if isinstance(devices, (list, tuple)) and 1 <= len(devices) <= 2 and all(isinstance(d, one) for d in devices):
+        return devices[0], devices[-1]
+    raise ValueError(
+        "scorer_devices must be None (the first LLM replica's device), one device for both scorers ('cuda:1'), "
+        f"or [reward device, cost device] (['cuda:1', 'cuda:2']); got {devices!r}."
+    )
+
+
 class ModelScoreFn:
     """Formats pairs as text, tokenizes them in batches and runs a score model without gradients."""
 
@@ -269,6 +288,7 @@ class ModelScoreFn:
         batch_size: int,
         max_length: int | None,
         device: torch.device,
+        dtype: torch.dtype | None = None,
         causal: CausalScore | None = None,
     ):
         self.forward = forward
@@ -277,6 +297,7 @@ class ModelScoreFn:
         self.batch_size = batch_size
         self.max_length = max_length
         self.device = device
+        self.dtype = dtype  # as loaded
         #: How the score is read from a causal backbone; ``None``: the model can only score whole texts.
         self.causal = causal
 

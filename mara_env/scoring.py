@@ -34,7 +34,14 @@ from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 import numpy as np
 
 from mara_env.hints import did_you_mean
-from mara_env.score_models import BEAVER_TEMPLATE, PLAIN_TEMPLATE, check_template, load_reward_model
+from mara_env.score_models import (
+    BEAVER_TEMPLATE,
+    PLAIN_TEMPLATE,
+    ModelScoreFn,
+    check_template,
+    load_reward_model,
+    split_scorer_devices,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -169,7 +176,10 @@ class TerminalReward:
     :param cost: the cost scorer C; ``None`` for no cost term.
     :param alpha_r: the weight of R.
     :param alpha_c: the weight of C.
-    :param device: the device of reward models given by name or path; see :func:`make_scorer`.
+    :param device: the device of reward models given by name or path (see :func:`make_scorer`), or
+        ``[reward device, cost device]``.
+    :param dtype: their dtype: ``"auto"`` (bfloat16 on CUDA, float32 elsewhere), a name such as
+        ``"bfloat16"``, a ``torch.dtype``, or ``None`` (each checkpoint's own).
     """
 
     def __init__(
@@ -179,15 +189,27 @@ class TerminalReward:
         *,
         alpha_r: float = 1.0,
         alpha_c: float = 1.0,
-        device: str | torch.device | None = None,
+        device: str | torch.device | Sequence[str | torch.device] | None = None,
+        dtype: str | torch.dtype | None = "auto",
     ) -> None:
         for name, value in (("alpha_r", alpha_r), ("alpha_c", alpha_c)):
             if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
                 raise ValueError(f"{name} must be a finite number, got {value!r}.")
         self.alpha_r = float(alpha_r)
         self.alpha_c = float(alpha_c)
-        self.reward_scorer = make_scorer(reward, role="reward", device=device)
-        self.cost_scorer = make_scorer(cost, role="cost", device=device)
+        reward_device, cost_device = split_scorer_devices(device)
+        self.reward_scorer = make_scorer(reward, role="reward", device=reward_device, dtype=dtype)
+        self.cost_scorer = make_scorer(cost, role="cost", device=cost_device, dtype=dtype)
+
+    @property
+    def placement(self) -> dict[str, dict[str, str]]:
+        """Where each model scorer runs, by role: ``{"reward": {"device": "cuda:1", "dtype": "bfloat16"}}``
+        (built-in scorers and callables run where they are and are left out)."""
+        found = {}
+        for scorer in (self.reward_scorer, self.cost_scorer):
+            if isinstance(scorer.fn, ModelScoreFn):
+                found[scorer.role] = {"device": str(scorer.fn.device), "dtype": str(scorer.fn.dtype).split(".")[-1]}
+        return found
 
     def __call__(self, prompts: Sequence[str], responses: Sequence[str]) -> TerminalScores:
         """Score a batch of finished episodes.
@@ -215,7 +237,7 @@ def make_scorer(
     *,
     role: str = "scorer",
     device: str | torch.device | None = None,
-    dtype: torch.dtype | None = None,
+    dtype: str | torch.dtype | None = None,
     kind: Literal["auto", "sequence_classification", "beaver"] = "auto",
     label: int | str | None = None,
     template: str | None = None,
@@ -259,7 +281,8 @@ def make_scorer(
     :param spec: what to score with, as above.
     :param role: what the scorer is for (``"reward"``, ``"cost"``), shown in errors.
     :param device: the device for models; default CUDA when available, else CPU.
-    :param dtype: the dtype for models; default the checkpoint's (transformers' ``dtype="auto"``).
+    :param dtype: the dtype for models: ``None`` (the default) the checkpoint's own, ``"auto"`` bfloat16 on
+        CUDA and float32 elsewhere, or a name (``"float32"``, ``"bfloat16"``, ``"float16"``) or ``torch.dtype``.
     :param kind: the kind of reward model; ``"auto"`` detects it as above.
     :param label: the class (index or name) scored by a model with several labels or score dimensions.
     :param template: a format string with ``{prompt}``, ``{response}`` and optionally ``{eos}`` (the
