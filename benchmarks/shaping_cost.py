@@ -13,11 +13,12 @@ reward, at each answer limit of ``--lengths``, three ways:
 - ``full``: shaping, the same model behind a plain callable, so every grown prefix is scored in full.
 
 The three take turns on **one** environment, in rounds (``--round`` steps each; ``full`` one step, being
-the slowest), from the first step of the episodes on, for ``--steps-per-token`` x the answer limit steps
-in all: each mode sees answers of every length the episodes go through, and the machine's load is shared
-fairly. The mode is switched by swapping the core's shaping potential (the shaping rewards of the first
-step after a switch are then wrong, the time is not); the first incremental step after a switch, which
-catches up with the tokens committed meanwhile, is run untimed.
+the slowest, in every ``--full-every``-th round), from the first step of the episodes on, for
+``--steps-per-token`` x the answer limit steps in all: each mode sees answers of every length the
+episodes go through, and the machine's load is shared fairly. The mode is switched by swapping the
+core's shaping potential (the shaping rewards of the first step after a switch are then wrong, the time
+is not); the first incremental step after a switch, which catches up with the tokens committed
+meanwhile, is run untimed.
 
 Usage::
 
@@ -92,9 +93,12 @@ def measure_length(replicas: list[Any], scorer: str, length: int, args: argparse
     steps = dict.fromkeys(MODES, 0)
     answer = dict.fromkeys(MODES, 0.0)  # answer tokens so far, summed over rows and timed steps
     total = int(args.steps_per_token * length)
-    done = 0
+    done = rounds = 0
     while done < total:
+        rounds += 1
         for mode in MODES:
+            if mode == "full" and (rounds - 1) % args.full_every:
+                continue
             core.shaping = potentials[mode] is not None
             core.shaping_potential = potentials[mode]
             if mode == "incremental":
@@ -133,6 +137,7 @@ def main() -> dict[str, Any]:
     p.add_argument("--num-envs", type=int, default=16)
     p.add_argument("--round", type=int, default=3, help="timed steps per mode per round (full: 1)")
     p.add_argument("--steps-per-token", type=float, default=1.0, help="steps in all, per token of the answer limit")
+    p.add_argument("--full-every", type=int, default=1, help="full scoring's step in every n-th round only (slow)")
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args()
 
@@ -145,6 +150,7 @@ def main() -> dict[str, Any]:
         "num_envs": args.num_envs,
         "round": args.round,
         "steps_per_token": args.steps_per_token,
+        "full_every": args.full_every,
         "lengths": {},
     }
     with tempfile.TemporaryDirectory() as tmp:

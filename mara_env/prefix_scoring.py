@@ -93,9 +93,23 @@ class IncrementalScorer:
         # On a CPU a padded token costs its compute, but the packed layout gathers every row's cache: pack only
         # when padding would at least triple the tokens (a restarted row's prompt beside a few tokens per row;
         # 135M model, 16 rows of 200 tokens, 12 rows of 3 tokens and one of 5: rows 2.6 s, packed 4.6 s)
-        packed = self.engine.device.type == "cpu" and n * counts.max() > 3 * counts.sum()
-        out = self.engine.run(list(rows), chain=chains, packed=bool(packed))
-        index = torch.as_tensor(np.asarray(out.start) + pos - start, device=out.hidden.device)
+        packed = bool(self.engine.device.type == "cpu" and n * counts.max() > 3 * counts.sum())
+        order, slot = list(rows), np.arange(n)
+        idle = sorted(set(range(self.engine.num_rows)) - set(rows))
+        if not packed and idle and all(len(self._ids[r]) for r in idle):
+            # With every row taking part the forward runs on the cache storage itself: re-running an idle row's
+            # last token (its keys/values rewritten unchanged) costs less than gathering the other rows' caches
+            # (135M model, 16 rows of 200 tokens: 12 rows gathered 2.6 s, 16 rows in place 2.3 s)
+            for r in idle:
+                self.engine.length[r] = len(self._ids[r]) - 1
+            by_row = dict(zip(rows, chains)) | {r: self._ids[r][-1:].tolist() for r in idle}
+            order, chains, slot = (
+                list(range(self.engine.num_rows)),
+                [by_row[r] for r in range(self.engine.num_rows)],
+                np.asarray(rows),
+            )
+        out = self.engine.run(order, chain=chains, packed=packed)
+        index = torch.as_tensor(np.asarray(out.start)[slot] + pos - start, device=out.hidden.device)
         scores = self.causal.head(out.hidden[index]).float().cpu()
         for i, r in enumerate(rows):
             self._ids[r] = new_grid[i, : new_len[i]].copy()
