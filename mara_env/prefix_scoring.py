@@ -37,6 +37,9 @@ from mara_env.scoring import BUILTIN_SCORERS, Scorer, TerminalReward
 
 __all__ = ["IncrementalScorer", "ShapingPotential", "incremental_scorer"]
 
+#: Full scoring that took less than this in a step (seconds) is not worth a warning (a cheap callable).
+WARN_SECONDS = 0.02
+
 # Probe ids for the causality check: two texts that differ only in their last token.
 _PROBE = ([1, 2, 3], [1, 2, 4])
 
@@ -192,7 +195,8 @@ class ShapingPotential:
 
     Scorers on causal score models score incrementally (:class:`IncrementalScorer`); the others (built-in
     scorers, callables, bidirectional encoders) score every prefix in full, and for those that are not
-    built in a one-line warning gives the measured cost of a step's scoring, once.
+    built in a one-line warning gives the measured cost of a step's scoring, once (from
+    :data:`WARN_SECONDS` a step).
 
     :param terminal: the reward and cost scorers and their weights.
     :param num_rows: rows (sub-environments).
@@ -234,7 +238,7 @@ class ShapingPotential:
                 full_seconds += time.perf_counter() - began
         self._calls += 1
         # the second call: the first pays one-off warm-up
-        if full_seconds and self._calls >= 2 and not self._warned:
+        if full_seconds >= WARN_SECONDS and self._calls >= 2 and not self._warned:
             self._warned = True
             warnings.warn(self._cost_line(full_seconds, len(rows)), stacklevel=3)
         return total

@@ -15,6 +15,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from conftest import CHAT_TEMPLATE, TINY_PROMPTS, build_tokenizer
 from safetensors.torch import save_file
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import (
@@ -27,9 +28,9 @@ from transformers import (
 )
 
 import mara_env  # noqa: F401  (registers MARA-v1)
+from mara_env import prefix_scoring
 from mara_env.prefix_scoring import ShapingPotential, incremental_scorer
 from mara_env.scoring import TerminalReward, make_scorer
-from tests.conftest import CHAT_TEMPLATE, TINY_PROMPTS, build_tokenizer
 
 PROMPTS = ["How do I boil an egg?", "Tell me about the Moon.", "Hi"]
 ANSWERS = [
@@ -152,7 +153,7 @@ def test_a_merge_across_the_template_boundary_falls_back_to_full_scoring(tmp_pat
     assert reused[1] == len(alone) - 2 and reused[2] >= len(merged) - 1
 
 
-def test_scorers_that_cannot_be_incremental_score_in_full_and_say_what_it_costs(tmp_path: Path) -> None:
+def test_scorers_that_cannot_be_incremental_score_in_full_and_say_what_it_costs(tmp_path: Path, monkeypatch) -> None:
     tokenizer = bpe_tokenizer(PROMPTS + ANSWERS)
     torch.manual_seed(0)
     bert = BertConfig(
@@ -171,6 +172,13 @@ def test_scorers_that_cannot_be_incremental_score_in_full_and_say_what_it_costs(
     callable_scorer = make_scorer(lambda p, r: [len(x) for x in r], role="cost")
     assert incremental_scorer(callable_scorer, 2) is None and incremental_scorer(make_scorer("length"), 2) is None
 
+    cheap = ShapingPotential(TerminalReward(None, callable_scorer), num_rows=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a callable that costs nothing is not worth a warning
+        for t in range(3):
+            cheap([0, 1], PROMPTS[:2], [a[: 5 * t] for a in ANSWERS[:2]])
+
+    monkeypatch.setattr(prefix_scoring, "WARN_SECONDS", 0.0)  # the tiny encoder is fast too
     potential = ShapingPotential(TerminalReward(encoder, callable_scorer, alpha_c=0.5), num_rows=2)
     assert potential.incremental == {"reward": False, "cost": False}
     with warnings.catch_warnings(record=True) as caught:
