@@ -163,13 +163,14 @@ def args_answers(
         prompt_overflow=env_kwargs.get("prompt_overflow", "truncate"),
         batch_size=batch_size,
     )
-    scorer_device = env_kwargs.get("scorer_device")
+    scorer_devices = env_kwargs.get("scorer_devices")
     terminal = TerminalReward(
         env_kwargs.get("reward_model", "sentiment"),
         env_kwargs.get("cost_model", "toxicity"),
         alpha_r=env_kwargs.get("alpha_r", 1.0),
         alpha_c=env_kwargs.get("alpha_c", 1.0),
-        device=scorer_device if scorer_device is not None else generator.session.replicas[0].device,
+        device=scorer_devices if scorer_devices is not None else generator.session.replicas[0].device,
+        dtype=env_kwargs.get("scorer_dtype", "auto"),
     )
     args = ARGSGenerator(generator, terminal, weight=weight, k=k)
     answers = args.generate(list(prompts), env_kwargs.get("max_new_tokens", 512), progress=progress)

@@ -22,6 +22,7 @@ from mara_env.hints import did_you_mean
 from mara_env.llm import check_devices, check_dtype
 from mara_env.observation import ObservationLayout
 from mara_env.prompts import check_test_fraction
+from mara_env.score_models import split_scorer_devices
 
 #: What ``chunk_size="auto"`` means per device type, for generation one sequence at a time and for
 #: everything else (batched generation, environments of any size): a fixed
@@ -280,8 +281,23 @@ class MARAConfig:
     )
     alpha_r: float = field(default=1.0, metadata={"help": "weight of R."})
     alpha_c: float = field(default=1.0, metadata={"help": "weight of C."})
-    scorer_device: Any = field(
-        default=None, metadata={"help": "device for reward/cost models given by name (default: the first replica's)."}
+    scorer_devices: Any = field(
+        default=None,
+        metadata={
+            "help": (
+                "devices of reward/cost models given by name or path: None (the first LLM replica's), one device for "
+                "both, or [reward device, cost device]; e.g. an 8B LLM on cuda:0 and the score models on cuda:1."
+            )
+        },
+    )
+    scorer_dtype: Any = field(
+        default="auto",
+        metadata={
+            "help": (
+                '"auto" (bfloat16 on CUDA, float32 elsewhere), "float32", "bfloat16", "float16", or None (each '
+                "checkpoint's own): the dtype of reward/cost models given by name or path."
+            )
+        },
     )
     reward_shaping: str = field(
         default="none",
@@ -291,7 +307,8 @@ class MARAConfig:
                 "Russell, 1999). After every decision the committed prefix y_<=t is scored, Phi(s) = alpha_r R(x, "
                 "y_<=t) - alpha_c C(x, y_<=t) (Phi = 0 at the terminal state), and the decision's reward gains "
                 "shaping_gamma * Phi(s') - Phi(s). Costs one batched call of each scorer per step (on the rows whose "
-                "prefix grew)."
+                "prefix grew); causal score models (beaver score models, decoder-only sequence classifiers) score "
+                "incrementally, about one token per row, others re-score the whole prefix (mara_env.prefix_scoring)."
             )
         },
     )
@@ -302,6 +319,16 @@ class MARAConfig:
                 "the discount of the shaping term, in (0, 1]; use the agent's gamma for exact policy invariance of "
                 "the discounted objective (1.0: an episode's shaping terms add up to -Phi(s_0), a constant per prompt"
                 " start)."
+            )
+        },
+    )
+    shaping_interval: int = field(
+        default=1,
+        metadata={
+            "help": (
+                "with potential shaping, score the prefix every k committed tokens (Phi of t tokens is that of the "
+                "first t - t % k, still a potential, so the optimum is kept): divides the cost of scorers that "
+                "re-score whole prefixes by about k."
             )
         },
     )
@@ -388,6 +415,11 @@ class MARAConfig:
         DecoderConfig(candidates=self.candidates, max_new_tokens=self.max_new_tokens, draft_tokens=self.draft_tokens)
         check_devices(self.devices)
         check_dtype(self.dtype)
+        split_scorer_devices(self.scorer_devices)
+        try:
+            check_dtype(self.scorer_dtype)
+        except ValueError as error:
+            raise ValueError(f"scorer_{error}") from None
         check_test_fraction(self.test_fraction)
         for name in ("alpha_r", "alpha_c"):
             if not math.isfinite(getattr(self, name)):
@@ -409,6 +441,11 @@ class MARAConfig:
         if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not 0.0 < gamma <= 1.0:
             raise ValueError(
                 f"shaping_gamma must be a number in (0, 1], got {gamma!r}; use the agent's discount (e.g. 0.99)."
+            )
+        if self.shaping_interval < 1:
+            raise ValueError(
+                f"shaping_interval must be an integer >= 1, got {self.shaping_interval!r}; 1 scores after every "
+                "committed token."
             )
         if self.obs_dtype not in ("float32", "float16"):
             raise ValueError(f"obs_dtype must be 'float32' or 'float16', got {self.obs_dtype!r}.")

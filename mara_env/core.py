@@ -19,6 +19,7 @@ from mara_env.config import MARAConfig
 from mara_env.contract import AgentContract
 from mara_env.hints import did_you_mean
 from mara_env.observation import ObservationLayout, observe
+from mara_env.prefix_scoring import ShapingPotential
 from mara_env.prompts import PromptSet
 from mara_env.row_state import Phase, RowState
 from mara_env.scoring import TerminalReward
@@ -104,13 +105,14 @@ class MARACore:
             draft_tokens=config.draft_tokens,
         )
         self.max_prompt_tokens = self.session.prompt_limit(config.max_new_tokens)
-        scorer_device = config.scorer_device if config.scorer_device is not None else self.session.device
+        scorer_devices = config.scorer_devices if config.scorer_devices is not None else self.session.device
         self.terminal = TerminalReward(
             config.reward_model,
             config.cost_model,
             alpha_r=config.alpha_r,
             alpha_c=config.alpha_c,
-            device=scorer_device,
+            device=scorer_devices,
+            dtype=config.scorer_dtype,
         )
         self.rngs: list[np.random.Generator] = [seeding.np_random(None)[0] for _ in range(num_rows)]
         # With several rows, each row's next prompt is drawn (from its own generator, so the prompts drawn
@@ -118,6 +120,9 @@ class MARACore:
         self._prefill_ahead = config.lookahead and num_rows > 1
         self._next_prompt: dict[int, str] = {}
         self.shaping = config.reward_shaping == "potential"
+        self.shaping_potential = (
+            ShapingPotential(self.terminal, num_rows, config.shaping_interval) if self.shaping else None
+        )
         #: Phi(s) of each row's current state under potential shaping (0 otherwise).
         self.potential = np.zeros(num_rows)
 
@@ -159,15 +164,23 @@ class MARACore:
         if self.shaping:
             # F = gamma_s * Phi(s') - Phi(s), with Phi(s') = 0 when s' is terminal (the terminal reward
             # pays the full score there) and unchanged when the decision committed no token (a reject).
+            # With shaping_interval k, Phi changes only when the scored length (t - t % k) does.
+            scored = self.shaping_potential.scored_length
             before = self.potential[list(rows)]
             after = np.where(done, 0.0, before)
-            grown = [i for i, r in enumerate(rows) if not done[i] and len(states[r].response) != lengths[i]]
-            if grown:
-                after[grown] = self._potentials([rows[i] for i in grown], when="after a committed token")
+            grown = [
+                i for i, r in enumerate(rows) if not done[i] and scored(len(states[r].response)) != scored(lengths[i])
+            ]
+            fresh = list(ended) if restart else []  # restarted rows: Phi of their new episode's first state
+            # one scoring call for both, so each scorer runs one batched forward per step
+            phi = np.zeros(0)
+            if grown or fresh:
+                when = "after a committed token or at a new episode's first decision"
+                phi = self._potentials([rows[i] for i in grown] + fresh, when=when)
+                after[grown] = phi[: len(grown)]
             shaping = self.config.shaping_gamma * after - before
             self.potential[list(rows)] = after
-            if restart and ended:
-                self.potential[list(ended)] = self._potentials(list(ended), when="at the first decision")
+            self.potential[fresh] = phi[len(grown) :]
         return Decisions(logp, self.config.kl_coef * logp, shaping, done, ended, skipped)
 
     def _begin(self, rows: Sequence[int], options: dict[str, Any]) -> None:
@@ -223,9 +236,10 @@ class MARACore:
         """``Phi = alpha_r R(x, y_<=t) - alpha_c C(x, y_<=t)`` of each row's committed prefix, in one batch."""
         states = [self.decoder.rows[r] for r in rows]
         prompts = [st.prompt for st in states]
-        prefixes = [self.decode(st.response) for st in states]
+        scored = self.shaping_potential.scored_length
+        prefixes = [self.decode(st.response[: scored(len(st.response))]) for st in states]
         try:
-            return np.asarray(self.terminal(prompts, prefixes).reward, dtype=np.float64)
+            return self.shaping_potential(rows, prompts, prefixes)
         except Exception as exc:
             empty = " (some were empty)" if any(not p for p in prefixes) else ""
             raise RuntimeError(

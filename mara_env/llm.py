@@ -136,7 +136,8 @@ def check_dtype(dtype: Any) -> None:
         raise ValueError(f"dtype: {dtype!r} is not one of {sorted(DTYPES)} or 'auto'.")
 
 
-def _parse_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+def parse_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """The ``torch.dtype`` of a dtype setting on ``device`` (``None``/``"auto"``: :func:`default_dtype`)."""
     check_dtype(dtype)
     if dtype is None or dtype == "auto":
         return default_dtype(device)
@@ -390,7 +391,7 @@ def load_replicas(
             "For a live model pass it with its tokenizer: llm=(model, tokenizer)."
         )
     targets = [resolve_device(d) for d in (devices or [None])]
-    torch_dtype = _parse_dtype(dtype, targets[0])
+    torch_dtype = parse_dtype(dtype, targets[0])
     name = EMBEDDED_LLM if llm is None else os.fspath(llm)
     if name == EMBEDDED_LLM:
         model, tokenizer = _load_embedded(torch_dtype)

@@ -23,7 +23,6 @@ Example::
 
 from __future__ import annotations
 
-import json
 import math
 import numbers
 import os
@@ -35,6 +34,14 @@ from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 import numpy as np
 
 from mara_env.hints import did_you_mean
+from mara_env.score_models import (
+    BEAVER_TEMPLATE,
+    PLAIN_TEMPLATE,
+    ModelScoreFn,
+    check_template,
+    load_reward_model,
+    split_scorer_devices,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -65,21 +72,8 @@ BUILTIN_SCORERS: dict[str, str] = {
 }
 """Built-in scorers: name -> description. They look at the response only."""
 
-PLAIN_TEMPLATE = "User: {prompt}\n\nAssistant: {response}"
-"""Text given to a sequence-classification reward model whose tokenizer has no chat template."""
-
-BEAVER_TEMPLATE = "BEGINNING OF CONVERSATION: USER: {prompt} ASSISTANT:{response}{eos}"
-"""Text given to a safe-rlhf score model. safe-rlhf trains its score models on
-``prompt + answer + eos_token``, so the tokenizer's end-of-sequence token is appended."""
-
 # A namespaced hub id ("org/name"); a bare word that is no built-in name is most likely a typo.
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-# Checkpoint layouts searched for the score head: (single file, shard index).
-_CHECKPOINTS = (
-    ("model.safetensors", "model.safetensors.index.json"),
-    ("pytorch_model.bin", "pytorch_model.bin.index.json"),
-)
-_HEAD_PREFIX = "score_head."
 
 
 class Scorer:
@@ -119,7 +113,16 @@ class Scorer:
             raise ValueError(f"{self}: got {n} prompts but {len(responses)} responses; pass one response per prompt.")
         if n == 0:
             return np.zeros(0)
-        raw = self.fn(prompts, responses)
+        return self.check(self.fn(prompts, responses), prompts, responses)
+
+    def check(self, raw: Any, prompts: Sequence[str], responses: Sequence[str]) -> np.ndarray:
+        """``raw``, this scorer's output for the pairs, as a float64 array of finite scores, or a ``ValueError``.
+
+        :param raw: one number per pair (a list, NumPy array or tensor; an ``(n, 1)`` array is flattened).
+        :param prompts: the prompts scored.
+        :param responses: the responses scored.
+        """
+        n = len(prompts)
         if hasattr(raw, "detach"):  # a torch tensor, possibly bfloat16, which NumPy cannot read
             raw = raw.detach().float().cpu().numpy()
         try:
@@ -173,7 +176,10 @@ class TerminalReward:
     :param cost: the cost scorer C; ``None`` for no cost term.
     :param alpha_r: the weight of R.
     :param alpha_c: the weight of C.
-    :param device: the device of reward models given by name or path; see :func:`make_scorer`.
+    :param device: the device of reward models given by name or path (see :func:`make_scorer`), or
+        ``[reward device, cost device]``.
+    :param dtype: their dtype: ``"auto"`` (bfloat16 on CUDA, float32 elsewhere), a name such as
+        ``"bfloat16"``, a ``torch.dtype``, or ``None`` (each checkpoint's own).
     """
 
     def __init__(
@@ -183,15 +189,27 @@ class TerminalReward:
         *,
         alpha_r: float = 1.0,
         alpha_c: float = 1.0,
-        device: str | torch.device | None = None,
+        device: str | torch.device | Sequence[str | torch.device] | None = None,
+        dtype: str | torch.dtype | None = "auto",
     ) -> None:
         for name, value in (("alpha_r", alpha_r), ("alpha_c", alpha_c)):
             if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
                 raise ValueError(f"{name} must be a finite number, got {value!r}.")
         self.alpha_r = float(alpha_r)
         self.alpha_c = float(alpha_c)
-        self.reward_scorer = make_scorer(reward, role="reward", device=device)
-        self.cost_scorer = make_scorer(cost, role="cost", device=device)
+        reward_device, cost_device = split_scorer_devices(device)
+        self.reward_scorer = make_scorer(reward, role="reward", device=reward_device, dtype=dtype)
+        self.cost_scorer = make_scorer(cost, role="cost", device=cost_device, dtype=dtype)
+
+    @property
+    def placement(self) -> dict[str, dict[str, str]]:
+        """Where each model scorer runs, by role: ``{"reward": {"device": "cuda:1", "dtype": "bfloat16"}}``
+        (built-in scorers and callables run where they are and are left out)."""
+        found = {}
+        for scorer in (self.reward_scorer, self.cost_scorer):
+            if isinstance(scorer.fn, ModelScoreFn):
+                found[scorer.role] = {"device": str(scorer.fn.device), "dtype": str(scorer.fn.dtype).split(".")[-1]}
+        return found
 
     def __call__(self, prompts: Sequence[str], responses: Sequence[str]) -> TerminalScores:
         """Score a batch of finished episodes.
@@ -219,7 +237,7 @@ def make_scorer(
     *,
     role: str = "scorer",
     device: str | torch.device | None = None,
-    dtype: torch.dtype | None = None,
+    dtype: str | torch.dtype | None = None,
     kind: Literal["auto", "sequence_classification", "beaver"] = "auto",
     label: int | str | None = None,
     template: str | None = None,
@@ -263,7 +281,8 @@ def make_scorer(
     :param spec: what to score with, as above.
     :param role: what the scorer is for (``"reward"``, ``"cost"``), shown in errors.
     :param device: the device for models; default CUDA when available, else CPU.
-    :param dtype: the dtype for models; default the checkpoint's (transformers' ``dtype="auto"``).
+    :param dtype: the dtype for models: ``None`` (the default) the checkpoint's own, ``"auto"`` bfloat16 on
+        CUDA and float32 elsewhere, or a name (``"float32"``, ``"bfloat16"``, ``"float16"``) or ``torch.dtype``.
     :param kind: the kind of reward model; ``"auto"`` detects it as above.
     :param label: the class (index or name) scored by a model with several labels or score dimensions.
     :param template: a format string with ``{prompt}``, ``{response}`` and optionally ``{eos}`` (the
@@ -293,11 +312,11 @@ def make_scorer(
     if kind not in ("auto", "sequence_classification", "beaver"):
         raise ValueError(f"kind must be 'auto', 'sequence_classification' or 'beaver', got {kind!r}.")
     if template is not None:
-        _check_template(template)
+        check_template(template)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}.")
     model_id = _model_location(spec, role)
-    fn = _load_reward_model(
+    fn = load_reward_model(
         model_id,
         device=device,
         dtype=dtype,
@@ -383,228 +402,6 @@ def _model_location(spec: str | os.PathLike[str], role: str) -> str:
             f"or a hub id ('org/name').{hint}"
         )
     raise FileNotFoundError(f"{role}={text!r}: no such model folder. Check the path.")
-
-
-def _load_reward_model(
-    model_id: str,
-    *,
-    device: str | torch.device | None,
-    dtype: torch.dtype | None,
-    kind: str,
-    label: int | str | None,
-    template: str | None,
-    batch_size: int,
-    max_length: int | None,
-    trust_remote_code: bool,
-) -> ScoreFn:
-    import torch
-    from transformers import AutoConfig, AutoTokenizer
-
-    try:
-        config = AutoConfig.from_pretrained(model_id, trust_remote_code=trust_remote_code)
-        tokenizer = AutoTokenizer.from_pretrained(model_id, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as error:
-        raise ValueError(
-            f"Could not load the reward model {model_id!r}: {error}. Give a folder with config.json and "
-            "tokenizer files, or a hub id that is reachable or already in the Hugging Face cache."
-        ) from error
-    head = None
-    if kind == "auto":
-        architectures = config.architectures or []
-        if any(a.endswith("ForScore") for a in architectures) or hasattr(config, "score_dim"):
-            kind = "beaver"
-        elif any(a.endswith("ForSequenceClassification") for a in architectures):
-            kind = "sequence_classification"
-        else:
-            head = _score_head_state(model_id)
-            kind = "beaver" if head else "sequence_classification"
-    if tokenizer.pad_token is None:  # padding is needed for batches; the attention mask hides it
-        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
-    device = torch.device(device if device is not None else "cuda" if torch.cuda.is_available() else "cpu")
-    load_kwargs = {
-        "dtype": dtype if dtype is not None else "auto",
-        "device_map": device,  # straight onto the device, without a full copy in CPU memory first
-        "trust_remote_code": trust_remote_code,
-    }
-    limits = [max_length, tokenizer.model_max_length, getattr(config, "max_position_embeddings", None)]
-    # Tokenizers without a known limit report a huge model_max_length; ignore such values.
-    limit = min((x for x in limits if isinstance(x, int) and 0 < x < 1_000_000), default=None)
-
-    if kind == "beaver":
-        from transformers import AutoModel
-        from transformers.utils import logging as hf_logging
-
-        head = head or _score_head_state(model_id)
-        if not head:
-            raise ValueError(
-                f"{model_id!r} has no score_head weights (looked for score_head.* in "
-                "model.safetensors[.index.json] and pytorch_model.bin[.index.json]); it is not a score model."
-            )
-        # The backbone ignores the score_head weights on purpose: silence the load report that lists
-        # them as unexpected, and check the keys that matter (missing backbone weights) here instead.
-        verbosity = hf_logging.get_verbosity()
-        hf_logging.set_verbosity_error()
-        try:
-            backbone, info = AutoModel.from_pretrained(model_id, output_loading_info=True, **load_kwargs)
-        finally:
-            hf_logging.set_verbosity(verbosity)
-        if info["missing_keys"]:
-            missing = sorted(info["missing_keys"])[:5]
-            raise ValueError(f"{model_id!r}: the checkpoint lacks the backbone weights {missing}.")
-        forward = _end_score(backbone.eval(), head, label, device)
-        text = template or BEAVER_TEMPLATE
-    else:
-        from transformers import AutoModelForSequenceClassification
-
-        model = AutoModelForSequenceClassification.from_pretrained(model_id, **load_kwargs)
-        if model.config.pad_token_id is None:
-            model.config.pad_token_id = tokenizer.pad_token_id
-        forward = _classifier_score(model.eval(), label)
-        text = template or (None if tokenizer.chat_template else PLAIN_TEMPLATE)
-    return _ModelScoreFn(forward, tokenizer, text, batch_size=batch_size, max_length=limit, device=device)
-
-
-def _check_template(template: str) -> None:
-    try:
-        filled = template.format(prompt="\0p", response="\0r", eos="")
-    except (KeyError, IndexError, ValueError) as error:
-        raise ValueError(
-            f"template must be a format string using only {{prompt}}, {{response}} and {{eos}}: {error!r}."
-        ) from error
-    if "\0r" not in filled:
-        raise ValueError("template must contain {response}.")
-
-
-def _score_head_state(model_id: str) -> dict[str, torch.Tensor]:
-    """Read the ``score_head.*`` tensors of a checkpoint, without loading the rest of it."""
-    import torch
-    from safetensors import safe_open
-    from transformers.utils import cached_file
-
-    def locate(filename: str) -> str | None:
-        return cached_file(model_id, filename, _raise_exceptions_for_missing_entries=False)
-
-    for single, index in _CHECKPOINTS:
-        index_path = locate(index)
-        if index_path is not None:
-            weight_map = json.loads(Path(index_path).read_text())["weight_map"]
-            shards = sorted({file for key, file in weight_map.items() if key.startswith(_HEAD_PREFIX)})
-        else:
-            shards = [single]
-        state: dict[str, torch.Tensor] = {}
-        for shard in shards:
-            path = locate(shard)
-            if path is None:
-                continue
-            if path.endswith(".safetensors"):
-                with safe_open(path, framework="pt") as file:
-                    names = [k for k in file.keys() if k.startswith(_HEAD_PREFIX)]  # noqa: SIM118 (no __iter__)
-                    state |= {k: file.get_tensor(k) for k in names}
-            else:
-                weights = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-                state |= {k: v for k, v in weights.items() if k.startswith(_HEAD_PREFIX)}
-        if state:
-            return state
-    return {}
-
-
-_Forward = Callable[["torch.Tensor", "torch.Tensor"], "torch.Tensor"]
-"""``forward(input_ids, attention_mask)`` returning one score per row."""
-
-
-def _end_score(backbone: Any, head: dict[str, torch.Tensor], label: int | str | None, device: torch.device) -> _Forward:
-    """A safe-rlhf score model: ``score_head`` applied to the hidden state of the last non-padding token."""
-    import torch
-
-    weight = head["score_head.weight"].float().to(device)
-    bias = head["score_head.bias"].float().to(device) if "score_head.bias" in head else None
-    column = _pick_label(weight.shape[0], label, {}, "score dimensions")
-
-    def forward(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        hidden = backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        # The last position whose mask is 1 (safe-rlhf's `end_scores`), whichever side is padded.
-        positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
-        end = (positions * attention_mask).argmax(dim=-1)
-        scores = hidden[torch.arange(hidden.shape[0], device=hidden.device), end].float() @ weight.T
-        return (scores if bias is None else scores + bias)[:, column]
-
-    return forward
-
-
-def _classifier_score(model: Any, label: int | str | None) -> _Forward:
-    """An ``AutoModelForSequenceClassification``: its only logit, or the probability of one class."""
-    config = model.config
-    column = _pick_label(config.num_labels, label, config.label2id)
-    multi_label = config.problem_type == "multi_label_classification"
-
-    def forward(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits.float()
-        if config.num_labels == 1:
-            return logits[:, 0]
-        return (logits.sigmoid() if multi_label else logits.softmax(dim=-1))[:, column]
-
-    return forward
-
-
-def _pick_label(count: int, label: int | str | None, names: dict[str, int], what: str = "labels") -> int:
-    if count == 1 and label in (None, 0):
-        return 0
-    if isinstance(label, str) and label in names:
-        return names[label]
-    if isinstance(label, int) and not isinstance(label, bool) and 0 <= label < count:
-        return label
-    choices = f" ({', '.join(f'{i}={n!r}' for n, i in sorted(names.items(), key=lambda x: x[1]))})" if names else ""
-    raise ValueError(
-        f"The model has {count} {what}{choices}; pass label= with the index"
-        f"{' or name' if names else ''} of the one to score (got {label!r})."
-    )
-
-
-class _ModelScoreFn:
-    """Formats pairs as text, tokenizes them in batches and runs a score model without gradients."""
-
-    def __init__(
-        self,
-        forward: _Forward,
-        tokenizer: Any,
-        template: str | None,
-        *,
-        batch_size: int,
-        max_length: int | None,
-        device: torch.device,
-    ):
-        self.forward = forward
-        self.tokenizer = tokenizer
-        self.template = template  # None: the tokenizer's chat template
-        self.batch_size = batch_size
-        self.max_length = max_length
-        self.device = device
-
-    def format(self, prompt: str, response: str) -> str:
-        """The text the model reads for one pair."""
-        if self.template is None:
-            turns = [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
-            return self.tokenizer.apply_chat_template(turns, tokenize=False)
-        return self.template.format(prompt=prompt, response=response, eos=self.tokenizer.eos_token or "")
-
-    def __call__(self, prompts: Sequence[str], responses: Sequence[str]) -> np.ndarray:
-        import torch
-
-        texts = [self.format(p, r) for p, r in zip(prompts, responses, strict=True)]
-        scores = []
-        with torch.no_grad():
-            for start in range(0, len(texts), self.batch_size):
-                batch = self.tokenizer(
-                    texts[start : start + self.batch_size],
-                    padding=True,
-                    truncation=self.max_length is not None,
-                    max_length=self.max_length,
-                    # A chat template writes its own special tokens; plain templates need the tokenizer's.
-                    add_special_tokens=self.template is not None,
-                    return_tensors="pt",
-                ).to(self.device)
-                scores.append(self.forward(batch["input_ids"], batch["attention_mask"]).float().cpu())
-        return torch.cat(scores).numpy()
 
 
 def _preview(text: str, width: int = 60) -> str:

@@ -133,6 +133,25 @@ def test_ppo_through_the_cli_and_overwrite(tiny_files, tmp_path, capsys):
     assert "mara train: error: --buffer-size does not apply to --algo ppo" in err and "Traceback" not in err
 
 
+def test_a_run_records_where_its_score_models_ran(tiny_files, tmp_path):
+    from conftest import build_tiny_llm
+    from transformers import AutoModelForSequenceClassification
+
+    # a tiny causal score model over the tiny LLM's tokenizer, as the cost model
+    llm, tokenizer = build_tiny_llm()
+    config = llm.config.__class__.from_dict(llm.config.to_dict() | {"num_labels": 1})
+    torch.manual_seed(0)
+    AutoModelForSequenceClassification.from_config(config).save_pretrained(tmp_path / "cost")
+    tokenizer.save_pretrained(tmp_path / "cost")
+    out = tmp_path / "run"
+    flags = [*env_flags(tiny_files), "--cost-model", str(tmp_path / "cost"), "--algo", "ppo", "--n-steps", "16"]
+    assert main(["train", "--out", str(out), *flags, "--batch-size", "32", "--total-decisions", "64"]) == 0
+    env = RunConfig.from_file(out / "config.yaml").env
+    # given as None and "auto": recorded as resolved, so the run says (and a resume keeps) where they ran
+    assert env["scorer_devices"] == "cpu" and env["scorer_dtype"] == "float32"
+    assert env["reward_shaping"] == "potential"
+
+
 def test_existing_folder_is_refused(tiny_files, tmp_path, capsys):
     out = tmp_path / "run"
     out.mkdir()

@@ -317,3 +317,56 @@ def test_beaver_errors(tokenizer: PreTrainedTokenizerFast, tmp_path: Path) -> No
         make_scorer(tmp_path, kind="score")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"is a file; give the folder"):
         make_scorer(tmp_path / "config.json")
+
+
+# --------------------------------------------------------------------------- placement
+
+
+def test_scorer_devices_and_dtype_place_each_model_and_are_reported(
+    tokenizer: PreTrainedTokenizerFast, tmp_path: Path
+) -> None:
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_config(tiny_config(tokenizer, num_labels=1)).eval()
+    model.save_pretrained(tmp_path)
+    save_tokenizer(tokenizer, tmp_path)
+    exact = TerminalReward(tmp_path, tmp_path, device=["cpu", "cpu"], dtype="float32")
+    half = TerminalReward(tmp_path, "toxicity", device="cpu", dtype="bfloat16")
+    assert exact.placement == {
+        "reward": {"device": "cpu", "dtype": "float32"},
+        "cost": {"device": "cpu", "dtype": "float32"},
+    }
+    assert half.placement == {"reward": {"device": "cpu", "dtype": "bfloat16"}}  # built-in scorers are not placed
+    assert next(half.reward_scorer.fn.causal.backbone.parameters()).dtype == torch.bfloat16
+    # "auto" is float32 on a CPU; bfloat16 scores the same pairs within its precision
+    auto = TerminalReward(tmp_path, None, device="cpu")
+    assert auto.placement["reward"]["dtype"] == "float32"
+    full, approx = exact(PROMPTS, RESPONSES).reward_score, half(PROMPTS, RESPONSES).reward_score
+    np.testing.assert_allclose(approx, full, atol=0.05 * np.abs(full).max() + 0.02)
+    assert TerminalReward("sentiment", "toxicity", device="cuda:99").placement == {}  # nothing to place, no error
+    with pytest.raises(ValueError, match=r"scorer_devices must be None .* \[reward device, cost device\]"):
+        TerminalReward(tmp_path, device=["cpu", "cpu", "cpu"])
+    with pytest.raises(ValueError, match=r"devices: 'cuda:99' does not exist on this machine"):
+        TerminalReward(tmp_path, device="cuda:99")
+
+
+def test_scorer_settings_are_checked_and_recorded_in_the_run_config(tmp_path: Path) -> None:
+    from agents.training.run_config import RunConfig
+    from agents.training.runner import with_scorer_placement
+    from mara_env import MARAConfig
+
+    with pytest.raises(ValueError, match=r"scorer_devices must be None .* got 3"):
+        MARAConfig(scorer_devices=3)
+    with pytest.raises(ValueError, match=r"scorer_dtype: 'bf32' is not one of"):
+        MARAConfig(scorer_dtype="bf32")
+    config = RunConfig.from_sections({"env": {"reward_model": "org/reward", "scorer_devices": None}})
+    assert with_scorer_placement(config, {}) is config  # built-in or callable scorers: nothing recorded
+    both = {"reward": {"device": "cuda:1", "dtype": "bfloat16"}, "cost": {"device": "cuda:2", "dtype": "bfloat16"}}
+    placed = with_scorer_placement(config, both)
+    assert placed.env["scorer_devices"] == ["cuda:1", "cuda:2"] and placed.env["scorer_dtype"] == "bfloat16"
+    one = with_scorer_placement(config, {"reward": {"device": "cuda:1", "dtype": "float32"}})
+    assert one.env["scorer_devices"] == "cuda:1" and one.env["scorer_dtype"] == "float32"
+    placed.dump(tmp_path / "config.yaml")
+    assert RunConfig.from_file(tmp_path / "config.yaml").env["scorer_devices"] == ["cuda:1", "cuda:2"]
+    # a run written when the setting was scorer_device still reads
+    (tmp_path / "old.yaml").write_text("env:\n  scorer_device: cpu\n")
+    assert RunConfig.from_file(tmp_path / "old.yaml").env["scorer_devices"] == "cpu"

@@ -191,7 +191,8 @@ def run_comparison(
     cost_model: Any = "toxicity",
     alpha_r: float = 1.0,
     alpha_c: float = 1.0,
-    scorer_device: Any = None,
+    scorer_devices: Any = None,
+    scorer_dtype: Any = "auto",
     deterministic: bool = False,
     training_log: str | Path | None = None,
     meta: Mapping[str, Any] | None = None,
@@ -216,7 +217,8 @@ def run_comparison(
     :param cost_model: C, as for ``MARA-v0``; ``None``: no cost, so answers are compared on R alone.
     :param alpha_r: weight of R in the terminal reward that best-of-N selects by and ARGS is guided by.
     :param alpha_c: weight of C in that terminal reward.
-    :param scorer_device: device for model-based scorers (default: the LLM's).
+    :param scorer_devices: device of model-based scorers, or [reward device, cost device] (default: the LLM's).
+    :param scorer_dtype: their dtype (``"auto"``: bfloat16 on CUDA, float32 elsewhere; ``None``: the checkpoint's).
     :param deterministic: agents accept when ``pi(accept | s) >= 0.5`` instead of sampling.
     :param training_log: a training run's ``progress.csv``, for the training-curve figure.
     :param meta: extra facts for the report header.
@@ -244,7 +246,8 @@ def run_comparison(
         cost_model,
         alpha_r=alpha_r,
         alpha_c=alpha_c,
-        device=scorer_device if scorer_device is not None else replicas[0].device,
+        device=scorer_devices if scorer_devices is not None else replicas[0].device,
+        dtype=scorer_dtype,
     )
 
     def score(gens: Sequence[Generation]) -> Any:

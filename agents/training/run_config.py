@@ -289,6 +289,8 @@ class RunConfig:
 
         env = dict(base.env) if base else {}
         layer = dict(sections.get("env", {}))
+        if "scorer_device" in layer and "scorer_devices" not in layer:  # its name in runs written before it took a list
+            layer["scorer_devices"] = layer.pop("scorer_device")
         env_id = layer.pop(ENV_ID, env.pop(ENV_ID, None) or "MARA-v0")
         if env_id not in VERSIONS:
             hint = did_you_mean(env_id, list(VERSIONS))

@@ -108,6 +108,22 @@ _RESUMABLE_CHANGES = {
 }
 
 
+def with_scorer_placement(config: RunConfig, placement: dict[str, dict[str, str]]) -> RunConfig:
+    """``config`` with its reward/cost models' resolved devices and dtype (``TerminalReward.placement``), so the
+    run records where they ran; unchanged when no scorer is a model (nothing to place)."""
+    if not placement:
+        return config
+    devices = [placement.get(role, placement.get(other, {})).get("device") for role, other in _ROLES]
+    dtypes = {where["dtype"] for where in placement.values()}
+    env = dict(config.env, scorer_devices=devices[0] if devices[0] == devices[1] else devices)
+    if len(dtypes) == 1:  # one setting holds one dtype (two checkpoints' own dtypes may differ)
+        env["scorer_dtype"] = dtypes.pop()
+    return RunConfig(env=env, agent=config.agent, train=config.train)
+
+
+_ROLES = (("reward", "cost"), ("cost", "reward"))
+
+
 def learn(
     model: BaseAlgorithm,
     decisions: int,
@@ -298,6 +314,9 @@ def _train_run(
         config = distributed.config  # with the cluster layout resolved (GPUs per collector)
     else:
         venv = make_env(config.env_id, config.train.num_envs, **config.env_kwargs)
+        placed = with_scorer_placement(config, venv.venv.venv.unwrapped.core.terminal.placement)
+        write_config = write_config or placed != config
+        config = placed
     train = config.train
     logger = None
     try:
