@@ -133,6 +133,19 @@ class ReplicaEngine:
         for r in rows:
             self.length[r] = 0
 
+    def truncate(self, rows: Sequence[int], lengths: Sequence[int]) -> None:
+        """Keep only the first ``lengths[i]`` committed tokens of ``rows[i]`` (a row rolling back, e.g. a scorer whose
+        text changed there); the next forward writes over the rest."""
+        keep = dict(zip(rows, lengths))
+        for r, n in keep.items():
+            if not 0 <= n <= self.length[r]:
+                raise ValueError(
+                    f"truncate: row {r} holds {self.length[r]} tokens, cannot keep {n}; give 0..{self.length[r]}."
+                )
+        self._moves = [m for m in self._moves if m[2] < keep.get(m[0], m[2] + 1)]
+        for r, n in keep.items():
+            self.length[r] = n
+
     def commit(self, row: int, slot: int) -> None:
         """Keep scratch token ``slot`` of ``row`` as its next token (the copy runs with the next forward)."""
         pos = self.length[row]

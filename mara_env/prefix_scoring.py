@@ -89,8 +89,7 @@ class IncrementalScorer:
         pos = self._score_positions(new_grid, new_len)
         # run from the first changed token, and at least the score's own token (one token or more per row)
         start = np.minimum(common, pos)
-        for r, s in zip(rows, start.tolist()):
-            self.engine.length[r] = s  # drops the keys/values past the shared prefix
+        self.engine.truncate(rows, start.tolist())  # drops the keys/values past the shared prefix
         chains = [ids[s:] for ids, s in zip(new, start.tolist())]
         counts = new_len - start
         # On a CPU a padded token costs its compute, but the packed layout gathers every row's cache: pack only
@@ -103,8 +102,7 @@ class IncrementalScorer:
             # With every row taking part the forward runs on the cache storage itself: re-running an idle row's
             # last token (its keys/values rewritten unchanged) costs less than gathering the other rows' caches
             # (135M model, 16 rows of 200 tokens: 12 rows gathered 2.6 s, 16 rows in place 2.3 s)
-            for r in idle:
-                self.engine.length[r] = len(self._ids[r]) - 1
+            self.engine.truncate(idle, [len(self._ids[r]) - 1 for r in idle])
             by_row = dict(zip(rows, chains)) | {r: self._ids[r][-1:].tolist() for r in idle}
             order, chains, slot = (
                 list(range(self.engine.num_rows)),

@@ -53,6 +53,23 @@ def test_adopted_prompts_continue_like_prompts_run_as_chains(llm, packed, monkey
     np.testing.assert_allclose(out.row(2)[0].numpy(), fresh_hidden(model, [*prompts[0], 40]), atol=2e-5)
 
 
+def test_truncated_rows_continue_like_their_kept_prefix(llm):
+    """A row rolled back with ``truncate`` (and a commit past the cut dropped) computes what a fresh forward of its
+    kept tokens and the new ones gives; a cut past what the row holds is refused."""
+    model, tok = llm
+    engine = ReplicaEngine(LLMReplica(model, tok, torch.device("cpu")), 2)
+    engine.run([0, 1], chain=[[5, 9, 14, 3], [7, 2, 8]])
+    engine.run([0, 1], tree=[[20, 21], [30]])
+    engine.commit(0, 1)  # row 0 keeps its tree token 21 as token 5 (the copy waits for the next forward)
+    engine.truncate([0, 1], [2, 3])
+    assert engine.length == [2, 3]
+    out = engine.run([0, 1], chain=[[40, 41], [42]])
+    np.testing.assert_allclose(out.row(0)[1].numpy(), fresh_hidden(model, [5, 9, 40, 41]), atol=2e-5)
+    np.testing.assert_allclose(out.row(1)[0].numpy(), fresh_hidden(model, [7, 2, 8, 42]), atol=2e-5)
+    with pytest.raises(ValueError, match="holds 4 tokens, cannot keep 6"):
+        engine.truncate([1], [6])
+
+
 def test_prefill_refuses_empty_prompts(llm):
     model, tok = llm
     engine = ReplicaEngine(LLMReplica(model, tok, torch.device("cpu")), 1)
