@@ -9,6 +9,8 @@ evaluation learning curves of ``benchmarks/algorithms.py``).
 
 from __future__ import annotations
 
+import signal
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -268,3 +270,34 @@ class EvaluationCallback(BaseCallback):
     def _on_training_end(self) -> None:
         if self.points[-1]["decisions"] < self.num_timesteps:
             self._run()
+
+
+class InterruptBetweenSteps(BaseCallback):
+    """Ctrl-C stops training between two steps: the first SIGINT only asks, and the next step raises
+    ``KeyboardInterrupt`` from here, outside any write of the logs or of a checkpoint (an interrupt landing inside
+    a library's bookkeeping, e.g. a log writer's lock, could leave the process unable to close); a second Ctrl-C
+    interrupts at once. Install with :meth:`install` and take it out with :meth:`restore` (main thread only;
+    elsewhere it does nothing)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.requested = False
+        self._previous: Any = None
+
+    def install(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._ask)
+
+    def restore(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+
+    def _ask(self, signum: int, frame: Any) -> None:
+        self.requested = True
+        self.restore()  # a second Ctrl-C is the default KeyboardInterrupt, at once
+
+    def _on_step(self) -> bool:
+        if self.requested:
+            raise KeyboardInterrupt
+        return True

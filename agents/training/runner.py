@@ -56,7 +56,7 @@ from agents.teacher import (
     run_teacher,
     save_demonstrations,
 )
-from agents.training.callbacks import MARALoggingCallback, RunCheckpointCallback
+from agents.training.callbacks import InterruptBetweenSteps, MARALoggingCallback, RunCheckpointCallback
 from agents.training.checkpoints import (
     CHECKPOINT_DIR,
     MODEL_FILE,
@@ -382,6 +382,7 @@ def _train_run(
                 aside = None
 
         checkpoint_callback = RunCheckpointCallback(out, train.checkpoint_every, logging_callback, drop_replaced)
+        interrupt = InterruptBetweenSteps()
         try:
             logger = make_logger(out, verbose, keep_until=model.num_timesteps if checkpoint else None)
             model.set_logger(logger)
@@ -393,20 +394,23 @@ def _train_run(
             if teacher is not None:
                 _pretrain(model, teacher, out)
                 logging_callback.load_state_dict({"wall_seconds": teacher.wall_seconds})
+            interrupt.install()
             (learn if distributed is None else distributed.learn)(
                 model,
                 train.total_decisions - model.num_timesteps,
                 logging_callback,
-                [checkpoint_callback],
+                [checkpoint_callback, interrupt],
                 reset_num_timesteps=checkpoint is None and teacher is None,
                 progress_bar=train.progress_bar,
             )
+            interrupt.restore()
             if distributed is not None:  # the layout with what each collector delivered
                 layout = {**distributed.layout, "stats": distributed.stats}
                 write_text_atomic(out / CLUSTER_FILE, json.dumps(layout, indent=2))
             # The final checkpoint lets a larger --total-decisions continue from the end
             summary = _publish(out, config, checkpoint_callback.save(), resumed=checkpoint is not None)
         except (Exception, KeyboardInterrupt) as exc:
+            interrupt.restore()
             if aside is not None:
                 shutil.rmtree(out, ignore_errors=True)
                 os.replace(aside, out)
