@@ -26,8 +26,9 @@ import mara_env  # noqa: F401  (registers MARA-v1)
 from mara_env import load_replicas
 
 
-def count(replica, envs: int, steps: list[int], both: bool, draft: int, warmup: int = 4) -> dict[int, float]:
-    """Forwards per step after ``warmup`` steps, at each of ``steps`` (cumulative counts)."""
+def counted_env(replica, envs: int, both: bool, draft: int):
+    """The vector env whose forwards these benchmarks count (48-token answers, no scorers, one candidate per
+    forward), with the accelerators' rule of working ahead forced on or off (``both``)."""
     env = gym.make_vec(
         "MARA-v1",
         num_envs=envs,
@@ -40,6 +41,12 @@ def count(replica, envs: int, steps: list[int], both: bool, draft: int, warmup: 
         draft_tokens=draft,
     )
     env.unwrapped.core.decoder.ahead_both = both
+    return env
+
+
+def count(replica, envs: int, steps: list[int], both: bool, draft: int, warmup: int = 4) -> dict[int, float]:
+    """Forwards per step after ``warmup`` steps, at each of ``steps`` (cumulative counts)."""
+    env = counted_env(replica, envs, both, draft)
     env.reset(seed=0)
     rng = np.random.default_rng(0)
     counter = ForwardCounter(replica.model)

@@ -23,12 +23,11 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-import gymnasium as gym
 import numpy as np
+from forwards_per_step import counted_env  # benchmarks/forwards_per_step.py, beside this script
 from op_count import ForwardCounter  # benchmarks/op_count.py, beside this script
 from tqdm import tqdm
 
-import mara_env  # noqa: F401  (registers MARA-v1)
 from mara_env import load_replicas
 from mara_env.drafting import Drafter, RowIndex
 
@@ -65,19 +64,8 @@ class OracleDrafter(Drafter):
 
 def run(replica, envs: int, steps: int, drafter: Drafter, warmup: int = 4) -> float:
     """Forwards per step over ``steps`` steps after ``warmup``, with ``drafter`` guessing."""
-    env = gym.make_vec(
-        "MARA-v1",
-        num_envs=envs,
-        llm=(replica.model, replica.tokenizer),
-        max_new_tokens=48,
-        reward_model="zero",
-        cost_model="zero",
-        reward_shaping="none",
-        chunk_size=1,
-        draft_tokens=drafter.max_tokens,
-    )
+    env = counted_env(replica, envs, both=True, draft=drafter.max_tokens)
     decoder = env.unwrapped.core.decoder
-    decoder.ahead_both = True
     decoder.drafter = drafter
     env.reset(seed=0)
     rng = np.random.default_rng(0)
