@@ -59,6 +59,7 @@ __all__ = [
     "AlgorithmSpec",
     "check_overrides",
     "get_spec",
+    "hyperparameter_owners",
     "make_algorithm",
     "resolve_kwargs",
 ]
@@ -258,6 +259,17 @@ def _hint(key: str, valid: Any) -> str:
     return f"{did_you_mean(key, names, prefix=True)} Valid: {', '.join(names)}."
 
 
+def hyperparameter_owners() -> dict[str, list[str]]:
+    """Every hyperparameter that can be set by name (a flag, a config key) -> the algorithms that have it."""
+    owners: dict[str, list[str]] = {}
+    for name, spec in ALGORITHMS.items():
+        for parameter in spec.hyperparameters:
+            # Classes cannot be named on a command line
+            if not parameter.endswith("_class"):
+                owners.setdefault(parameter, []).append(name)
+    return owners
+
+
 def check_overrides(name: str, overrides: Mapping[str, Any]) -> None:
     """Raise ``ValueError`` for a key that is not a hyperparameter of algorithm ``name``, or a value of the
     wrong type or out of its range (:data:`agents.hyperparameters.RANGES`).
@@ -270,7 +282,10 @@ def check_overrides(name: str, overrides: Mapping[str, Any]) -> None:
     parameters = inspect.signature(spec.cls.__init__).parameters
     for key, value in overrides.items():
         if key not in valid:
-            raise ValueError(f"{key!r} is not a hyperparameter of {name} ({spec.cls.__name__}).{_hint(key, valid)}")
+            owners = hyperparameter_owners().get(key)
+            # another algorithm's hyperparameter: say whose, rather than guess a spelling
+            hint = f" It is a hyperparameter of {', '.join(owners)}." if owners else _hint(key, valid)
+            raise ValueError(f"{key!r} is not a hyperparameter of {name} ({spec.cls.__name__}).{hint}")
         if (key, value) in (("gamma", SHAPING_GAMMA), ("ent_coef", KL_COEF)):
             continue
         expected = _expected_type(key, parameters[key].default, value) or range_problem(key, value)

@@ -48,7 +48,8 @@ from typing import Any
 
 from agents.evaluation import held_out_prompts, run_comparison
 from agents.training.run_config import RunConfig
-from agents.training.runner import CONFIG_FILE, MODEL_FILE, train_run
+from agents.training.run_folder import CONFIG_FILE, MODEL_FILE
+from agents.training.runner import train_run
 
 RESULTS = Path(__file__).resolve().parent / "results" / "ablation"
 

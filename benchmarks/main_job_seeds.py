@@ -56,7 +56,7 @@ from seeded_runs import (  # benchmarks/seeded_runs.py, beside this script
 
 from agents.evaluation.statistics import compare, preference
 from agents.training.run_config import RunConfig
-from agents.training.runner import CONFIG_FILE
+from agents.training.run_folder import CONFIG_FILE
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent

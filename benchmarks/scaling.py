@@ -48,7 +48,7 @@ from seeded_runs import (  # benchmarks/seeded_runs.py, beside this script
 )
 
 from agents.training.run_config import RunConfig
-from agents.training.runner import CONFIG_FILE, MODEL_FILE, PROGRESS_FILE, SUMMARY_FILE
+from agents.training.run_folder import CONFIG_FILE, MODEL_FILE, PROGRESS_FILE, SUMMARY_FILE
 
 RESULTS = Path(__file__).resolve().parent / "results" / "scaling"
 #: What a snapshot of a run folder keeps: enough to evaluate it and to read how it was trained.

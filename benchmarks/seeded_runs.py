@@ -24,8 +24,10 @@ from agents.cli.common import DECODING_KEYS, LLM_KEYS
 from agents.evaluation import held_out_prompts, run_comparison
 from agents.evaluation.statistics import compare, mean_difference, preference
 from agents.training.checkpoints import find_checkpoint, read_checkpoint_state
+from agents.training.resume import resume_run
 from agents.training.run_config import RunConfig
-from agents.training.runner import CONFIG_FILE, MODEL_FILE, SUMMARY_FILE, resume_run, train_run
+from agents.training.run_folder import CONFIG_FILE, MODEL_FILE, SUMMARY_FILE
+from agents.training.runner import train_run
 
 #: Written beside a run's summary: wall and CPU seconds of every training segment.
 TIMING_FILE = "timing.json"

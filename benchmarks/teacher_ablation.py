@@ -45,7 +45,7 @@ from seeded_runs import (  # benchmarks/seeded_runs.py, beside this script
 )
 
 from agents.training.run_config import RunConfig
-from agents.training.runner import MODEL_FILE
+from agents.training.run_folder import MODEL_FILE
 
 RESULTS = Path(__file__).resolve().parent / "results" / "teacher_ablation"
 

@@ -265,7 +265,7 @@ def test_anchored_sac_warms_up_on_its_policy_and_logs_zero_kl(tiny_kwargs, tmp_p
 
 def test_logged_kl_is_zero_while_the_anchored_agent_is_untrained(tiny_kwargs, tmp_path):
     from agents.training.callbacks import KL_COLUMN, MARALoggingCallback
-    from agents.training.runner import make_logger
+    from agents.training.logs import make_logger
 
     venv = _venv(tiny_kwargs, n=4)
     model = make_algorithm("sac-discrete", venv, seed=0, learning_starts=10_000)

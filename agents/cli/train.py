@@ -25,19 +25,18 @@ from typing import Any
 
 from agents.cli.flags import docstring_params, metavar, show_default, with_default
 from agents.hyperparameters import RANGES
-from agents.registry import ALGORITHMS, KL_COEF, NON_HYPERPARAMETERS, SHAPING_GAMMA
+from agents.registry import ALGORITHMS, KL_COEF, NON_HYPERPARAMETERS, SHAPING_GAMMA, hyperparameter_owners
+from agents.training.resume import resume_run
 from agents.training.run_config import (
     DEFAULT_RUN,
     ENV_ID,
     RunConfig,
     TrainSettings,
-    check_agent_flags,
-    hyperparameter_owners,
     parse_value,
 )
 from agents.training.run_folder import CONFIG_FILE, check_out, put_back_replaced
 from agents.training.run_lock import run_lock
-from agents.training.runner import resume_run, train_run
+from agents.training.runner import train_run
 from mara_env import MARA_V1, VERSIONS, MARAConfig
 from mara_env.config import setting_help
 
@@ -268,7 +267,6 @@ def run(args: argparse.Namespace) -> int:
             return resume_run(out, flags, verbose=args.verbose)
 
         config = RunConfig.from_file(args.config) if args.config else RunConfig.default()
-        check_agent_flags(flags["agent"], flags["agent"].get("algo", config.agent.algo))
         config = RunConfig.from_sections(flags, source="command line", base=config)
         check_out(out, overwrite=args.overwrite)
         return train_run(config, out, verbose=args.verbose, replace=args.overwrite)

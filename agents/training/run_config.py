@@ -43,7 +43,7 @@ import yaml
 
 from agents.files import write_text_atomic
 from agents.hints import did_you_mean
-from agents.registry import ALGORITHMS, check_overrides, get_spec, resolve_kwargs
+from agents.registry import ALGORITHMS, check_overrides, resolve_kwargs
 from agents.teacher import TEACHERS
 from mara_env import VERSIONS, MARAConfig
 from mara_env.config import type_problem
@@ -427,26 +427,3 @@ def _tomllib() -> Any:
     else:  # pragma: no cover - Python 3.10
         import tomli as tomllib
     return tomllib
-
-
-def hyperparameter_owners() -> dict[str, list[str]]:
-    """Every hyperparameter offered as a flag -> the algorithms that have it."""
-    owners: dict[str, list[str]] = {}
-    for name, spec in ALGORITHMS.items():
-        for parameter in spec.hyperparameters:
-            # Classes cannot be named on a command line
-            if not parameter.endswith("_class"):
-                owners.setdefault(parameter, []).append(name)
-    return owners
-
-
-def check_agent_flags(flags: dict[str, Any], algo: str) -> None:
-    """A hyperparameter flag of another algorithm is an error that names who has it."""
-    owners = hyperparameter_owners()
-    valid = get_spec(algo).hyperparameters
-    for name in flags:
-        if name != "algo" and name not in valid:
-            raise ValueError(
-                f"--{name.replace('_', '-')} does not apply to --algo {algo}: it is a hyperparameter of "
-                f"{', '.join(owners.get(name, ['no registered algorithm']))}."
-            )

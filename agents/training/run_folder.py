@@ -1,7 +1,8 @@
-"""A run folder before its run starts: whether ``--out`` may be used, and the run an ``--overwrite`` replaces.
+"""A run folder: the names of its files, whether ``--out`` may be used, and the run an ``--overwrite`` replaces.
 
-Shared by the runner (:mod:`agents.training.runner`) and ``mara train`` / ``mara generate`` (which name the
-folder an interrupted ``--overwrite`` left), so the rule and the folder's name live in one place.
+Shared by the runner (:mod:`agents.training.runner`), resumption (:mod:`agents.training.resume`), the published
+model (:mod:`agents.training.publish`), the benchmarks and ``mara train`` / ``mara generate`` (which name the
+folder an interrupted ``--overwrite`` left), so the layout and the rules live in one place.
 """
 
 from __future__ import annotations
@@ -13,10 +14,35 @@ from pathlib import Path
 
 from agents.training.checkpoints import CHECKPOINT_DIR, MODEL_FILE, recover_checkpoint
 
-__all__ = ["CONFIG_FILE", "REPLACED_SUFFIX", "check_out", "put_back_replaced", "replaced_path"]
+__all__ = [
+    "CLUSTER_FILE",
+    "CONFIG_FILE",
+    "DEMONSTRATIONS_FILE",
+    "MODEL_FILE",
+    "PROGRESS_FILE",
+    "REPLACED_SUFFIX",
+    "SUMMARY_FILE",
+    "TEACHER_FILE",
+    "TENSORBOARD_DIR",
+    "check_out",
+    "put_back_replaced",
+    "replaced_path",
+]
 
 #: A run's fully resolved settings: ``mara train --config config.yaml`` repeats the run.
 CONFIG_FILE = "config.yaml"
+#: One row per ``log_every`` decisions: ``mara/*`` means, ``time/*``, ``rollout/*``, ``train/*``.
+PROGRESS_FILE = "progress.csv"
+#: TensorBoard event files (the same values as ``progress.csv``).
+TENSORBOARD_DIR = "tb"
+#: Decisions, episodes, wall seconds, the final means, the digests of the published model and agent file.
+SUMMARY_FILE = "summary.json"
+#: With ``train.teacher``: what the teacher did and cost (:class:`agents.teacher.TeacherReport`).
+TEACHER_FILE = "teacher.json"
+#: With ``train.teacher_bc > 0``: the demonstrated decisions, for ``--resume``.
+DEMONSTRATIONS_FILE = "teacher-demonstrations.npz"
+#: Distributed runs: where each collector ran (node, GPUs, LLM devices) and what it delivered.
+CLUSTER_FILE = "cluster.json"
 #: ``<out>`` + this: where ``--overwrite`` keeps the replaced run until the new run's first checkpoint.
 REPLACED_SUFFIX = ".overwritten"
 

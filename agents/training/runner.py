@@ -1,7 +1,7 @@
 """The training runner: a run folder trained as a :class:`~agents.training.run_config.RunConfig` says,
-with checkpoints, logs, resumption and the published model. ``mara train`` is its command line.
+with checkpoints, logs and the published model. ``mara train`` is its command line.
 
-A run folder::
+A run folder (file names in :mod:`agents.training.run_folder`)::
 
     config.yaml        the fully resolved settings: `mara train --config config.yaml` repeats the run
     progress.csv       one row per log_every decisions: mara/* means, time/*, rollout/*, train/*
@@ -16,17 +16,17 @@ A run folder::
     teacher-demonstrations.npz   with train.teacher_bc > 0: the demonstrated decisions, for --resume
     cluster.json       with train.collectors: where each Ray collector ran and what it delivered
 
-:func:`~agents.training.environment.make_env` and :func:`learn` are the steps every training shares
-(``mara train`` and ``benchmarks/algorithms.py``): the vector environment SB3 trains on, and
-``model.learn`` with the logging callback. With ``train.collectors`` set, Ray collector actors step the environments and
-this process learns (:class:`agents.distributed.DistributedLearner`), with the same run folder,
-checkpoints and resumption. Nothing a run does destroys finished work: see :func:`train_run` for ``replace``
-and :func:`resume_run` for damaged checkpoints.
+:func:`train_run` reads top to bottom as a run goes: the environment (local sub-environments, or Ray
+collectors with this process as the learner, :class:`agents.distributed.DistributedLearner`), the algorithm
+(new, or a checkpoint's), the teacher's demonstrations, the folder, then :func:`learn` with its callbacks and
+the publication (:mod:`agents.training.publish`). :func:`~agents.training.environment.make_env` and
+:func:`learn` are the steps every training shares (``mara train`` and ``benchmarks/algorithms.py``).
+Resumption is :mod:`agents.training.resume`, the logs :mod:`agents.training.logs`. Nothing a run does
+destroys finished work: see :func:`train_run` for ``replace``.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import shutil
@@ -39,12 +39,10 @@ from typing import Any
 
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
-from stable_baselines3.common.logger import CSVOutputFormat, HumanOutputFormat, Logger, make_output_format
 
-from agents.agent_file import AGENT_SETTINGS, AGENT_WEIGHTS, save_agent_file
 from agents.distributed import DistributedLearner
 from agents.errors import CommandFailed, describe
-from agents.files import copy_atomic, write_text_atomic
+from agents.files import write_text_atomic
 from agents.loading import load_algorithm
 from agents.registry import get_spec, make_algorithm
 from agents.teacher import (
@@ -58,207 +56,31 @@ from agents.teacher import (
 )
 from agents.training.callbacks import InterruptBetweenSteps, MARALoggingCallback, RunCheckpointCallback
 from agents.training.checkpoints import (
-    CHECKPOINT_DIR,
     MODEL_FILE,
     REPLAY_BUFFER_FILE,
-    file_digest,
-    find_checkpoint,
     load_replay_buffer,
     read_checkpoint_state,
     recover_checkpoint,
-    set_aside_damaged,
 )
 from agents.training.environment import make_env
 from agents.training.hparams import log_run_config
-from agents.training.run_config import RunConfig, check_agent_flags
-from agents.training.run_folder import CONFIG_FILE, replaced_path
+from agents.training.logs import make_logger
+from agents.training.publish import publish
+from agents.training.run_config import RunConfig
+from agents.training.run_folder import (
+    CLUSTER_FILE,
+    CONFIG_FILE,
+    DEMONSTRATIONS_FILE,
+    TEACHER_FILE,
+    replaced_path,
+)
 from agents.training.run_lock import run_lock
 
 __all__ = [
-    "CLUSTER_FILE",
-    "CONFIG_FILE",
-    "MODEL_FILE",
-    "PROGRESS_FILE",
-    "SUMMARY_FILE",
-    "TEACHER_FILE",
-    "TENSORBOARD_DIR",
     "learn",
-    "make_logger",
-    "resume_run",
     "train_run",
+    "with_scorer_placement",
 ]
-
-#: Distributed runs: where each collector ran (node, GPUs, LLM devices) and what it delivered.
-CLUSTER_FILE = "cluster.json"
-PROGRESS_FILE = "progress.csv"
-SUMMARY_FILE = "summary.json"
-TEACHER_FILE = "teacher.json"
-DEMONSTRATIONS_FILE = "teacher-demonstrations.npz"
-TENSORBOARD_DIR = "tb"
-
-# Settings that --resume may change: the run's length, how progress is shown, and where it runs (the
-# learner's model and replay buffer are the same with or without Ray collectors, on any cluster).
-_RESUMABLE_CHANGES = {
-    "train.total_decisions",
-    "train.progress_bar",
-    "train.collectors",
-    "train.ray_address",
-    "train.collector_gpus",
-    "train.collect_steps",
-}
-
-
-def with_scorer_placement(config: RunConfig, placement: dict[str, dict[str, str]]) -> RunConfig:
-    """``config`` with its reward/cost models' resolved devices and dtype (``TerminalReward.placement``), so the
-    run records where they ran; unchanged when no scorer is a model (nothing to place)."""
-    if not placement:
-        return config
-    devices = [placement.get(role, placement.get(other, {})).get("device") for role, other in _ROLES]
-    dtypes = {where["dtype"] for where in placement.values()}
-    env = dict(config.env, scorer_devices=devices[0] if devices[0] == devices[1] else devices)
-    if len(dtypes) == 1:  # one setting holds one dtype (two checkpoints' own dtypes may differ)
-        env["scorer_dtype"] = dtypes.pop()
-    return RunConfig(env=env, agent=config.agent, train=config.train)
-
-
-_ROLES = (("reward", "cost"), ("cost", "reward"))
-
-
-def learn(
-    model: BaseAlgorithm,
-    decisions: int,
-    logging_callback: MARALoggingCallback,
-    callbacks: Sequence[BaseCallback] = (),
-    *,
-    reset_num_timesteps: bool = True,
-    progress_bar: bool = False,
-) -> BaseAlgorithm:
-    """Train ``model`` for ``decisions`` more decisions, logging with ``logging_callback`` (then ``callbacks``).
-
-    ``log_interval=None``: the rows of ``progress.csv`` come from the logging callback only, every
-    ``log_every`` decisions.
-    """
-    return model.learn(
-        decisions,
-        callback=[logging_callback, *callbacks],
-        log_interval=None,
-        reset_num_timesteps=reset_num_timesteps,
-        progress_bar=progress_bar,
-    )
-
-
-def resume_run(out: Path, flags: dict[str, dict[str, Any]], *, verbose: int) -> int:
-    config_path = out / CONFIG_FILE
-    if not config_path.is_file():
-        raise FileNotFoundError(f"--resume: {out} has no {CONFIG_FILE}, so it is not a run folder to continue.")
-    saved = RunConfig.from_file(config_path)
-    check_agent_flags(flags["agent"], flags["agent"].get("algo", saved.agent.algo))
-    wanted = RunConfig.from_sections(flags, source="command line", base=saved)
-    changed = [name for name in wanted.changes_from(saved) if name not in _RESUMABLE_CHANGES]
-    if changed:
-        raise ValueError(
-            f"--resume continues the run as configured in {config_path}, but the flags change "
-            f"{', '.join(changed)}. Only --total-decisions, --no-progress and the cluster flags (--collectors, "
-            "--ray-address, --collector-gpus, --collect-steps) may be given with --resume; "
-            "start a new run in another --out folder to change settings."
-        )
-    if wanted.train.total_decisions < saved.train.total_decisions:
-        raise ValueError(
-            f"--total-decisions {wanted.train.total_decisions} is below the run's {saved.train.total_decisions}; "
-            "with --resume it may only be raised."
-        )
-    checkpoint, problems = find_checkpoint(out)
-    done = None if checkpoint is None else int(read_checkpoint_state(checkpoint)["num_timesteps"])
-    if done is not None and done >= wanted.train.total_decisions:
-        if not _is_published(out, checkpoint):  # killed while publishing, or the published files damaged
-            _publish(out, saved, checkpoint, resumed=True)
-        return _say_finished(out, done, wanted)
-    published = _published_decisions(out)
-    if published is not None and published >= wanted.train.total_decisions:
-        return _say_finished(out, published, wanted)  # a finished model is never trained over
-    if checkpoint is None:
-        if problems or (out / MODEL_FILE).exists():
-            # Never advise --overwrite here: it would delete what is intact
-            kept = (
-                f"The run's model {out / MODEL_FILE} is not affected (mara evaluate --run {out} reads it). "
-                if (out / MODEL_FILE).is_file()
-                else ""
-            )
-            what = "; ".join(problems) if problems else f"{out} has a model but no checkpoint"
-            raise ValueError(
-                f"--resume: {what}, and no intact earlier checkpoint is left to continue from; nothing was changed. "
-                f"{kept}To train again with these settings, start a new run: mara train --config {config_path} "
-                "--out NEW_FOLDER."
-            )
-        print(
-            f"mara train: note: {out} has no checkpoint yet (the run stopped before its first, due at "
-            f"{saved.train.checkpoint_every} decisions): starting it again from decision 0 with {config_path}.",
-            file=sys.stderr,
-        )
-        return train_run(wanted, out, verbose=verbose, write_config=wanted != saved)
-    if problems:
-        damaged = set_aside_damaged(out)
-        checkpoint = out / CHECKPOINT_DIR
-        print(
-            f"mara train: warning: {problems[0]}; continuing from the checkpoint before it "
-            f"({read_checkpoint_state(checkpoint)['num_timesteps']} decisions). The damaged copy is kept in {damaged}.",
-            file=sys.stderr,
-        )
-    state = read_checkpoint_state(checkpoint)
-    return train_run(wanted, out, verbose=verbose, checkpoint=checkpoint, state=state, write_config=wanted != saved)
-
-
-def _say_finished(out: Path, done: int, wanted: RunConfig) -> int:
-    print(
-        f"{out}: the run is already finished ({done} of {wanted.train.total_decisions} decisions; the model is "
-        f"{out / MODEL_FILE}). Pass a larger --total-decisions to train further."
-    )
-    return 0
-
-
-def _is_published(out: Path, checkpoint: Path) -> bool:
-    """Whether ``out/model.zip`` and ``summary.json`` are ``checkpoint``'s model and counters, intact."""
-    state = read_checkpoint_state(checkpoint)
-    summary = _read_summary(out)
-    recorded = (state.get("files") or {}).get(MODEL_FILE, {}).get("sha256")
-    return (
-        summary.get("decisions") == state["num_timesteps"]
-        and (out / MODEL_FILE).is_file()
-        and (recorded is None or file_digest(out / MODEL_FILE)["sha256"] == recorded)
-        and _agent_file_intact(out, summary)
-    )
-
-
-def _agent_file_intact(out: Path, summary: dict[str, Any]) -> bool:
-    """Whether the run's agent file is the one ``summary.json`` records, its weights matching it."""
-    if summary.get("agent_sha256") is None:
-        return True  # published by a version that wrote no agent file
-    try:
-        return file_digest(out / AGENT_SETTINGS)["sha256"] == summary["agent_sha256"] and (
-            json.loads((out / AGENT_SETTINGS).read_text(encoding="utf-8"))["weights"]["sha256"]
-            == file_digest(out / AGENT_WEIGHTS)["sha256"]
-        )
-    except (OSError, ValueError, KeyError, TypeError):
-        return False
-
-
-def _published_decisions(out: Path) -> int | None:
-    """The decisions of the run's published ``model.zip`` if it is intact (``summary.json`` records its SHA-256)."""
-    summary = _read_summary(out)
-    decisions, digest = summary.get("decisions"), summary.get("model_sha256")
-    if not isinstance(decisions, int) or not (out / MODEL_FILE).is_file():
-        return None
-    if digest is not None and file_digest(out / MODEL_FILE)["sha256"] != digest:
-        return None
-    return decisions
-
-
-def _read_summary(out: Path) -> dict[str, Any]:
-    try:
-        summary = json.loads((out / SUMMARY_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return summary if isinstance(summary, dict) else {}
 
 
 def train_run(
@@ -296,6 +118,29 @@ def train_run(
         return _train_run(config, out, verbose, checkpoint, state, write_config, replace)
 
 
+def check_teacher(config: RunConfig) -> None:
+    """Refuse a teacher setting the run cannot use, before anything is loaded."""
+    train = config.train
+    if train.teacher is None:
+        return
+    if train.collectors is not None:
+        raise ValueError(
+            "--teacher replays its demonstrations in this process and cannot be combined with --collectors "
+            "(Ray collectors); leave one of them out."
+        )
+    spec = get_spec(config.agent.algo)
+    if spec.on_policy:
+        raise ValueError(
+            f"--teacher puts demonstrations into a replay buffer, and --algo {config.agent.algo} learns on-policy "
+            "without one: use sac-discrete (or dqn / qrdqn, without --teacher-bc)."
+        )
+    if train.teacher_bc > 0 and config.agent.algo != "sac-discrete":
+        raise ValueError(
+            f"--teacher-bc adds a term to DiscreteSAC's actor loss; --algo {config.agent.algo} has no actor: "
+            "use --algo sac-discrete or --teacher-bc 0."
+        )
+
+
 def _train_run(
     config: RunConfig,
     out: Path,
@@ -305,21 +150,19 @@ def _train_run(
     write_config: bool,
     replace: bool,
 ) -> int:
-    distributed = None
-    if config.train.collectors is not None:
-        # Ray collectors step the environments; this process holds the learner (agents.distributed)
-        distributed = DistributedLearner(config)
-        venv = distributed.start()
-        write_config = write_config or distributed.config != config
-        config = distributed.config  # with the cluster layout resolved (GPUs per collector)
+    # 1. the environment, and the settings it resolved (scorer placement, the cluster's layout)
+    distributed = DistributedLearner(config) if config.train.collectors is not None else None
+    if distributed is not None:
+        venv = distributed.start()  # Ray collectors step the environments; this process learns
+        resolved = distributed.config
     else:
         venv = make_env(config.env_id, config.train.num_envs, **config.env_kwargs)
-        placed = with_scorer_placement(config, venv.venv.venv.unwrapped.core.terminal.placement)
-        write_config = write_config or placed != config
-        config = placed
-    train = config.train
+        resolved = with_scorer_placement(config, venv.venv.venv.unwrapped.core.terminal.placement)
+    write_config = write_config or resolved != config
+    config, train = resolved, resolved.train
     logger = None
     try:
+        # 2. the algorithm: new, or the checkpoint's with its replay buffer and counters
         logging_callback = MARALoggingCallback(train.log_every)
         if checkpoint is None:
             model = make_algorithm(
@@ -334,10 +177,11 @@ def _train_run(
         else:
             model = _load_checkpoint(config, checkpoint, venv, verbose)
             logging_callback.load_state_dict((state or {}).get("logging", {}))
+
+        # 3. the teacher: its decisions go into the replay buffer and count as the run's first decisions
         teacher: TeacherReport | None = None
         demos: Demonstrations | None = None
         if checkpoint is None and train.teacher is not None:
-            # The teacher's decisions go into the replay buffer and count as the run's first decisions
             teacher, demos = run_teacher(
                 model,
                 config.env_id,
@@ -351,13 +195,12 @@ def _train_run(
         elif train.teacher is not None and train.teacher_bc > 0 and (out / DEMONSTRATIONS_FILE).is_file():
             demos = load_demonstrations(out / DEMONSTRATIONS_FILE)  # resumed: the cloning goes on where it was
 
-        # The run starts: from here on the folder changes
-        aside = None
+        # 4. the run starts: from here on the folder changes
+        replaced = _ReplacedRun(out)
         created = not out.exists()
         try:
-            if replace and out.is_dir() and any(out.iterdir()):
-                os.replace(out, replaced_path(out))
-                aside = replaced_path(out)  # only once it is there: the undo below deletes out
+            if replace:
+                replaced.set_aside()
             out.mkdir(parents=True, exist_ok=True)
             if write_config:
                 config.dump(out / CONFIG_FILE)
@@ -368,20 +211,12 @@ def _train_run(
                 if demos is not None and train.teacher_bc > 0:
                     save_demonstrations(out / DEMONSTRATIONS_FILE, demos)
         except BaseException:  # e.g. a folder that cannot be written: undo, and report it as given
-            if aside is not None:
-                shutil.rmtree(out, ignore_errors=True)
-                os.replace(aside, out)
-            elif created:
+            if not replaced.put_back() and created:
                 shutil.rmtree(out, ignore_errors=True)
             raise
 
-        def drop_replaced(_: Path) -> None:
-            nonlocal aside
-            if aside is not None:  # the new run can be resumed now: the replaced one may go
-                shutil.rmtree(aside)
-                aside = None
-
-        checkpoint_callback = RunCheckpointCallback(out, train.checkpoint_every, logging_callback, drop_replaced)
+        # 5. learn, with checkpoints (the first lets the replaced run go), then publish the model
+        checkpoint_callback = RunCheckpointCallback(out, train.checkpoint_every, logging_callback, replaced.drop)
         interrupt = InterruptBetweenSteps()
         try:
             logger = make_logger(out, verbose, keep_until=model.num_timesteps if checkpoint else None)
@@ -408,13 +243,10 @@ def _train_run(
                 layout = {**distributed.layout, "stats": distributed.stats}
                 write_text_atomic(out / CLUSTER_FILE, json.dumps(layout, indent=2))
             # The final checkpoint lets a larger --total-decisions continue from the end
-            summary = _publish(out, config, checkpoint_callback.save(), resumed=checkpoint is not None)
+            summary = publish(out, config, checkpoint_callback.save(), resumed=checkpoint is not None)
         except (Exception, KeyboardInterrupt) as exc:
             interrupt.restore()
-            if aside is not None:
-                shutil.rmtree(out, ignore_errors=True)
-                os.replace(aside, out)
-            where = _where(out, config, put_back=aside is not None)
+            where = _where(out, config, put_back=replaced.put_back())
             if isinstance(exc, KeyboardInterrupt):
                 print(f"\nmara train: interrupted at {model.num_timesteps} decisions. {where}", file=sys.stderr)
                 return 130
@@ -437,27 +269,87 @@ def _train_run(
             distributed.close()
 
 
-def check_teacher(config: RunConfig) -> None:
-    """Refuse a teacher setting the run cannot use, before anything is loaded."""
-    train = config.train
-    if train.teacher is None:
-        return
-    if train.collectors is not None:
-        raise ValueError(
-            "--teacher replays its demonstrations in this process and cannot be combined with --collectors "
-            "(Ray collectors); leave one of them out."
-        )
-    spec = get_spec(config.agent.algo)
-    if spec.on_policy:
-        raise ValueError(
-            f"--teacher puts demonstrations into a replay buffer, and --algo {config.agent.algo} learns on-policy "
-            "without one: use sac-discrete (or dqn / qrdqn, without --teacher-bc)."
-        )
-    if train.teacher_bc > 0 and config.agent.algo != "sac-discrete":
-        raise ValueError(
-            f"--teacher-bc adds a term to DiscreteSAC's actor loss; --algo {config.agent.algo} has no actor: "
-            "use --algo sac-discrete or --teacher-bc 0."
-        )
+def with_scorer_placement(config: RunConfig, placement: dict[str, dict[str, str]]) -> RunConfig:
+    """``config`` with its reward/cost models' resolved devices and dtype (``TerminalReward.placement``), so the
+    run records where they ran; unchanged when no scorer is a model (nothing to place)."""
+    if not placement:
+        return config
+    devices = [placement.get(role, placement.get(other, {})).get("device") for role, other in _ROLES]
+    dtypes = {where["dtype"] for where in placement.values()}
+    env = dict(config.env, scorer_devices=devices[0] if devices[0] == devices[1] else devices)
+    if len(dtypes) == 1:  # one setting holds one dtype (two checkpoints' own dtypes may differ)
+        env["scorer_dtype"] = dtypes.pop()
+    return RunConfig(env=env, agent=config.agent, train=config.train)
+
+
+_ROLES = (("reward", "cost"), ("cost", "reward"))
+
+
+def _load_checkpoint(config: RunConfig, checkpoint: Path, venv: Any, verbose: int) -> Any:
+    """The checkpoint's model on ``venv``, with its replay buffer, reseeded for the next episodes."""
+    model = load_algorithm(checkpoint / MODEL_FILE, env=venv, algo=config.agent.algo, device=config.train.device)
+    model.verbose = verbose
+    if not get_spec(config.agent.algo).on_policy:
+        buffer_file = checkpoint / REPLAY_BUFFER_FILE
+        if not buffer_file.is_file():
+            raise FileNotFoundError(f"{checkpoint} is incomplete: {REPLAY_BUFFER_FILE} is missing.")
+        load_replay_buffer(model.replay_buffer, buffer_file)
+    if config.train.seed is not None:
+        # New episodes and exploration, reproducibly, rather than a replay of the run's start
+        model.set_random_seed(config.train.seed + model.num_timesteps)
+    return model
+
+
+class _ReplacedRun:
+    """The run ``--overwrite`` replaces, kept in ``<out>.overwritten`` until the new run's first checkpoint:
+    dropped then (:meth:`drop`), or put back if the new run stops before it (:meth:`put_back`)."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        self.aside: Path | None = None
+
+    def set_aside(self) -> None:
+        if self.out.is_dir() and any(self.out.iterdir()):
+            os.replace(self.out, replaced_path(self.out))
+            self.aside = replaced_path(self.out)  # only once it is there: put_back deletes out
+
+    def drop(self, _: Path | None = None) -> None:
+        """The new run can be resumed now (a checkpoint callback's hook): the replaced one may go."""
+        if self.aside is not None:
+            shutil.rmtree(self.aside)
+            self.aside = None
+
+    def put_back(self) -> bool:
+        """Put the replaced run back in place of the new one; whether there was one to put back."""
+        if self.aside is None:
+            return False
+        shutil.rmtree(self.out, ignore_errors=True)
+        os.replace(self.aside, self.out)
+        self.aside = None
+        return True
+
+
+def learn(
+    model: BaseAlgorithm,
+    decisions: int,
+    logging_callback: MARALoggingCallback,
+    callbacks: Sequence[BaseCallback] = (),
+    *,
+    reset_num_timesteps: bool = True,
+    progress_bar: bool = False,
+) -> BaseAlgorithm:
+    """Train ``model`` for ``decisions`` more decisions, logging with ``logging_callback`` (then ``callbacks``).
+
+    ``log_interval=None``: the rows of ``progress.csv`` come from the logging callback only, every
+    ``log_every`` decisions.
+    """
+    return model.learn(
+        decisions,
+        callback=[logging_callback, *callbacks],
+        log_interval=None,
+        reset_num_timesteps=reset_num_timesteps,
+        progress_bar=progress_bar,
+    )
 
 
 def _pretrain(model: Any, teacher: TeacherReport, out: Path) -> None:
@@ -485,115 +377,3 @@ def _where(out: Path, config: RunConfig, *, put_back: bool) -> str:
         )
     done = read_checkpoint_state(saved)["num_timesteps"]
     return f"The last checkpoint ({done} decisions) is in {saved}. Continue with: mara train --out {out} --resume"
-
-
-def _publish(out: Path, config: RunConfig, checkpoint: Path, *, resumed: bool) -> dict[str, Any]:
-    """Put the checkpoint's model at ``out/model.zip``, its agent file beside it, and write ``summary.json``.
-
-    Each file is written atomically; ``summary.json`` last, with the SHA-256 of both models, so that
-    :func:`_is_published` tells a publication a kill cut short.
-    """
-    state = read_checkpoint_state(checkpoint)
-    copy_atomic(checkpoint / MODEL_FILE, out / MODEL_FILE)
-    # The agent file (safetensors + JSON) is what generate/evaluate/serve read: no pickle in it
-    try:
-        save_agent_file(load_algorithm(out / MODEL_FILE, device="cpu"), out)
-        agent_sha256 = file_digest(out / AGENT_SETTINGS)["sha256"]
-    except TypeError as error:  # a setting the format cannot name (a custom class): model.zip serves alone
-        warnings.warn(f"no agent file written for {out}: {describe(error)} The run's model.zip is.", stacklevel=2)
-        for stale in (AGENT_SETTINGS, AGENT_WEIGHTS):  # an earlier segment's must not stand for this model
-            (out / stale).unlink(missing_ok=True)
-        agent_sha256 = None
-    wall = float(state.get("wall_seconds") or 0.0)
-    summary = {
-        "algo": config.agent.algo,
-        "decisions": int(state["num_timesteps"]),
-        "episodes": state.get("episodes"),
-        "wall_seconds": round(wall, 2),
-        "decisions_per_second": round(state["num_timesteps"] / wall, 3) if wall > 0 else None,
-        "final": state.get("logging", {}).get("last_means", {}),
-        "resumed": resumed,
-        "model": MODEL_FILE,
-        "model_sha256": file_digest(out / MODEL_FILE)["sha256"],  # lets --resume tell a damaged model.zip
-        "agent_file": AGENT_SETTINGS if agent_sha256 else None,
-        "agent_sha256": agent_sha256,  # its weights' digest is inside
-    }
-    if (out / TEACHER_FILE).is_file():  # the teacher's cost: scorer calls, LLM tokens, time (in wall_seconds too)
-        summary["teacher"] = json.loads((out / TEACHER_FILE).read_text(encoding="utf-8"))
-    write_text_atomic(out / SUMMARY_FILE, json.dumps(summary, indent=2))
-    return summary
-
-
-def _load_checkpoint(config: RunConfig, checkpoint: Path, venv: Any, verbose: int) -> Any:
-    """The checkpoint's model on ``venv``, with its replay buffer, reseeded for the next episodes."""
-    model = load_algorithm(checkpoint / MODEL_FILE, env=venv, algo=config.agent.algo, device=config.train.device)
-    model.verbose = verbose
-    if not get_spec(config.agent.algo).on_policy:
-        buffer_file = checkpoint / REPLAY_BUFFER_FILE
-        if not buffer_file.is_file():
-            raise FileNotFoundError(f"{checkpoint} is incomplete: {REPLAY_BUFFER_FILE} is missing.")
-        load_replay_buffer(model.replay_buffer, buffer_file)
-    if config.train.seed is not None:
-        # New episodes and exploration, reproducibly, rather than a replay of the run's start
-        model.set_random_seed(config.train.seed + model.num_timesteps)
-    return model
-
-
-# ------------------------------------------------------------------------------------------ logging
-
-
-def make_logger(out: Path, verbose: int, *, keep_until: int | None = None) -> Logger:
-    """SB3 logger writing ``out/progress.csv`` and ``out/tb/`` (and stdout when ``verbose``).
-
-    :param keep_until: when resuming, keep the rows of ``progress.csv`` up to this many decisions
-        (the checkpoint's) and append after them; rows logged after the checkpoint are redone.
-    """
-    formats = [
-        _ResumableCSVOutputFormat(out / PROGRESS_FILE, keep_until),
-        make_output_format("tensorboard", str(out / TENSORBOARD_DIR)),
-    ]
-    if verbose:
-        formats.append(HumanOutputFormat(sys.stdout))
-    return Logger(folder=str(out), output_formats=formats)
-
-
-class _ResumableCSVOutputFormat(CSVOutputFormat):
-    """SB3's CSV writer (which truncates its file), starting from the kept rows of an earlier segment."""
-
-    def __init__(self, filename: Path, keep_until: int | None) -> None:
-        header: list[str] = []
-        rows: list[list[str]] = []
-        table: list[list[str]] = []
-        if keep_until is not None and filename.is_file():
-            try:
-                with open(filename, newline="", encoding="utf-8") as file:
-                    table = list(csv.reader(file))
-            except (csv.Error, UnicodeDecodeError) as error:
-                aside = filename.with_name(f"{filename.stem}.damaged{filename.suffix}")
-                os.replace(filename, aside)
-                warnings.warn(f"{filename} cannot be read ({error}); kept as {aside}, a new one begins.", stacklevel=2)
-        if table and "time/total_timesteps" in table[0]:
-            header, column = table[0], table[0].index("time/total_timesteps")
-            damaged = 0
-            for row in filter(None, table[1:]):
-                decisions = _number(row[column]) if len(row) == len(header) else None
-                if decisions is None:
-                    damaged += 1  # e.g. the last row, cut short by a kill
-                elif decisions <= keep_until:
-                    rows.append(row)
-            if damaged:
-                warnings.warn(f"{filename}: dropped {damaged} damaged row(s), e.g. cut short by a kill.", stacklevel=2)
-        super().__init__(str(filename))
-        if header:
-            writer = csv.writer(self.file, lineterminator="\n")
-            writer.writerow(header)
-            writer.writerows(rows)
-            self.file.flush()
-            self.keys = header
-
-
-def _number(text: str) -> float | None:
-    try:
-        return float(text)
-    except ValueError:
-        return None
