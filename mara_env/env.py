@@ -206,6 +206,12 @@ class TokenAcceptRejectEnv(gym.Env[np.ndarray, np.int64]):
         return self.core.contract
 
     @property
+    def scorer_placement(self) -> dict[str, dict[str, str]]:
+        """Where each model scorer runs, by role (``{"reward": {"device": "cuda:1", "dtype": "bfloat16"}}``; built-in
+        scorers and callables are left out): what a run records of its scorers."""
+        return self.core.terminal.placement
+
+    @property
     def row(self) -> RowState:
         """The decoder's state of the current episode (response ids, candidate set, counters)."""
         return self.core.decoder.rows[0]

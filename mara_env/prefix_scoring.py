@@ -25,7 +25,7 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -35,7 +35,7 @@ from mara_env.llm import LLMReplica
 from mara_env.score_models import CausalScore, ModelScoreFn
 from mara_env.scoring import BUILTIN_SCORERS, Scorer, TerminalReward
 
-__all__ = ["IncrementalScorer", "ShapingPotential", "incremental_scorer"]
+__all__ = ["IncrementalScorer", "PrefixScorer", "ShapingPotential", "incremental_scorer"]
 
 #: Full scoring that took less than this in a step (seconds) is not worth a warning (a cheap callable).
 WARN_SECONDS = 0.02
@@ -128,15 +128,33 @@ class IncrementalScorer:
         return np.where(keep.any(axis=1), last, 0)
 
 
-def incremental_scorer(scorer: Scorer, num_rows: int) -> IncrementalScorer | None:
-    """An :class:`IncrementalScorer` for ``scorer``, or ``None`` when it must score in full.
+@runtime_checkable
+class PrefixScorer(Protocol):
+    """Scores rows' growing answers, keeping what it likes per row between calls (a key/value cache).
 
-    ``None`` for built-in scorers, callables and models that are not causal score models. A causal one is
-    probed first: two texts that differ in their last token must give the same hidden states before it, and
-    the batched cache must give the hidden states of a plain forward; a model that fails (an encoder with
-    a causal-LM class, an attention that ignores the cache's masks) is scored in full, with a warning.
+    ``scorer(rows, prompts, responses)`` returns one checked score per row (a float64 array, as
+    :meth:`~mara_env.scoring.Scorer.check` gives); ``rows`` are distinct row numbers below the ``num_rows``
+    it was made for, and a row's next call sees its answer grown (or a new episode's).
+    """
+
+    def __call__(self, rows: Sequence[int], prompts: Sequence[str], responses: Sequence[str]) -> np.ndarray: ...
+
+
+def incremental_scorer(scorer: Scorer, num_rows: int) -> PrefixScorer | None:
+    """A :class:`PrefixScorer` for ``scorer``, or ``None`` when it must score in full.
+
+    A score function may offer its own: ``scorer.fn.prefix_scorer(num_rows)`` (e.g. a score model served
+    by another process, which keeps the rows' caches there). Otherwise an :class:`IncrementalScorer` for a
+    causal score model, and ``None`` for built-in scorers, callables and models that are not causal score
+    models. A causal one is probed first: two texts that differ in their last token must give the same
+    hidden states before it, and the batched cache must give the hidden states of a plain forward; a model
+    that fails (an encoder with a causal-LM class, an
+    attention that ignores the cache's masks) is scored in full, with a warning.
     """
     fn = scorer.fn
+    offered = getattr(fn, "prefix_scorer", None)
+    if callable(offered):
+        return offered(num_rows)
     if not isinstance(fn, ModelScoreFn) or fn.causal is None:
         return None
     problem = _probe(fn.causal)
@@ -191,7 +209,8 @@ def _widen(grid: np.ndarray, width: int, fill: int) -> np.ndarray:
 class ShapingPotential:
     """``Phi = alpha_r R(x, y_<=m) - alpha_c C(x, y_<=m)`` of rows' answers so far, ``m = t - t % interval``.
 
-    Scorers on causal score models score incrementally (:class:`IncrementalScorer`); the others (built-in
+    Scorers on causal score models score incrementally (:class:`IncrementalScorer`), and so do score functions
+    that offer a :class:`PrefixScorer` (:func:`incremental_scorer`); the others (built-in
     scorers, callables, bidirectional encoders) score every prefix in full, and for those that are not
     built in a one-line warning gives the measured cost of a step's scoring, once (from
     :data:`WARN_SECONDS` a step).
@@ -206,7 +225,7 @@ class ShapingPotential:
         if isinstance(interval, bool) or not isinstance(interval, int) or interval < 1:
             raise ValueError(f"shaping_interval must be an integer >= 1, got {interval!r}.")
         self.interval = interval
-        self.parts: list[tuple[float, Scorer, IncrementalScorer | None]] = [
+        self.parts: list[tuple[float, Scorer, PrefixScorer | None]] = [
             (terminal.alpha_r, terminal.reward_scorer, incremental_scorer(terminal.reward_scorer, num_rows)),
             (-terminal.alpha_c, terminal.cost_scorer, incremental_scorer(terminal.cost_scorer, num_rows)),
         ]
@@ -256,5 +275,5 @@ class ShapingPotential:
         return {
             s.role: {"tokens_run": inc.tokens_run, "tokens_full": inc.tokens_full}
             for _, s, inc in self.parts
-            if inc is not None
+            if isinstance(inc, IncrementalScorer)
         }

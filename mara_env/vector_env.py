@@ -220,6 +220,12 @@ class TokenAcceptRejectVectorEnv(VectorEnv):
         """What an agent may know about this environment (:mod:`mara_env.contract`)."""
         return self.core.contract
 
+    @property
+    def scorer_placement(self) -> dict[str, dict[str, str]]:
+        """Where each model scorer runs, by role (``{"reward": {"device": "cuda:1", "dtype": "bfloat16"}}``; built-in
+        scorers and callables are left out): what a run records of its scorers."""
+        return self.core.terminal.placement
+
     def close_extras(self, **kwargs: Any) -> None:
         self.core.close()
 

@@ -171,6 +171,8 @@ def test_the_run_saves_a_model_that_loads_with_the_layout_recorded(distributed_r
     assert [c["index"] for c in layout["collectors"]] == [0, 1]
     assert layout["cluster"]["nodes"] == 1 and layout["gpus_per_collector"] == 0.0
     assert all(c["llm_devices"] == ["cpu"] and c["node_ip"] for c in layout["collectors"])
+    # each collector scores itself (train.scorer_placement "collector"): a built-in scorer, no model to place
+    assert layout["scorer_placement"] == "collector" and all(c["scorers"] == {} for c in layout["collectors"])
 
 
 def test_killed_collectors_lose_only_their_batches_in_flight(distributed_run):
@@ -189,6 +191,40 @@ def test_killed_collectors_lose_only_their_batches_in_flight(distributed_run):
     np.testing.assert_array_equal(buffer["array_rewards"][: len(kept)], seen["rewards"])
     rows = read_progress(out / "progress.csv")
     assert float(rows[-1]["distributed/collectors_alive"]) == 1
+
+
+def test_a_shared_scorer_serves_the_collectors_and_is_recorded(cluster, tiny_files, tmp_path):
+    from conftest import build_tokenizer
+    from test_prefix_scoring import classifier_folder
+
+    reward = classifier_folder(tmp_path / "reward", build_tokenizer(None), seed=3)  # a tiny causal score model
+    env = env_settings(tiny_files) | dict(reward_model=str(reward), reward_shaping="potential")
+    config = RunConfig.from_sections(
+        {
+            "env": env,
+            "agent": dict(AGENT, learning_starts=32),
+            "train": dict(
+                total_decisions=96,
+                num_envs=4,
+                checkpoint_every=96,
+                log_every=48,
+                progress_bar=False,
+                collectors=1,  # and the scorer: the module's cluster has 2 CPUs
+                collect_steps=4,
+                scorer_placement="shared",
+            ),
+        }
+    )
+    out = tmp_path / "run"
+    assert train_run(config, out) == 0
+    saved = RunConfig.from_file(out / "config.yaml")
+    assert saved.train.scorer_placement == "shared" and saved.train.scorer_gpus == 0.0, "the resolved placement"
+    layout = json.loads((out / "cluster.json").read_text())
+    assert layout["scorer_placement"] == "shared" and layout["collectors"][0]["scorers"] == "shared"
+    service = layout["scorer_service"]
+    assert service["scorers"] == {"reward": {"model": str(reward), "device": "cpu", "dtype": "float32"}}
+    assert service["pid"] != layout["collectors"][0]["pid"] and service["node_ip"]
+    assert json.loads((out / "summary.json").read_text())["decisions"] == 96
 
 
 def test_kill_and_resume_of_the_driver_continues_from_the_checkpoint(cluster, tiny_files, tmp_path, monkeypatch):

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
+from agents.distributed.scorer_service import model_roles
 from agents.registry import get_spec
 from agents.training.run_config import RunConfig
 
@@ -29,6 +30,7 @@ __all__ = [
     "check_distributed",
     "connect",
     "plan_collectors",
+    "plan_scorer_gpus",
     "require_ray",
     "worker_niceness",
 ]
@@ -180,6 +182,38 @@ def plan_collectors(
     return CollectorPlan(collectors, gpus, cpus, have_gpus, have_cpus)
 
 
+#: CPUs of the shared scorer actor (``train.scorer_placement="shared"``).
+SCORER_CPUS = 1.0
+
+
+def plan_scorer_gpus(scorer_gpus: float | None, plan: CollectorPlan) -> float:
+    """GPUs for the shared scorer service (``train.scorer_placement="shared"``) beside the collectors of ``plan``.
+
+    :param scorer_gpus: ``None``: one when a whole GPU is left after the collectors, else none (CPU).
+    :raises ValueError: more GPUs asked for than the collectors leave, or no CPU left for the service (the
+        message says what is left).
+    """
+    if plan.collectors * plan.cpus + SCORER_CPUS > plan.cluster_cpus + 1e-9:
+        fits = math.floor((plan.cluster_cpus - SCORER_CPUS) / plan.cpus + 1e-9)
+        advice = f"--collectors {fits}" if fits >= 1 else "more CPUs"
+        raise ValueError(
+            f"the shared scorer needs {SCORER_CPUS:g} CPU beside the {plan.collectors * plan.cpus:g} of --collectors "
+            f"{plan.collectors}, but the Ray cluster has {plan.cluster_cpus:g}. Use {advice}, add nodes, or "
+            "--scorer-placement collector."
+        )
+    left = max(0.0, plan.cluster_gpus - plan.collectors * plan.gpus)
+    if scorer_gpus is None:
+        return 1.0 if left >= 1.0 - 1e-9 else 0.0
+    if scorer_gpus > left + 1e-9:
+        raise ValueError(
+            f"--scorer-gpus {scorer_gpus:g} for the shared scorer, but the Ray cluster's {plan.cluster_gpus:g} GPUs "
+            f"leave {left:g} after --collectors {plan.collectors} with {plan.gpus:g} each. Use --scorer-gpus "
+            f"{left:g}, fewer GPUs per collector (--collector-gpus), --scorer-placement collector (each collector "
+            "scores on its own GPU), or add GPU nodes."
+        )
+    return float(scorer_gpus)
+
+
 def check_distributed(config: RunConfig) -> None:
     """Refuse settings that training with collectors cannot honour (before any cluster starts).
 
@@ -201,6 +235,12 @@ def check_distributed(config: RunConfig) -> None:
             "--collectors interleaves batches of several collectors in the replay buffer, so n_steps > 1 and "
             "optimize_memory_usage (which read consecutive slots as one trajectory) cannot be used with it; "
             "set n_steps 1 and optimize_memory_usage false, or omit --collectors."
+        )
+    if config.train.scorer_placement == "shared" and not model_roles(config.env_kwargs):
+        raise ValueError(
+            "--scorer-placement shared serves reward and cost *models* from one actor, but reward_model "
+            f"{config.env.get('reward_model')!r} and cost_model {config.env.get('cost_model')!r} are built-in "
+            "scorers or none, which each collector runs itself; leave --scorer-placement at collector."
         )
     train_freq = kwargs.get("train_freq", 1)
     if isinstance(train_freq, (tuple, list)) and str(train_freq[1]) == "episode":

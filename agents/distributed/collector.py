@@ -22,6 +22,8 @@ import numpy as np
 from agents.accept import EpisodeKL
 from agents.distributed.batch import TransitionBatch
 from agents.distributed.policy_sync import PolicySnapshot, apply_behaviour_settings, load_snapshot
+from agents.distributed.ray_node import gpu_ids, node
+from agents.distributed.scorer_service import shared_scorer_settings
 from agents.errors import INPUT_ERRORS, describe
 from agents.registry import make_algorithm
 from agents.training.callbacks import EPISODE_METRICS
@@ -42,10 +44,14 @@ class Collector:
         and ``config.train.num_envs`` sub-environments, and ``config.agent.algo`` for its policy.
     :param index: the collector's number (0 ... collectors - 1), reported with its batches.
     :param threads: torch threads of this process (the CPUs Ray gave the actor).
+    :param scorer_service: with ``train.scorer_placement="shared"``, the run's
+        :class:`~agents.distributed.scorer_service.ScorerService` actor, which scores for this collector in place
+        of score models of its own.
     """
 
-    def __init__(self, config: RunConfig, index: int, threads: int = 1) -> None:
+    def __init__(self, config: RunConfig, index: int, threads: int = 1, scorer_service: Any = None) -> None:
         self.index = int(index)
+        self.scorer_service = scorer_service
         self._version = -1
         self._obs: np.ndarray | None = None
         self._episode_kl = EpisodeKL(0)
@@ -65,11 +71,13 @@ class Collector:
 
         torch.set_num_threads(max(1, int(threads)))
         env_kwargs = dict(config.env_kwargs)
-        gpus = _gpu_ids()
+        gpus = gpu_ids()
         if gpus:
             # Ray made the actor's GPUs the only visible ones: cuda:0 ... are its own
             env_kwargs["devices"] = [f"cuda:{i}" for i in range(len(gpus))]
         self.llm_devices = [str(d) for d in (env_kwargs.get("devices") or ["default"])]
+        if self.scorer_service is not None:  # train.scorer_placement "shared": the models are the service's
+            env_kwargs = shared_scorer_settings(env_kwargs, self.scorer_service, self.index * config.train.num_envs)
         self.venv = make_env(config.env_id, config.train.num_envs, **env_kwargs)
         hyperparameters = dict(config.agent.hyperparameters)
         # The policy copy acts; it never trains: a replay buffer of one slot per env, not the learner's
@@ -89,13 +97,14 @@ class Collector:
 
         ``input`` is whether the error is of the kinds that mean a wrong setting (:data:`agents.errors.INPUT_ERRORS`).
         """
-        where = {"index": self.index, "pid": os.getpid(), **_node()}
+        where = {"index": self.index, "pid": os.getpid(), **node()}
         if self._error is not None:
             return {**where, "error": describe(self._error), "input": isinstance(self._error, INPUT_ERRORS)}
         return {
             **where,
-            "gpu_ids": [str(i) for i in _gpu_ids()],
+            "gpu_ids": [str(i) for i in gpu_ids()],
             "llm_devices": self.llm_devices,
+            "scorers": "shared" if self.scorer_service is not None else self.venv.get_attr("scorer_placement")[0],
             "policy_device": str(self.model.device),
             "num_envs": self.venv.num_envs,
             "observation_space": self.venv.observation_space,
@@ -206,26 +215,3 @@ def _episode_record(info: dict[str, Any]) -> dict[str, Any]:
     if "episode" in info:
         record["episode"] = dict(info["episode"])
     return record
-
-
-def _gpu_ids() -> list[Any]:
-    """The GPUs Ray gave this actor (none outside Ray)."""
-    try:
-        import ray
-
-        return list(ray.get_gpu_ids()) if ray.is_initialized() else []
-    except Exception:
-        return []
-
-
-def _node() -> dict[str, Any]:
-    """The Ray node this process runs on."""
-    try:
-        import ray
-
-        if ray.is_initialized():
-            context = ray.get_runtime_context()
-            return {"node_id": context.get_node_id(), "node_ip": ray.util.get_node_ip_address()}
-    except Exception:
-        pass
-    return {"node_id": None, "node_ip": None}

@@ -40,9 +40,17 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
 
 from agents.distributed.batch import TransitionBatch
-from agents.distributed.cluster import check_distributed, connect, plan_collectors, require_ray
+from agents.distributed.cluster import (
+    SCORER_CPUS,
+    check_distributed,
+    connect,
+    plan_collectors,
+    plan_scorer_gpus,
+    require_ray,
+)
 from agents.distributed.collector import Collector
 from agents.distributed.policy_sync import behaviour_settings, take_snapshot
+from agents.distributed.scorer_service import ScorerService
 from agents.distributed.spaces_env import SpacesOnlyVecEnv
 from agents.errors import CommandFailed
 from agents.training.callbacks import MARALoggingCallback
@@ -67,7 +75,7 @@ class DistributedLearner:
     :func:`agents.training.runner.train_run` does this when ``config.train.collectors`` is set.
 
     :param config: the run's settings (``train.collectors``, ``ray_address``, ``collector_gpus``,
-        ``collect_steps`` place the collectors).
+        ``collect_steps`` place the collectors; ``scorer_placement``, ``scorer_gpus`` their score models).
     :param max_in_flight: collection tasks per collector at once.
     :param max_restarts: times Ray restarts a collector that dies (its ``max_restarts``).
     :param start_timeout: seconds to wait for the collectors to load their LLMs.
@@ -96,6 +104,8 @@ class DistributedLearner:
         self.num_cpus = num_cpus
         #: Ray actor handles, by collector index.
         self.collectors: list[Any] = []
+        #: The shared scorer's actor handle (``train.scorer_placement="shared"``), else ``None``.
+        self.scorer_service: Any = None
         #: Where each collector runs (:meth:`Collector.describe` without the spaces), and the cluster.
         self.layout: dict[str, Any] = {}
         #: Counters over the whole run: batches and decisions received, lost batches, syncs.
@@ -121,12 +131,24 @@ class DistributedLearner:
             self._started_ray = connect(train.ray_address, num_cpus=self.num_cpus)
             plan = plan_collectors(int(train.collectors), train.collector_gpus, ray.cluster_resources())
             # The resolved config records the layout: GPUs per collector as placed
-            self.config = dataclasses.replace(self.config, train=dataclasses.replace(train, collector_gpus=plan.gpus))
+            resolved = dict(collector_gpus=plan.gpus)
+            if train.scorer_placement == "shared":
+                # one actor holds the score models for every collector's rows (agents.distributed.scorer_service)
+                resolved["scorer_gpus"] = plan_scorer_gpus(train.scorer_gpus, plan)
+                self.scorer_service = (
+                    ray.remote(ScorerService)
+                    .options(num_cpus=SCORER_CPUS, num_gpus=resolved["scorer_gpus"], max_restarts=self.max_restarts)
+                    .remote(self.config.env_kwargs, plan.collectors * train.num_envs, int(SCORER_CPUS))
+                )
+            self.config = dataclasses.replace(self.config, train=dataclasses.replace(train, **resolved))
             remote = ray.remote(Collector).options(
                 num_cpus=plan.cpus, num_gpus=plan.gpus, max_restarts=self.max_restarts, max_task_retries=0
             )
-            self.collectors = [remote.remote(self.config, i, int(plan.cpus)) for i in range(plan.collectors)]
+            self.collectors = [
+                remote.remote(self.config, i, int(plan.cpus), self.scorer_service) for i in range(plan.collectors)
+            ]
             descriptions = self._wait_described(ray)
+            scorers = self._describe_scorer_service(ray)
         except BaseException:
             self.close()
             raise
@@ -139,6 +161,8 @@ class DistributedLearner:
             "collectors": placed,
             "gpus_per_collector": plan.gpus,
             "cpus_per_collector": plan.cpus,
+            "scorer_placement": train.scorer_placement,
+            **({"scorer_service": scorers} if scorers is not None else {}),
             "cluster": {
                 "address": train.ray_address or ("local" if self._started_ray else "connected"),
                 **_cluster_nodes(ray),
@@ -152,6 +176,15 @@ class DistributedLearner:
             first["action_space"],
             agent_contract=first["agent_contract"],
         )
+
+    def _describe_scorer_service(self, ray: Any) -> dict[str, Any] | None:
+        """Where the shared scorer runs and its models' devices; ``None`` without one."""
+        if self.scorer_service is None:
+            return None
+        try:
+            return ray.get(self.scorer_service.describe.remote(), timeout=self.start_timeout)
+        except ray.exceptions.RayError as error:
+            raise CommandFailed(f"the shared scorer did not start: {_cause(error)}") from None
 
     def _wait_described(self, ray: Any) -> list[dict[str, Any]]:
         refs = [collector.describe.remote() for collector in self.collectors]
@@ -405,12 +438,13 @@ class DistributedLearner:
         except ModuleNotFoundError:
             return
         if ray.is_initialized():
-            for actor in self.collectors:
+            for actor in [*self.collectors, *([self.scorer_service] if self.scorer_service is not None else [])]:
                 try:
                     ray.kill(actor)
                 except Exception:
                     pass
             self.collectors = []
+            self.scorer_service = None
             if self._started_ray:
                 ray.shutdown()
                 self._started_ray = False

@@ -29,6 +29,8 @@ RESUMABLE_CHANGES = {
     "train.ray_address",
     "train.collector_gpus",
     "train.collect_steps",
+    "train.scorer_placement",
+    "train.scorer_gpus",
 }
 
 
@@ -49,8 +51,8 @@ def resume_run(out: Path, flags: dict[str, dict[str, Any]], *, verbose: int) -> 
         raise ValueError(
             f"--resume continues the run as configured in {config_path}, but the flags change "
             f"{', '.join(changed)}. Only --total-decisions, --no-progress and the cluster flags (--collectors, "
-            "--ray-address, --collector-gpus, --collect-steps) may be given with --resume; "
-            "start a new run in another --out folder to change settings."
+            "--ray-address, --collector-gpus, --collect-steps, --scorer-placement, --scorer-gpus) may be given "
+            "with --resume; start a new run in another --out folder to change settings."
         )
     if wanted.train.total_decisions < saved.train.total_decisions:
         raise ValueError(

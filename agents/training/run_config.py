@@ -10,7 +10,8 @@ A run has three sections:
 ``train``
     ``total_decisions``, ``num_envs``, ``seed``, ``checkpoint_every``, ``log_every``, ``device``,
     ``progress_bar``, and the Ray cluster of distributed training: ``collectors``, ``ray_address``,
-    ``collector_gpus``, ``collect_steps`` (:class:`TrainSettings`, :mod:`agents.distributed`), and
+    ``collector_gpus``, ``collect_steps``, ``scorer_placement``, ``scorer_gpus`` (:class:`TrainSettings`,
+    :mod:`agents.distributed`), and
     learning from a teacher: ``teacher``, ``teacher_weight``, ``teacher_k``, ``teacher_prompts``,
     ``teacher_bc``, ``teacher_bc_decisions`` (:mod:`agents.teacher`).
 
@@ -76,6 +77,8 @@ DEFAULT_RUN: dict[str, dict[str, Any]] = {
         ray_address=None,
         collector_gpus=None,
         collect_steps=8,
+        scorer_placement="collector",
+        scorer_gpus=None,
         # Learning from ARGS (agents.teacher): None trains on the agent's own experience only
         teacher=None,
         teacher_weight=10.0,
@@ -88,6 +91,10 @@ DEFAULT_RUN: dict[str, dict[str, Any]] = {
 
 SECTIONS = ("env", "agent", "train")
 CONFIG_SUFFIXES = (".toml", ".yaml", ".yml")
+
+
+#: Where Ray collectors' score models run (``train.scorer_placement``).
+SCORER_PLACEMENTS = ("collector", "shared")
 
 
 @dataclass(frozen=True)
@@ -123,6 +130,17 @@ class TrainSettings:
     collect_steps: int = field(
         default=8,
         metadata={"help": "vector steps per collection task of a collector (collect_steps * num_envs decisions)."},
+    )
+    scorer_placement: str = field(
+        default="collector",
+        metadata={
+            "help": "where Ray collectors' reward and cost models run: 'collector' (each collector loads its own, "
+            "on its device) or 'shared' (one scorer actor for all, agents/distributed/scorer_service.py)."
+        },
+    )
+    scorer_gpus: float | None = field(
+        default=None,
+        metadata={"help": "GPUs of the shared scorer actor (none: 1 when the collectors leave a GPU, else 0)."},
     )
     teacher: str | None = field(
         default=None,
@@ -177,6 +195,17 @@ class TrainSettings:
             raise ValueError(
                 f"train.collector_gpus (--collector-gpus) must be >= 0 GPUs per collector, got {gpus!r}; "
                 "0 runs the collectors on CPUs."
+            )
+        if self.scorer_placement not in SCORER_PLACEMENTS:
+            raise ValueError(
+                f"train.scorer_placement (--scorer-placement) must be one of {', '.join(SCORER_PLACEMENTS)}, got "
+                f"{self.scorer_placement!r}."
+            )
+        gpus = self.scorer_gpus
+        if type_problem("float", gpus) is None and gpus is not None and gpus < 0:
+            raise ValueError(
+                f"train.scorer_gpus (--scorer-gpus) must be >= 0 GPUs for the shared scorer, got {gpus!r}; "
+                "0 runs it on CPUs."
             )
 
 

@@ -157,7 +157,7 @@ def _train_run(
         resolved = distributed.config
     else:
         venv = make_env(config.env_id, config.train.num_envs, **config.env_kwargs)
-        resolved = with_scorer_placement(config, venv.venv.venv.unwrapped.core.terminal.placement)
+        resolved = with_scorer_placement(config, venv.get_attr("scorer_placement")[0])
     write_config = write_config or resolved != config
     config, train = resolved, resolved.train
     logger = None
