@@ -63,9 +63,8 @@ def test_shared_placement_settings_are_checked():
         RunConfig.from_sections({"train": {"scorer_placement": "everywhere"}})
     with pytest.raises(ValueError, match=r"scorer_gpus \(--scorer-gpus\) must be >= 0 .* got -1"):
         RunConfig.from_sections({"train": {"scorer_gpus": -1}})
-    shared_builtin = RunConfig.from_sections(
-        {"env": {"reward_model": "sentiment", "cost_model": None}, "train": {"collectors": 2, "scorer_placement": "shared"}}
-    )
+    env = {"reward_model": "sentiment", "cost_model": None}
+    shared_builtin = RunConfig.from_sections({"env": env, "train": {"collectors": 2, "scorer_placement": "shared"}})
     with pytest.raises(ValueError, match=r"built-in scorers or none, which each collector runs itself"):
         check_distributed(shared_builtin)
     assert TrainSettings.__dataclass_fields__["scorer_placement"].default == "collector"
