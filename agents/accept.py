@@ -8,7 +8,8 @@ One reading of ``pi(accept | s)`` for every agent the package trains or loads:
   from the reference, the same for the training logs and generated answers; :class:`EpisodeKL` sums it
   over each sub-environment's episode with the behaviour policy's probabilities
   (:func:`behaviour_accept_probabilities`: uniform during an off-policy warm-up, :func:`uniform_warmup`), for
-  single-process training and the distributed collectors alike;
+  single-process training and the distributed collectors alike; the collectors take their actions with
+  :func:`behaviour_actions`, the same warm-up and exploration;
 - :func:`as_accept_function` turns anything that can serve as a MARA agent (a model, its saved zip,
   an actor in the authors' layout, a :class:`~agents.sac_discrete.policies.DiscreteActor`, a callable)
   into a function from observations to accept probabilities, with the observation layout it reads.
