@@ -105,7 +105,7 @@ def test_the_private_names_are_read_off_sb3():
 
 def test_the_scan_finds_each_kind_of_use_and_allows_extending_a_hook():
     private = {"_last_obs", "_build", "_init_setup_model", "_n_updates"}
-    source = '''
+    source = """
 class Policy(Base):
     def _build(self, lr_schedule):
         super()._build(lr_schedule)  # allowed: extends the hook it overrides
@@ -115,7 +115,7 @@ class Policy(Base):
         obs = model._last_obs
         Algo(policy, env, _init_setup_model=False)
         return getattr(model, "_n_updates")
-'''
+"""
     lines = sorted(line for line, _ in private_uses(source, private))
     assert lines == [7, 8, 9, 10], private_uses(source, private)
 
