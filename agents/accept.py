@@ -8,7 +8,8 @@ One reading of ``pi(accept | s)`` for every agent the package trains or loads:
   from the reference, the same for the training logs and generated answers; :class:`EpisodeKL` sums it
   over each sub-environment's episode with the behaviour policy's probabilities
   (:func:`behaviour_accept_probabilities`: uniform during an off-policy warm-up, :func:`uniform_warmup`), for
-  single-process training and the distributed collectors alike;
+  single-process training and the distributed collectors alike; the collectors take their actions with
+  :func:`behaviour_actions`, the same warm-up and exploration;
 - :func:`as_accept_function` turns anything that can serve as a MARA agent (a model, its saved zip,
   an actor in the authors' layout, a :class:`~agents.sac_discrete.policies.DiscreteActor`, a callable)
   into a function from observations to accept probabilities, with the observation layout it reads.
@@ -43,6 +44,7 @@ __all__ = [
     "accept_probabilities",
     "as_accept_function",
     "behaviour_accept_probabilities",
+    "behaviour_actions",
     "kl_increment",
     "uniform_warmup",
 ]
@@ -109,7 +111,9 @@ def accept_probabilities(model: BaseAlgorithm, obs: np.ndarray, *, behaviour: bo
             elif hasattr(policy, "get_distribution"):
                 probs = policy.get_distribution(obs_tensor).distribution.probs[:, 1]
             elif hasattr(model, "exploration_rate"):
-                probs = policy._predict(obs_tensor, deterministic=True).reshape(-1).float()
+                # The greedy action through the policy's public predict (the Q-network's argmax)
+                greedy, _ = policy.predict(obs, deterministic=True)
+                probs = th.as_tensor(np.asarray(greedy).reshape(-1)).float()
                 if behaviour:
                     eps = float(model.exploration_rate)
                     probs = eps / 2 + (1 - eps) * probs
@@ -131,6 +135,23 @@ def uniform_warmup(model: BaseAlgorithm, timesteps: int) -> bool:
     if not isinstance(model, OffPolicyAlgorithm) or not getattr(model, "uniform_warmup", True):
         return False
     return timesteps < model.learning_starts and not (model.use_sde and model.use_sde_at_warmup)
+
+
+def behaviour_actions(model: BaseAlgorithm, obs: np.ndarray, timesteps: int) -> np.ndarray:
+    """The actions ``model`` takes in training on the observation rows ``obs`` at ``timesteps``.
+
+    What SB3's off-policy ``collect_rollouts`` samples, through public methods: uniformly random actions
+    during a uniform warm-up (:func:`uniform_warmup`), else ``model.predict(obs, deterministic=False)``
+    (DQN's epsilon-greedy included). The distributed collectors act with it.
+
+    :param obs: observations, shape ``(n, *obs_shape)``.
+    :param timesteps: ``num_timesteps`` before the step.
+    :return: ``n`` actions.
+    """
+    if uniform_warmup(model, timesteps):
+        return np.array([model.action_space.sample() for _ in range(len(obs))])
+    actions, _ = model.predict(obs, deterministic=False)
+    return np.asarray(actions)
 
 
 def behaviour_accept_probabilities(model: BaseAlgorithm, obs: np.ndarray, timesteps: int) -> np.ndarray:

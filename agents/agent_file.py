@@ -43,9 +43,12 @@ Like the registry, this module loads none of ``mara_env``'s LLM machinery.
 from __future__ import annotations
 
 import hashlib
+import inspect
+import io
 import json
 import math
 import os
+import zipfile
 from collections.abc import Mapping
 from importlib import metadata
 from pathlib import Path
@@ -56,11 +59,13 @@ import torch as th
 from gymnasium import spaces
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.type_aliases import TrainFreq, TrainFrequencyUnit
-from stable_baselines3.common.utils import ConstantSchedule, FloatSchedule, LinearSchedule, check_for_correct_spaces
+from stable_baselines3.common.utils import ConstantSchedule, FloatSchedule, LinearSchedule
+from stable_baselines3.common.vec_env import VecEnv
 
 from agents.files import write_text_atomic
 from agents.registry import ALGORITHMS, get_spec
 from agents.safe_unpickler import allowed_classes
+from agents.spaces_env import SpacesOnlyVecEnv
 
 __all__ = [
     "AGENT_SETTINGS",
@@ -106,10 +111,9 @@ def save_agent_file(model: BaseAlgorithm, folder: str | os.PathLike) -> Path:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     algo = _algo_name(model)
-    exclude = set(model._excluded_save_params()) | _RUNTIME
-    state_dicts, variable_names = model._get_torch_save_params()
-    exclude |= {name.split(".")[0] for name in [*state_dicts, *variable_names]}
-    settings = {key: _encode(value, key) for key, value in vars(model).items() if key not in exclude}
+    saved, variable_names = _saved_by_sb3(model)
+    attributes = vars(model)
+    settings = {key: _encode(attributes[key], key) for key in saved if key not in _RUNTIME}
 
     tensors = {_POLICY + k: v.detach().to("cpu").contiguous() for k, v in model.policy.state_dict().items()}
     for name in variable_names:
@@ -134,6 +138,24 @@ def save_agent_file(model: BaseAlgorithm, folder: str | os.PathLike) -> Path:
     path = folder / AGENT_SETTINGS
     write_text_atomic(path, json.dumps(record, indent=1, allow_nan=False) + "\n")
     return path
+
+
+def _saved_by_sb3(model: BaseAlgorithm) -> tuple[list[str], list[str]]:
+    """The attributes and the torch variables (e.g. SAC's ``log_ent_coef``) SB3's public ``model.save()`` keeps.
+
+    Asked of ``save`` itself, into memory: its ``data`` entry names the attributes (everything but what each
+    algorithm excludes and the torch objects saved apart) and ``pytorch_variables.pth`` the variables, so an
+    agent file holds what SB3's zip holds, whatever the algorithm, without pickles.
+    """
+    buffer = io.BytesIO()
+    model.save(buffer)
+    with zipfile.ZipFile(buffer) as archive:
+        attributes = list(json.loads(archive.read("data")))
+        variables: list[str] = []
+        if "pytorch_variables.pth" in archive.namelist():
+            with archive.open("pytorch_variables.pth") as file:
+                variables = list(th.load(io.BytesIO(file.read()), map_location="cpu", weights_only=True))
+    return attributes, variables
 
 
 def _algo_name(model: BaseAlgorithm) -> str:
@@ -311,17 +333,23 @@ def load_agent_file(path: str | os.PathLike, env: Any = None, *, device: str | t
 
     cls = get_spec(record["algo"]).cls
     if env is not None:
-        env = cls._wrap_env(env, settings.get("verbose", 0))
-        check_for_correct_spaces(env, settings["observation_space"], settings["action_space"])
-        settings["n_envs"] = env.num_envs
-    model = cls(policy=settings["policy_class"], env=env, device=device, _init_setup_model=False)
-    model.__dict__.update(settings)
+        settings["n_envs"] = env.num_envs if isinstance(env, VecEnv) else 1
+    # The public constructor builds the networks, on an environment that carries the saved spaces
+    described = SpacesOnlyVecEnv(
+        int(settings.get("n_envs", 1)), settings["observation_space"], settings["action_space"]
+    )
+    arguments = _constructor_arguments(cls, settings)
     try:
-        model._setup_model()
+        model = cls(policy=settings["policy_class"], env=described, device=device, **arguments)
     except (TypeError, ValueError, KeyError, AssertionError) as error:
         raise ValueError(
             f"{name}: the {record['algo']} agent cannot be rebuilt from its settings ({error})."
         ) from error
+    # Then every saved attribute, as SB3's own load restores them (counters, schedules as saved)
+    vars(model).update(settings)
+    model.env = None
+    if env is not None:
+        model.set_env(env)  # SB3 wraps it and checks its spaces against the agent's
     policy = {k[len(_POLICY) :]: v for k, v in tensors.items() if k.startswith(_POLICY)}
     try:
         model.policy.load_state_dict(policy, strict=True)
@@ -336,6 +364,13 @@ def load_agent_file(path: str | os.PathLike, env: Any = None, *, device: str | t
             with th.no_grad():
                 target.copy_(value)
     return model
+
+
+def _constructor_arguments(cls: type[BaseAlgorithm], settings: dict[str, Any]) -> dict[str, Any]:
+    """The saved attributes that ``cls``'s constructor takes by the same name (its public parameters)."""
+    parameters = inspect.signature(cls.__init__).parameters
+    skip = {"self", "policy", "env", "device"}
+    return {key: settings[key] for key in parameters if key in settings and key not in skip and not key.startswith("_")}
 
 
 def _getattr_path(obj: Any, dotted: str) -> Any:

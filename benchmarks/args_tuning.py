@@ -27,11 +27,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from pathlib import Path
 
 import torch
+from common import machine_info
 
 from agents.evaluation import BASE, held_out_prompts, run_comparison
 from agents.reward_guided import args_name
@@ -150,7 +150,7 @@ def main() -> None:
     )
     out = {
         "created": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "machine": f"{platform.processor() or platform.machine()}, torch {torch.__version__}, {args.threads} thread(s)",
+        "machine": machine_info(threads=args.threads),
         "settings": {k: v for k, v in vars(args).items() if k not in ("out", "report", "no_progress", "quick")},
         "num_prompts": len(prompts),
         "prompt_part": "train",

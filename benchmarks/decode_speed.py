@@ -29,12 +29,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from common import machine_info
 from op_count import ForwardCounter, OpCounter
 
 from agents.generation import MARAGenerator
@@ -194,7 +194,7 @@ def main() -> None:
 
     meta = dict(
         date=time.strftime("%Y-%m-%d"),
-        machine=platform.processor() or platform.machine(),
+        machine=machine_info(replicas),
         torch=torch.__version__,
         threads=torch.get_num_threads(),
         device=str(replicas[0].device),

@@ -30,8 +30,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
-import platform
 import shutil
 import statistics
 import tempfile
@@ -40,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from common import machine_info
 from tqdm.auto import tqdm
 
 from agents.distributed.cluster import worker_niceness
@@ -115,12 +114,13 @@ def markdown(results: dict[str, Any]) -> str:
     for key, value in results["scaling_efficiency"].items():
         lines.append(f"Scaling efficiency {key}: {value:.2f}")
     settings = results["settings"]
+    cores = results["machine"].get("cpu_count", results["machine"].get("cpus"))  # older result files: "cpus"
     lines.append("")
     lines.append(
         f"{settings['decisions']} decisions per run, {settings['num_envs']} envs per process, "
         f"{settings['rounds']} round(s), LLM {settings['llm'] or 'embedded SmolLM2-135M'}, "
         f"{'with' if settings['learn'] else 'without'} gradient steps, Ray workers at niceness "
-        f"{settings['worker_niceness']}, {results['machine']['cpus']} CPU cores, "
+        f"{settings['worker_niceness']}, {cores} CPU cores, "
         f"torch threads {results['machine']['torch_threads']} per process, {results['machine']['date']}."
     )
     return "\n".join(lines) + "\n"
@@ -182,10 +182,7 @@ def main() -> None:
     results = {
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "machine": {
-            "cpus": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(),
-            "platform": platform.platform(),
-            "torch": torch.__version__,
+            **machine_info(),
             "ray": ray.__version__,
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         },

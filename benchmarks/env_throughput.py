@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -39,6 +38,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from common import machine_info
 from op_count import OpCounter, plain_forward_ops
 from transformers import DynamicCache
 
@@ -348,7 +348,7 @@ def main() -> None:
         "seconds_per_round": args.seconds,
         "rounds": args.rounds,
         "torch_threads": torch.get_num_threads(),
-        "machine": platform.processor() or platform.machine(),
+        "machine": machine_info([replica]),
         "date": time.strftime("%Y-%m-%d"),
         "counted_steps": args.count_steps,
         "plain_forward_ops": plain_ops,

@@ -20,8 +20,6 @@ import argparse
 import json
 import math
 import multiprocessing
-import os
-import platform
 import time
 from pathlib import Path
 from typing import Any
@@ -29,6 +27,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import torch as th
+from common import machine_info
 from stable_baselines3 import DQN, PPO
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
@@ -284,7 +283,7 @@ def main() -> None:
         runs=runs,
         summary=summary,
         bar=bar,
-        machine=dict(platform=platform.platform(), cpus=os.cpu_count(), torch=th.__version__, threads=args.threads),
+        machine=machine_info(threads=args.threads),
         total_wall_time_s=round(time.perf_counter() - start, 1),
     )
     json_path = args.out / f"{name}.json"

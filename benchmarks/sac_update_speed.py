@@ -20,7 +20,6 @@ Usage::
 import argparse
 import json
 import os
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -29,6 +28,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import torch as th
+from common import machine_info
 from gymnasium import spaces
 from stable_baselines3 import SAC
 from stable_baselines3.common.logger import Logger
@@ -166,7 +166,7 @@ def main() -> None:
         ratio=ratio,
         ratio_plain_adam=ratio_plain,
         bar=dict(description="DiscreteSAC no slower than SB3 SAC (ratio >= 0.9)", passed=ratio >= 0.9),
-        machine=dict(platform=platform.platform(), cpus=os.cpu_count(), torch=th.__version__, threads=args.threads),
+        machine=machine_info(threads=args.threads),
     )
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"{name}.json"

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import math
-import platform
+import os
 import resource
 import time
 from collections.abc import Mapping, Sequence
@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from common import machine_info
 
 from agents.cli.common import DECODING_KEYS, LLM_KEYS
 from agents.evaluation import held_out_prompts, run_comparison
@@ -42,16 +43,9 @@ def cpu_seconds(children: bool = False) -> float:
 
 
 def machine(threads: int | None = None) -> dict[str, Any]:
-    """Where and how a figure was measured."""
-    import os
-
-    import torch
-
+    """Where and how a figure was measured: :func:`common.machine_info`, with the load and date of the run."""
     return {
-        "cpu": platform.processor() or platform.machine(),
-        "cores": os.cpu_count(),
-        "torch": torch.__version__,
-        "torch_threads": threads if threads is not None else torch.get_num_threads(),
+        **machine_info(threads=threads),
         "load_average_at_start": list(os.getloadavg()),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "shared": "the development machine's 2 cores were shared with other jobs: compare CPU time, not wall time",

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import tempfile
 import threading
@@ -39,6 +38,7 @@ import time
 from pathlib import Path
 
 import httpx
+from common import machine_info
 from serve_load import free_port, start_server, untrained_actor
 
 from agents.authors_format import export_authors_actor
@@ -188,8 +188,7 @@ def main() -> None:
     print("bars:", json.dumps(bars))
     meta = dict(
         date=time.strftime("%Y-%m-%d"),
-        machine=platform.processor() or platform.machine(),
-        python=platform.python_version(),
+        machine=machine_info(),
         llm=args.llm or "embedded SmolLM2-135M-Instruct",
         max_request_bytes=limit,
         context=context,

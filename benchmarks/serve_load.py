@@ -30,7 +30,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import socket
 import subprocess
 import sys
@@ -41,6 +40,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import torch
+from common import machine_info
 from gymnasium import spaces
 from stable_baselines3.common.torch_layers import FlattenExtractor
 from tqdm.auto import tqdm
@@ -239,7 +239,7 @@ def main() -> None:
     verdict = None if bar is None else bool(bar["x_offline"] >= 0.8)
     meta = dict(
         date=time.strftime("%Y-%m-%d %H:%M"),
-        machine=platform.processor() or platform.machine(),
+        machine=machine_info(replicas),
         cpus=os.cpu_count(),
         torch=torch.__version__,
         threads=torch.get_num_threads(),
@@ -274,7 +274,8 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "serve_load.json").write_text(json.dumps(dict(meta=meta, rows=rows, bar_met=verdict), indent=2))
-    header = f"# serve_load\n\n`{meta['command']}` on {meta['machine']} ({meta['cpus']} CPUs, {meta['threads']} torch "
+    cpu = meta["machine"]["cpu"]
+    header = f"# serve_load\n\n`{meta['command']}` on {cpu} ({meta['cpus']} CPUs, {meta['threads']} torch "
     header += f"thread), {meta['llm']}, {meta['agent']}, {meta['decisions']} decisions, "
     header += f"max_new_tokens {meta['max_new_tokens']}, "
     header += f"server --max-batch {max_batch}, {meta['date']}.\n\n"

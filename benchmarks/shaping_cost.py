@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -41,6 +40,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import torch
+from common import machine_info
 
 import mara_env
 from mara_env.llm import load_replicas
@@ -144,7 +144,7 @@ def main() -> dict[str, Any]:
     replicas = load_replicas(None)
     result: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "machine": f"{platform.machine()} ({os.cpu_count()} cores), torch {torch.__version__}",
+        "machine": machine_info(replicas),
         "threads": torch.get_num_threads(),
         "load_average_at_start": list(os.getloadavg()),
         "num_envs": args.num_envs,

@@ -45,6 +45,11 @@ def _unbatch_infos(infos: dict[str, Any], num_envs: int) -> list[dict[str, Any]]
 class SB3VecEnv(VecEnv):
     """A Stable-Baselines3 ``VecEnv`` over a Gymnasium ``VectorEnv`` with ``SAME_STEP`` autoreset.
 
+    Besides SB3's ``VecEnv`` interface it keeps two public attributes for callbacks, which see a step only
+    after it (SB3 keeps the observations its actions were chosen on to itself): :attr:`observations`,
+    what the latest ``reset`` or step returned (the next actions are taken on them), and :attr:`acted_on`,
+    the observations the latest step's actions were taken on.
+
     :param venv: the vector environment, e.g. ``gym.make_vec("MARA-v0", num_envs=8)``.
     """
 
@@ -59,6 +64,10 @@ class SB3VecEnv(VecEnv):
         self.render_mode = getattr(venv, "render_mode", None)
         super().__init__(venv.num_envs, venv.single_observation_space, venv.single_action_space)
         self._actions: np.ndarray | None = None
+        #: The observations the latest ``reset`` or step returned (``None`` before the first reset).
+        self.observations: np.ndarray | None = None
+        #: The observations the latest step's actions were taken on (``None`` before the first step).
+        self.acted_on: np.ndarray | None = None
 
     def reset(self) -> VecEnvObs:
         seeds = self._seeds if any(s is not None for s in self._seeds) else None
@@ -66,10 +75,12 @@ class SB3VecEnv(VecEnv):
         self.reset_infos = _unbatch_infos(infos, self.num_envs)
         self._reset_seeds()
         self._reset_options()
+        self.observations = obs
         return obs
 
     def step_async(self, actions: np.ndarray) -> None:
         self._actions = np.asarray(actions)
+        self.acted_on = self.observations
 
     def step_wait(self) -> VecEnvStepReturn:
         obs, rewards, terminated, truncated, infos = self.venv.step(self._actions)
@@ -85,6 +96,7 @@ class SB3VecEnv(VecEnv):
                 "terminal_observation": final_obs,
                 "TimeLimit.truncated": bool(truncated[i] and not terminated[i]),
             }
+        self.observations = obs
         return obs, rewards.astype(np.float32), dones, out
 
     def close(self) -> None:

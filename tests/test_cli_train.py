@@ -232,21 +232,21 @@ def test_logging_callback_estimates_kl_from_the_behaviour_policy_and_reference(t
     model.exploration_rate = 0.5  # behaviour: P(accept) = 0.25 + 0.5 * greedy
     callback = MARALoggingCallback(log_every=10**9)  # dumped by hand below
     callback.init_callback(model)
-    model._last_obs = venv.reset()
+    obs = venv.reset()
     callback.on_training_start({}, {})
     rng = np.random.default_rng(0)
     running, kls, scores, lengths, steps = np.zeros(2), [], [], [], np.zeros(2, dtype=int)
     while len(kls) < 4:
         actions = rng.integers(0, 2, size=2)
-        greedy = model.predict(model._last_obs, deterministic=True)[0]
+        greedy = model.predict(obs, deterministic=True)[0]
         p_accept = 0.25 + 0.5 * greedy
         new_obs, _, dones, infos = venv.step(actions)
         running += np.log(np.where(actions == 1, p_accept, 1 - p_accept)) - [info["ref_logp"] for info in infos]
         steps += 1
         model.num_timesteps += 2
         callback.update_locals({"infos": infos, "dones": dones, "actions": actions})
-        callback.on_step()
-        model._last_obs = new_obs
+        callback.on_step()  # reads the observations the actions were taken on from the env (SB3VecEnv.acted_on)
+        obs = new_obs
         for i in np.flatnonzero(dones):
             kls.append(running[i])
             scores.append(infos[i]["reward_score"])

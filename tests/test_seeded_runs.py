@@ -18,6 +18,7 @@ SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "seeded_runs.py"
 
 
 def test_a_stopped_run_goes_on_from_its_checkpoint(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))  # its helpers sit beside it, as when run as a script
     spec = importlib.util.spec_from_file_location("seeded_runs_module", SCRIPT)
     seeded_runs = importlib.util.module_from_spec(spec)
     monkeypatch.setitem(sys.modules, spec.name, seeded_runs)

@@ -5,7 +5,9 @@
   with its own LLM, vector env and policy copy;
 - :mod:`agents.distributed.batch`: :class:`~agents.distributed.batch.TransitionBatch`, what it sends;
 - :mod:`agents.distributed.policy_sync`: the learner's weights as collectors receive them;
-- :mod:`agents.distributed.spaces_env`: the learner's description of the collectors' environments;
+- :mod:`agents.distributed.steps`: collected steps filed into the algorithm through SB3's public
+  ``collect_rollouts`` (the learner's hook into SB3; the environment it builds the algorithm on is
+  :class:`agents.spaces_env.SpacesOnlyVecEnv`);
 - :mod:`agents.distributed.learner`: :class:`~agents.distributed.learner.DistributedLearner`, the driver loop.
 
 ``mara train --collectors N [--ray-address ADDR]`` (or a :class:`~agents.training.run_config.RunConfig`

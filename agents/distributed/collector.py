@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from agents.accept import EpisodeKL
+from agents.accept import EpisodeKL, behaviour_actions
 from agents.distributed.batch import TransitionBatch
 from agents.distributed.policy_sync import PolicySnapshot, apply_behaviour_settings, load_snapshot
 from agents.distributed.ray_node import gpu_ids, node
@@ -60,13 +60,13 @@ class Collector:
         self.model: Any = None
         self.llm_devices: list[str] = []
         try:
-            self._build(config, threads)
+            self._make(config, threads)
         except Exception as error:  # reported by describe(), the learner says it in one line
             self._error = error
             if self.venv is not None:
                 self.venv.close()
 
-    def _build(self, config: RunConfig, threads: int) -> None:
+    def _make(self, config: RunConfig, threads: int) -> None:
         import torch
 
         torch.set_num_threads(max(1, int(threads)))
@@ -170,8 +170,8 @@ class Collector:
         start = time.perf_counter()
         for t in range(steps):
             obs = self._obs
-            model._last_obs = obs
-            action, buffer_action = model._sample_action(model.learning_starts, None, n)
+            # single-process training's warm-up and exploration (agents.accept), through SB3's public predict
+            action = behaviour_actions(model, obs, model.num_timesteps)
             new_obs, reward, done, infos = venv.step(action)
             # the KL estimate of single-process training (MARALoggingCallback), behaviour policy and warm-up alike
             self._episode_kl.step(model, obs, action, infos, model.num_timesteps)
@@ -184,7 +184,7 @@ class Collector:
                 episodes.append((_episode_record(info), self._episode_kl.finish(i)))
             observations[t] = obs
             next_observations[t] = next_obs
-            actions[t] = np.asarray(buffer_action).reshape(n, 1)
+            actions[t] = np.asarray(action).reshape(n, 1)  # Discrete(2): what SB3 stores as is
             rewards[t] = reward
             dones[t] = done
             timeouts[t] = [bool(info.get("TimeLimit.truncated", False)) for info in infos]

@@ -7,10 +7,12 @@ The loop (:meth:`DistributedLearner.learn`):
    per sync; each task carries only its object reference and version, never the weights;
 2. keep ``max_in_flight`` collection tasks per collector (backpressure: a collector never runs ahead
    of the learner by more than that);
-3. ``ray.wait`` for the next batch, add it to the replay buffer, count its decisions and take the
-   gradient steps single-process training would take for them (``gradient_steps`` every
-   ``train_freq`` vector steps once ``learning_starts`` decisions are stored), then publish the new
-   weights and give the collector its next task;
+3. ``ray.wait`` for the next batch, file its vector steps into the algorithm through SB3's public
+   ``collect_rollouts`` (:mod:`agents.distributed.steps`: the replay buffer, the decision count, the
+   schedules and DQN's target network as in single-process training) and take the gradient steps
+   single-process training would take for them (``gradient_steps`` every ``train_freq`` vector steps
+   once ``learning_starts`` decisions are stored), then publish the new weights and give the
+   collector its next task;
 4. a collector that dies loses only the batch it was collecting: Ray restarts it
    (``max_restarts``), the learner gives it new work, and training goes on; one that stays dead is
    left out and the others carry on.
@@ -36,8 +38,10 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 from stable_baselines3.common.base_class import BaseAlgorithm
-from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.callbacks import BaseCallback, CallbackList
+from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 
 from agents.distributed.batch import TransitionBatch
 from agents.distributed.cluster import (
@@ -51,8 +55,9 @@ from agents.distributed.cluster import (
 from agents.distributed.collector import Collector
 from agents.distributed.policy_sync import behaviour_settings, take_snapshot
 from agents.distributed.scorer_service import ScorerService
-from agents.distributed.spaces_env import SpacesOnlyVecEnv
+from agents.distributed.steps import StepFiler, begin_run
 from agents.errors import CommandFailed
+from agents.spaces_env import SpacesOnlyVecEnv
 from agents.training.callbacks import MARALoggingCallback
 from agents.training.run_config import RunConfig
 
@@ -110,6 +115,8 @@ class DistributedLearner:
         self.layout: dict[str, Any] = {}
         #: Counters over the whole run: batches and decisions received, lost batches, syncs.
         self.stats: dict[str, Any] = {}
+        #: Gradient steps taken by this learner: the version of the weights it publishes.
+        self.gradient_steps = 0
         self._started_ray = False
         self._alive: list[bool] = []  # not left out after too many deaths
         self._suspect: list[bool] = []  # died; waiting for a ping to answer after the restart
@@ -230,7 +237,15 @@ class DistributedLearner:
         ray = require_ray()
         if not self.collectors:
             raise RuntimeError("call start() before learn().")
-        total, callback = model._setup_learn(decisions, [logging_callback, *callbacks], reset_num_timesteps)
+        if not isinstance(model, OffPolicyAlgorithm):
+            raise TypeError(
+                f"DistributedLearner trains off-policy algorithms from a replay buffer; got {type(model).__name__}. "
+                "Train it in one process (agents.training.runner.learn)."
+            )
+        total = begin_run(model, decisions, reset_num_timesteps)
+        callback = CallbackList([logging_callback, *callbacks])
+        callback.init_callback(model)
+        filer = StepFiler(model)
         num_envs = model.n_envs
         frequency = int(model.train_freq.frequency)
         gradient_steps = model.gradient_steps if model.gradient_steps >= 0 else frequency * num_envs
@@ -253,8 +268,8 @@ class DistributedLearner:
         dumped_at = logging_callback.dumped_at
 
         def publish() -> None:
-            if snapshot[1] != model._n_updates:
-                snapshot[:] = [ray.put(take_snapshot(model)), int(model._n_updates)]
+            if snapshot[1] != self.gradient_steps:
+                snapshot[:] = [ray.put(take_snapshot(model, self.gradient_steps)), self.gradient_steps]
                 self.stats["weight_syncs"] += 1
 
         def seed_for(index: int) -> int | None:
@@ -286,7 +301,7 @@ class DistributedLearner:
                     del pings_due[index]
                     ping(index)
 
-        # The first episodes start before the clock does, as SB3 resets its env in _setup_learn
+        # The first episodes start before the clock does, as SB3 resets its env in learn's set-up
         try:
             ray.get([actor.reset.remote(seed_for(i)) for i, actor in enumerate(self.collectors) if self._alive[i]])
         except ray.exceptions.RayError as error:
@@ -332,10 +347,10 @@ class DistributedLearner:
                     top_up()
                     continue
                 batch: TransitionBatch = result
-                staleness = int(model._n_updates) - batch.policy_version
-                updates_before = int(model._n_updates)
-                vector_steps = self._receive(model, batch, total, vector_steps, frequency, gradient_steps)
-                window.add(batch, staleness, int(model._n_updates) - updates_before)
+                staleness = self.gradient_steps - batch.policy_version
+                updates_before = self.gradient_steps
+                vector_steps = self._receive(model, filer, batch, vector_steps, frequency, gradient_steps)
+                window.add(batch, staleness, self.gradient_steps - updates_before)
                 self._record(model, window)
                 callback.update_locals({"finished_episodes": batch.episodes, "batch": batch})
                 keep_going = callback.on_step()
@@ -355,31 +370,24 @@ class DistributedLearner:
         return model
 
     def _receive(
-        self, model: Any, batch: TransitionBatch, total: int, vector_steps: int, frequency: int, gradient_steps: int
+        self,
+        model: OffPolicyAlgorithm,
+        filer: StepFiler,
+        batch: TransitionBatch,
+        vector_steps: int,
+        frequency: int,
+        gradient_steps: int,
     ) -> int:
         """Store ``batch`` and train as single-process training would have after its steps."""
-        buffer = model.replay_buffer
+        records = iter([info for info, _ in batch.episodes])  # in the order of the batch's done rows
         for t in range(batch.steps):
-            infos = [{"TimeLimit.truncated": bool(timeout)} for timeout in batch.timeouts[t]]
-            buffer.add(
-                batch.observations[t],
-                batch.next_observations[t],
-                batch.actions[t],
-                batch.rewards[t],
-                batch.dones[t],
-                infos,
-            )
-            model.num_timesteps += batch.num_envs
-            model._update_current_progress_remaining(model.num_timesteps, total)
-            model._on_step()  # DQN: target network and exploration schedule
+            # SB3's per-step work (counters, schedules, DQN's target network) through its public collect_rollouts
+            filer.file(batch, t, [next(records) for _ in range(int(np.count_nonzero(batch.dones[t])))])
             vector_steps += 1
             # SB3: gradient_steps after every train_freq vector steps, once past learning_starts
             if vector_steps % frequency == 0 and model.num_timesteps > model.learning_starts and gradient_steps > 0:
                 model.train(gradient_steps=gradient_steps, batch_size=model.batch_size)
-        for info, _ in batch.episodes:
-            if "episode" in info:
-                model.ep_info_buffer.extend([info["episode"]])
-            model._episode_num += 1
+                self.gradient_steps += gradient_steps
         self.stats["batches"] += 1
         self.stats["decisions"] += batch.decisions
         self.stats["collector_decisions"][batch.collector] += batch.decisions

@@ -22,7 +22,8 @@ __all__ = ["PolicySnapshot", "apply_behaviour_settings", "behaviour_settings", "
 class PolicySnapshot:
     """The weights of ``model.policy`` at one moment of training.
 
-    :param version: the learner's gradient-step count (``model._n_updates``) when it was taken.
+    :param version: the learner's gradient-step count (:attr:`DistributedLearner.gradient_steps
+        <agents.distributed.learner.DistributedLearner.gradient_steps>`) when it was taken.
     :param weights: ``policy.state_dict()`` as CPU NumPy arrays.
     """
 
@@ -30,10 +31,10 @@ class PolicySnapshot:
     weights: dict[str, np.ndarray]
 
 
-def take_snapshot(model: BaseAlgorithm) -> PolicySnapshot:
-    """The policy's weights now, as a :class:`PolicySnapshot` (copied off the learner's device)."""
+def take_snapshot(model: BaseAlgorithm, version: int) -> PolicySnapshot:
+    """The policy's weights now, as a :class:`PolicySnapshot` of ``version`` (copied off the learner's device)."""
     weights = {name: tensor.detach().cpu().numpy().copy() for name, tensor in model.policy.state_dict().items()}
-    return PolicySnapshot(version=int(model._n_updates), weights=weights)
+    return PolicySnapshot(version=int(version), weights=weights)
 
 
 def load_snapshot(model: BaseAlgorithm, snapshot: PolicySnapshot) -> None:

@@ -20,6 +20,7 @@ import numpy as np
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.utils import safe_mean
+from stable_baselines3.common.vec_env import VecEnv
 
 from agents.accept import EpisodeKL
 from agents.training.checkpoints import write_checkpoint
@@ -119,10 +120,9 @@ class MARALoggingCallback(BaseCallback):
             return True
         infos: list[dict[str, Any]] = self.locals["infos"]
         dones = np.asarray(self.locals["dones"], dtype=bool)
-        # _last_obs is still the observation these actions were taken on (SB3 replaces it after callbacks);
         # num_timesteps was already advanced past the step whose actions were chosen
         before = self.num_timesteps - self.training_env.num_envs
-        self._episode_kl.step(self.model, self.model._last_obs, self.locals["actions"], infos, before)
+        self._episode_kl.step(self.model, acted_on(self.training_env), self.locals["actions"], infos, before)
 
         for i in np.flatnonzero(dones):
             # SB3VecEnv puts the episode-end info here when dones[i]
@@ -158,6 +158,23 @@ class MARALoggingCallback(BaseCallback):
         self.logger.dump(self.num_timesteps)
         self._dump_time, self._dump_timesteps = now, self.num_timesteps
         self._next_dump = (self.num_timesteps // self.log_every + 1) * self.log_every
+
+
+def acted_on(env: VecEnv) -> np.ndarray:
+    """The observations the latest step of ``env`` took its actions on, from MARA's
+    :class:`~mara_env.sb3.SB3VecEnv` inside it (through wrappers such as ``VecMonitor``).
+
+    :raises ValueError: ``env`` has no ``SB3VecEnv`` inside, or has not been stepped.
+    """
+    observations = getattr(env, "acted_on", None)
+    if observations is None:
+        raise ValueError(
+            f"MARALoggingCallback needs the observations each step's actions were taken on, which MARA's "
+            f"SB3VecEnv keeps (its acted_on attribute); the training env {type(env).__name__} has none, or was not "
+            "stepped. Train on VecMonitor(SB3VecEnv(gym.make_vec('MARA-v1', ...))) or "
+            "agents.training.environment.make_env."
+        )
+    return observations
 
 
 class RunCheckpointCallback(BaseCallback):

@@ -1,11 +1,15 @@
-"""The learner's stand-in for its collectors' environments: their spaces and settings, never stepped.
+"""A ``VecEnv`` that describes environments stepped elsewhere: their spaces and settings, never stepped.
 
-A Stable-Baselines3 algorithm is built on a ``VecEnv``; in distributed training the learner's
-process loads no LLM, so its algorithm is built on this description of the collectors' vector
-envs instead: the same observation and action spaces, number of sub-environments (so the replay
-buffer has the layout of single-process training, and checkpoints move between the two), and the
-environment's :class:`~mara_env.contract.AgentContract` that :func:`agents.registry.make_algorithm` reads
-(``kl_coef``, the shaping discount, the observation layout that anchors the policy to the reference).
+A Stable-Baselines3 algorithm is built on a ``VecEnv``. Two places build one without stepping it:
+
+- distributed training (:mod:`agents.distributed`): the learner's process loads no LLM, so its algorithm
+  is built on this description of the collectors' vector envs: the same observation and action spaces,
+  number of sub-environments (so the replay buffer has the layout of single-process training, and
+  checkpoints move between the two), and the environment's :class:`~mara_env.contract.AgentContract` that
+  :func:`agents.registry.make_algorithm` reads (``kl_coef``, the shaping discount, the observation layout
+  that anchors the policy to the reference);
+- :func:`agents.agent_file.load_agent_file`, which builds a saved agent through the algorithm's public
+  constructor on the spaces it was saved with.
 """
 
 from __future__ import annotations
@@ -50,7 +54,8 @@ class SpacesOnlyVecEnv(VecEnv):
     def step_async(self, actions: np.ndarray) -> None:
         raise RuntimeError(
             "This environment only describes the collectors' environments (agents.distributed): it cannot be "
-            "stepped. Train with agents.distributed.DistributedLearner.learn, which steps the collectors."
+            "stepped. Give the model a real environment (model.set_env), or train with collectors through "
+            "agents.distributed.DistributedLearner.learn."
         )
 
     def step_wait(self) -> VecEnvStepReturn:
