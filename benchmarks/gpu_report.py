@@ -98,6 +98,20 @@ def markdown(report: dict[str, Any]) -> str:
                 f"| {r['llm_tokens_per_answer_token']:.2f} | {cell(r.get('forwards_per_token'), '.2f')} "
                 f"| {cell(r.get('ops_per_answer_token'), '.0f')} | {cell(r.get('syncs_per_token'), '.2f')} |"
             )
+    shaped = {name: m["shaping"] for name, m in report["models"].items() if m.get("shaping")}
+    if shaped:
+        lines += [
+            "",
+            "| LLM | score model | N | unshaped decisions/s | shaped decisions/s | x unshaped "
+            "| score tokens run / full |",
+            "|---|---|---:|---:|---:|---:|---:|",
+        ]
+        for name, r in shaped.items():
+            tokens = f"{r['score_tokens_run']:,} / {r['score_tokens_full']:,}" if r.get("score_tokens_run") else ""
+            lines.append(
+                f"| {name} | {r['score_model']} | {r['num_envs']} | {r['unshaped_decisions_per_s']:.1f} "
+                f"| {r['shaped_decisions_per_s']:.1f} | {r['x_unshaped']:.2f} | {tokens} |"
+            )
     lines += ["", "| H | learner | batch | gradient steps/s | x SB3 SAC |", "|---:|---|---:|---:|---:|"]
     for r in report["sac"]:
         if "skipped" in r:

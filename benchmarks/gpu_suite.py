@@ -12,7 +12,12 @@ For each selected model (``--models``), built from its config with random weight
    probability 0.5 (a stand-in for a trained agent: rejections cost extra forwards and every decision
    builds an observation), at batch 1 and 16, with ``benchmarks/decode_speed.py``'s runner.
 
-Then, once for the machine, 3. **SAC learner speed**: gradient steps/s of DiscreteSAC
+3. **What shaping costs** (for ``--shaping-llm``, by default the last of ``--models``): MARA-v1 at the
+   largest N with a causal score model of ``--shaping-scorer``'s shape (``llama-1b``: a 1B reward model
+   beside the 8B-shape LLM, random weights, same device and dtype) as the reward, shaping off and on
+   (incremental prefix scoring) in interleaved rounds (``benchmarks/gpu_shaping.py``).
+
+Then, once for the machine, 4. **SAC learner speed**: gradient steps/s of DiscreteSAC
 (``mara_preset("authors")``) beside SB3's SAC at batch 1024 with observation size H = 4096 and
 H = each model's hidden size (``benchmarks/sac_update_speed.py``'s buffer set-up), in float32.
 
@@ -44,7 +49,8 @@ whatever the size, so every model is sized at ~20 ms per forward. Per model: 6 e
 ``--seconds`` (5) x ``--rounds`` (2) = 60 s, plus warm-ups (the authors' strategy costs ~23 forwards per
 position: ~0.5 s); decoding 3 systems x 2 batch sizes x 2 rounds of 64-token answers (~80 forwards each
 for plain / always-accept, ~2x for the random agent) plus a warm-up, ~40 s; build and calibration
-~10 s: ~1.9 min per model, 5.5 min for three. The learner section: 2 learners x 3 sizes (576, 2048, 4096)
+~10 s: ~1.9 min per model, 5.5 min for three; the shaping section 2 x ``--seconds`` x ``--rounds`` = 20 s
+plus building and saving the 1B score model (~30 s). The learner section: 2 learners x 3 sizes (576, 2048, 4096)
 x ``--sac-seconds`` (5) = 30 s. With start-up, ~6.5 min in all, leaving room under the 8 minutes.
 
 **A bare GPU machine** with only torch and transformers (>= 5.0) needs four more packages, all pure
@@ -104,6 +110,7 @@ from gpu_models import (
 from gpu_packages import check_packages, loaded_distributions, package_lines
 from gpu_report import bars, failures, markdown
 from gpu_sections import RANDOM_AGENT_P, Budget, decode_section, env_section, free_memory, sac_section
+from gpu_shaping import ACCEPT_P, shaping_section
 
 HERE = Path(__file__).resolve().parent
 # A GPU machine for this suite has no internet: never wait on the model hub.
@@ -138,6 +145,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--sac-buffer", type=int, default=4096, help="random transitions in each replay buffer")
     p.add_argument("--sac-steps", type=int, default=5, help="gradient steps per timed train() call")
     p.add_argument("--sac-seconds", type=float, default=5.0, help="measured seconds per learner and H")
+    p.add_argument(
+        "--shaping-scorer",
+        choices=(*MODEL_CHOICES, "none"),
+        default="llama-1b",
+        help="shape of the causal score model of the shaping section (none: no section)",
+    )
+    p.add_argument(
+        "--shaping-llm", choices=MODEL_CHOICES, default=None, help="the model beside it (default: the last of --models)"
+    )
     p.add_argument("--calibration-prompts", type=int, default=8)
     p.add_argument("--budget-s", type=float, default=450.0, help="hard stop: later sections are skipped")
     p.add_argument("--assets", type=Path, default=DEFAULT_ASSETS, help="folder from --export-assets")
@@ -149,7 +165,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--export-assets", type=Path, default=None, metavar="DIR", help="write SmolLM2's config, tokenizer, prompts"
     )
     args = p.parse_args(argv)
+    if args.shaping_llm is None:
+        args.shaping_llm = args.models[-1]
     if args.smoke:
+        args.shaping_scorer = "tiny" if args.shaping_scorer != "none" else "none"
         args.rounds, args.seconds, args.envs, args.batch_sizes = 1, 1.0, [1, 4], [1, 4]
         args.prompts_per_batch, args.max_new_tokens, args.calibration_prompts = 1, 8, 2
         args.sac_hidden, args.sac_batch, args.sac_buffer, args.sac_steps, args.sac_seconds = [256], 64, 256, 1, 0.5
@@ -236,6 +255,18 @@ class Suite:
             result["decode"] = decode or []
         else:
             result["skipped"].append("decode")
+        if name == self.args.shaping_llm and self.args.shaping_scorer != "none":
+            if self.budget.left():
+                progress.set_postfix_str(f"{name}: shaping")
+                result["shaping"] = self.guarded(
+                    result,
+                    "shaping",
+                    lambda: shaping_section(
+                        replica, self.args.shaping_scorer, self.smollm2_config, self.args, self.budget, progress
+                    ),
+                )
+            else:
+                result["skipped"].append("shaping")
         return result
 
     def run(self) -> dict[str, Any]:
@@ -286,6 +317,9 @@ class Suite:
             f"(the default), {args.rounds} interleaved round(s) of {args.seconds:g} s per configuration.",
             f"Decode section: random agent = accept with probability {RANDOM_AGENT_P} (a stand-in for a trained "
             f"agent), {args.prompts_per_batch} x batch prompts per run, {args.rounds} round(s).",
+            f"Shaping section: {args.shaping_llm} with a {args.shaping_scorer}-shape causal score model (random "
+            f"weights, {args.dtype}, same device) as the reward, N={max(args.envs)}, an agent accepting with "
+            f"probability {ACCEPT_P}, shaping off and on (incremental scoring) in interleaved rounds.",
             "SAC learners: float32, DiscreteSAC with mara_preset('authors') beside SB3's SAC with the same layers, "
             f"batch {args.sac_batch}, replay buffers of {args.sac_buffer} random transitions.",
         ]

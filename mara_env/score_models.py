@@ -9,6 +9,7 @@ hidden states, so that :mod:`mara_env.prefix_scoring` can score growing answers 
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -76,9 +77,13 @@ def load_reward_model(
     load_kwargs = {
         # None: the checkpoint's own dtype (transformers' "auto"); "auto": bfloat16 on CUDA, float32 elsewhere
         "dtype": "auto" if dtype is None else parse_dtype(dtype, device),
-        "device_map": device,  # straight onto the device, without a full copy in CPU memory first
         "trust_remote_code": trust_remote_code,
     }
+    # straight onto the device, without a full copy in CPU memory first (transformers needs accelerate for
+    # that; without it the model is loaded on the CPU and moved)
+    placed = importlib.util.find_spec("accelerate") is not None
+    if placed:
+        load_kwargs["device_map"] = device
     limits = [max_length, tokenizer.model_max_length, getattr(config, "max_position_embeddings", None)]
     # Tokenizers without a known limit report a huge model_max_length; ignore such values.
     limit = min((x for x in limits if isinstance(x, int) and 0 < x < 1_000_000), default=None)
@@ -101,6 +106,7 @@ def load_reward_model(
             backbone, info = AutoModel.from_pretrained(model_id, output_loading_info=True, **load_kwargs)
         finally:
             hf_logging.set_verbosity(verbosity)
+        backbone = backbone if placed else backbone.to(device)
         if info["missing_keys"]:
             missing = sorted(info["missing_keys"])[:5]
             raise ValueError(f"{model_id!r}: the checkpoint lacks the backbone weights {missing}.")
@@ -111,6 +117,7 @@ def load_reward_model(
         from transformers import AutoModelForSequenceClassification
 
         model = AutoModelForSequenceClassification.from_pretrained(model_id, **load_kwargs)
+        model = model if placed else model.to(device)
         if model.config.pad_token_id is None:
             model.config.pad_token_id = tokenizer.pad_token_id
         forward, causal = _classifier_score(model.eval(), label)

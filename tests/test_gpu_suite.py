@@ -119,6 +119,17 @@ def test_decode_rows_cover_three_systems_at_each_batch_size(smoke):
     assert [r["x_plain"] for r in rows if r["system"] == "plain"] == [pytest.approx(1.0)] * 2
 
 
+def test_the_shaping_section_times_a_causal_score_model_beside_the_llm(smoke):
+    report, markdown, _ = smoke
+    r = report["models"]["tiny"]["shaping"]
+    assert r["score_model"] == "tiny" and r["num_envs"] == 4 and r["incremental"] is True
+    assert _positive(r["unshaped_decisions_per_s"]) and _positive(r["shaped_decisions_per_s"])
+    assert r["x_unshaped"] == pytest.approx(r["shaped_decisions_per_s"] / r["unshaped_decisions_per_s"])
+    # scored incrementally: fewer tokens than full re-scoring of every grown prefix would have run
+    assert 0 < r["score_tokens_run"] < r["score_tokens_full"]
+    assert "| tiny | tiny | 4 |" in markdown
+
+
 def test_calibration_reaches_the_target_mean_set_size(smoke):
     report, _, _ = smoke
     model = report["models"]["tiny"]
