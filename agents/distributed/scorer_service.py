@@ -24,6 +24,7 @@ import numpy as np
 
 from agents.distributed.ray_node import gpu_ids, node
 from mara_env.prefix_scoring import PrefixScorer, incremental_scorer
+from mara_env.score_models import split_scorer_devices
 from mara_env.scoring import BUILTIN_SCORERS, Scorer, make_scorer
 
 __all__ = ["ROLES", "RemoteScore", "ScorerService", "model_roles", "shared_scorer_settings"]
@@ -58,15 +59,11 @@ class ScorerService:
         self.num_rows = int(num_rows)
         self.scorers: dict[str, Scorer] = {}
         self.prefix: dict[str, PrefixScorer | None] = {}
-        devices = _devices(env_kwargs.get("scorer_devices"))
-        for i, role in enumerate(model_roles(env_kwargs)):
-            scorer = make_scorer(
-                env_kwargs[ROLES[role]],
-                role=role,
-                device=devices[min(i, len(devices) - 1)],
-                dtype=env_kwargs.get("scorer_dtype", "auto"),
+        devices = dict(zip(ROLES, split_scorer_devices(_devices(env_kwargs.get("scorer_devices")))))
+        for role in model_roles(env_kwargs):
+            self.scorers[role] = make_scorer(
+                env_kwargs[ROLES[role]], role=role, device=devices[role], dtype=env_kwargs.get("scorer_dtype", "auto")
             )
-            self.scorers[role] = scorer
             self.prefix[role] = None  # made on first use: only shaped runs score prefixes
 
     def score(self, role: str, prompts: Sequence[str], responses: Sequence[str]) -> np.ndarray:
@@ -78,7 +75,7 @@ class ScorerService:
     ) -> np.ndarray:
         """The ``role`` scorer's checked scores of growing answers of ``rows`` (service-wide row numbers):
         incremental for a causal score model, in full otherwise."""
-        if role not in self.prefix or self.prefix[role] is None:
+        if self.prefix[role] is None:
             self.prefix[role] = incremental_scorer(self.scorers[role], self.num_rows) or _FullPrefix(self.scorers[role])
         return self.prefix[role](list(rows), list(prompts), list(responses))
 
@@ -154,12 +151,10 @@ def shared_scorer_settings(env_kwargs: Mapping[str, Any], service: Any, row_offs
     return settings
 
 
-def _devices(setting: Any) -> list[Any]:
-    """The service's devices: its Ray GPUs (``cuda:0``, ``cuda:1`` for the cost model when it has two), else
-    the run's ``scorer_devices`` (one, or [reward, cost]), else the CPU."""
+def _devices(setting: Any) -> Any:
+    """The service's ``scorer_devices``: its Ray GPUs (``cuda:0``, and ``cuda:1`` for the cost model when it has
+    two), else the run's ``scorer_devices``, else the CPU."""
     gpus = gpu_ids()
     if gpus:
         return [f"cuda:{i}" for i in range(min(len(gpus), 2))]
-    if setting is None:
-        return ["cpu"]
-    return list(setting) if isinstance(setting, list | tuple) else [setting]
+    return "cpu" if setting is None else setting
