@@ -129,12 +129,10 @@ def load_assets(assets: Path, tokenizer_dir: Path | None, need_config: bool = Tr
     return config, tokenizer
 
 
-def build_model(name: str, smollm2_config: Any, tokenizer: Any, device: torch.device, dtype: torch.dtype) -> Any:
-    """A causal LM of shape ``name`` with random weights, built directly on ``device`` in ``dtype``.
-
-    Its vocabulary is the tokenizer's, so every sampled id decodes.
-    """
-    from transformers import AutoModelForCausalLM, LlamaConfig
+def shape_config(name: str, smollm2_config: Any, tokenizer: Any) -> Any:
+    """The ``LlamaConfig`` of shape ``name`` (``smollm2``: the embedded model's own), with the tokenizer's
+    vocabulary and special ids, so every sampled id decodes."""
+    from transformers import LlamaConfig
 
     if name == "smollm2":
         config = LlamaConfig(**{k: v for k, v in smollm2_config.to_dict().items() if k not in ("architectures",)})
@@ -144,6 +142,17 @@ def build_model(name: str, smollm2_config: Any, tokenizer: Any, device: torch.de
     config.eos_token_id = tokenizer.eos_token_id
     config.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     config.bos_token_id = tokenizer.bos_token_id
+    return config
+
+
+def build_model(name: str, smollm2_config: Any, tokenizer: Any, device: torch.device, dtype: torch.dtype) -> Any:
+    """A causal LM of shape ``name`` with random weights, built directly on ``device`` in ``dtype``.
+
+    Its vocabulary is the tokenizer's, so every sampled id decodes.
+    """
+    from transformers import AutoModelForCausalLM
+
+    config = shape_config(name, smollm2_config, tokenizer)
     torch.manual_seed(0)
     # Initialised on the device: an 8B model initialised on the host would take minutes.
     with torch.device(device):

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from gpu_models import SHAPES
+from gpu_models import shape_config
 from gpu_sections import Budget, synchronize
 
 #: The random agent's accept probability in this section (the env section's).
@@ -30,16 +30,10 @@ ACCEPT_P = 0.7
 def score_model_folder(shape: str, smollm2_config: Any, tokenizer: Any, dtype: torch.dtype, folder: Path) -> Path:
     """A random-weight causal score model (``LlamaForSequenceClassification``, one label) of ``shape``, saved with
     the tokenizer to ``folder`` (built on the CPU: the environment loads it where ``scorer_devices`` says)."""
-    from transformers import AutoModelForSequenceClassification, LlamaConfig
+    from transformers import AutoModelForSequenceClassification
 
-    if shape == "smollm2":
-        config = LlamaConfig(**{k: v for k, v in smollm2_config.to_dict().items() if k not in ("architectures",)})
-    else:
-        config = LlamaConfig(**SHAPES[shape])
-    config.vocab_size = len(tokenizer)
+    config = shape_config(shape, smollm2_config, tokenizer)
     config.num_labels = 1
-    config.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    config.eos_token_id = tokenizer.eos_token_id
     torch.manual_seed(1)
     model = AutoModelForSequenceClassification.from_config(config, dtype=dtype)
     model.save_pretrained(folder)

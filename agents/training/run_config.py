@@ -190,22 +190,18 @@ class TrainSettings:
                 f"train.teacher_k (--teacher-k) must be an integer >= 2 (ARGS's candidates per position; with one "
                 f"there is nothing to choose), got {self.teacher_k!r}."
             )
-        gpus = self.collector_gpus
-        if type_problem("float", gpus) is None and gpus is not None and gpus < 0:
-            raise ValueError(
-                f"train.collector_gpus (--collector-gpus) must be >= 0 GPUs per collector, got {gpus!r}; "
-                "0 runs the collectors on CPUs."
-            )
+        for name, what, who in (
+            ("collector_gpus", "per collector", "the collectors"),
+            ("scorer_gpus", "for the shared scorer", "it"),
+        ):
+            gpus = getattr(self, name)
+            if type_problem("float", gpus) is None and gpus is not None and gpus < 0:
+                flag = "--" + name.replace("_", "-")
+                raise ValueError(f"train.{name} ({flag}) must be >= 0 GPUs {what}, got {gpus!r}; 0 runs {who} on CPUs.")
         if self.scorer_placement not in SCORER_PLACEMENTS:
             raise ValueError(
                 f"train.scorer_placement (--scorer-placement) must be one of {', '.join(SCORER_PLACEMENTS)}, got "
                 f"{self.scorer_placement!r}."
-            )
-        gpus = self.scorer_gpus
-        if type_problem("float", gpus) is None and gpus is not None and gpus < 0:
-            raise ValueError(
-                f"train.scorer_gpus (--scorer-gpus) must be >= 0 GPUs for the shared scorer, got {gpus!r}; "
-                "0 runs it on CPUs."
             )
 
 
