@@ -71,6 +71,8 @@ class DecoderConfig:
         every call must leave all rows READY (environments). Packed forwards do no work ahead.
     :param draft_tokens: with ``lookahead``, the longest chain of guessed tokens (:mod:`mara_env.drafting`)
         a row forwards ahead in one forward; ``0`` guesses nothing.
+    :param capture: run forwards in static shapes, replayed as CUDA graphs on CUDA devices
+        (:mod:`mara_env.capture`); elsewhere the static shapes run eagerly (no gain: for tests).
     """
 
     candidates: CandidateConfig = field(default_factory=CandidateConfig)
@@ -80,6 +82,7 @@ class DecoderConfig:
     packed: bool = False
     lookahead: bool = False
     draft_tokens: int = 4
+    capture: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
@@ -393,6 +396,16 @@ class MARAConfig:
                 "costs one round instead of one per token when the guesses are right; 0 guesses nothing. The "
                 "same episodes either way. Used on accelerators only (on a CPU each guessed token costs its "
                 "compute)."
+            )
+        },
+    )
+    capture: bool = field(
+        default=False,
+        metadata={
+            "help": (
+                "record the LLM's forwards as CUDA graphs and replay them (mara_env.capture): static shapes, a few "
+                "buckets per run, eager where capture fails. Off by default: not yet measured to win. On a CPU the "
+                "static shapes run eagerly (slower; for tests). The same episodes either way."
             )
         },
     )

@@ -77,6 +77,7 @@ class MARACore:
             max_prompt_tokens=config.max_prompt_tokens,
             prompt_overflow=config.prompt_overflow,
             cache_prompts=True,  # the prompt set is fixed: each prompt is tokenised once
+            capture=config.capture,
         )
         self.replicas = self.session.replicas
         self.hidden_size = self.session.hidden_size

@@ -101,7 +101,9 @@ class AcceptRejectDecoder(WorkAhead):
         n_rep = min(len(self.replicas), num_rows)
         bounds = np.linspace(0, num_rows, n_rep + 1).round().astype(int)
         self._blocks = [list(range(bounds[i], bounds[i + 1])) for i in range(n_rep)]
-        self.engines = [ReplicaEngine(self.replicas[i], len(b)) for i, b in enumerate(self._blocks)]
+        self.engines = [
+            ReplicaEngine(self.replicas[i], len(b), capture=config.capture) for i, b in enumerate(self._blocks)
+        ]
         self._where = {row: (i, j) for i, block in enumerate(self._blocks) for j, row in enumerate(block)}
         self._pool = ThreadPoolExecutor(max_workers=n_rep) if n_rep > 1 else None
         self._next: dict[int, Prompt] = {}  # each row's next prompt, prefilled ahead (:meth:`prepare`)

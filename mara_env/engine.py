@@ -50,6 +50,7 @@ import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
+from mara_env.capture import MAX_CAPTURED_WIDTH, StaticForwards, bucket_width
 from mara_env.llm import LLMReplica
 
 
@@ -59,14 +60,20 @@ class RoundOutput(NamedTuple):
     :param hidden: shape ``(slots, hidden)``; row ``i``'s new tokens (its chain, then its tree) are
         ``hidden[start[i] : start[i] + count[i]]``. Other entries are padding.
     :param start: where each taking-part row's tokens begin, in the order of the forward's ``rows``.
+    :param width: each row's slots (padding included) where rows are not consecutive (a captured forward,
+        in which every cache row has its slots); ``0``: up to the next row's start.
     """
 
     hidden: torch.Tensor
     start: list[int]
+    width: int = 0
 
     def row(self, i: int) -> torch.Tensor:
         """The hidden states of row ``i``'s new tokens (a view; padding included for the ``rows`` layout)."""
-        end = self.start[i + 1] if i + 1 < len(self.start) else self.hidden.shape[0]
+        if self.width:
+            end = self.start[i] + self.width
+        else:
+            end = self.start[i + 1] if i + 1 < len(self.start) else self.hidden.shape[0]
         return self.hidden[self.start[i] : end]
 
 
@@ -104,9 +111,11 @@ class ReplicaEngine:
 
     :param replica: the LLM replica.
     :param num_rows: number of sequences served by this replica.
+    :param capture: run the *rows* layout's forwards in static shapes (:mod:`mara_env.capture`), as CUDA
+        graphs on a CUDA device; elsewhere the same static shapes run eagerly (to test that path).
     """
 
-    def __init__(self, replica: LLMReplica, num_rows: int) -> None:
+    def __init__(self, replica: LLMReplica, num_rows: int, capture: bool = False) -> None:
         self.replica = replica
         self.model = replica.model
         self._cache_arg = cache_argument(self.model.base_model)
@@ -123,6 +132,13 @@ class ReplicaEngine:
         self._mask_min = torch.finfo(self._dtype).min
         self._head = self.model.get_output_embeddings()
         self._softcap = getattr(self.model.config, "final_logit_softcapping", None)
+        # the furthest slot each row may still read (committed tokens and scratch), so that a captured forward
+        # can put its new tokens past every row's, taking part or not
+        self._top = np.zeros(num_rows, dtype=np.int64)
+        self.static: StaticForwards | None = None
+        if capture:
+            hidden_size = int(getattr(self.model.config, "hidden_size", 0) or replica.hidden_size)
+            self.static = StaticForwards(self._model_call, self.device, self._dtype, hidden_size)
 
     # ----------------------------------------------------------------------------------- public
 
@@ -132,6 +148,7 @@ class ReplicaEngine:
         self._moves = [m for m in self._moves if m[0] not in dropped]
         for r in rows:
             self.length[r] = 0
+            self._top[r] = 0
 
     def truncate(self, rows: Sequence[int], lengths: Sequence[int]) -> None:
         """Keep only the first ``lengths[i]`` committed tokens of ``rows[i]`` (a row rolling back, e.g. a scorer whose
@@ -145,6 +162,7 @@ class ReplicaEngine:
         self._moves = [m for m in self._moves if m[2] < keep.get(m[0], m[2] + 1)]
         for r, n in keep.items():
             self.length[r] = n
+            self._top[r] = n
 
     def commit(self, row: int, slot: int) -> None:
         """Keep scratch token ``slot`` of ``row`` as its next token (the copy runs with the next forward)."""
@@ -152,6 +170,7 @@ class ReplicaEngine:
         if slot:
             self._moves.append((row, pos + slot, pos))
         self.length[row] = pos + 1
+        self._top[row] = max(self._top[row], pos + 1)
 
     @torch.no_grad()
     def run(
@@ -214,6 +233,7 @@ class ReplicaEngine:
             out = self._run_packed(rows, lengths, ids, token_row, j, n_chain, positions, dest)
         else:
             out = self._run_rows(rows, lengths, ids, token_row, j, n_chain, n_new, offs, token_follow, positions, dest)
+        np.maximum.at(self._top, np.asarray(rows)[token_row], dest + 1)
         for r, c in zip(rows, n_chain):
             self.length[r] += int(c)
         return out
@@ -277,6 +297,7 @@ class ReplicaEngine:
             self._write(p.keys, p.values, src_row, src_col, np.repeat(dest, counts), cols)
         for row, length in zip(rows, lengths):
             self.length[row] = length
+            self._top[row] = length
 
     @torch.no_grad()
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -302,7 +323,15 @@ class ReplicaEngine:
         positions: np.ndarray,
         dest: np.ndarray,
     ) -> RoundOutput:
-        n, width = len(rows), int(n_new.max())
+        taking_part = np.asarray(rows, dtype=np.int64)
+        static = self.static is not None and int(n_new.max()) <= MAX_CAPTURED_WIDTH
+        if static:  # every cache row is a batch row (the others get padding), the width a power of two
+            token_row = taking_part[token_row]
+            full = np.zeros(self.num_rows, dtype=np.int64)
+            lengths, n_chain, n_new, offs = (_spread(full, taking_part, a) for a in (lengths, n_chain, n_new, offs))
+            rows = range(self.num_rows)
+        n = len(rows)
+        width = bucket_width(int(n_new.max())) if static else int(n_new.max())
         # Each followed slot is either a scratch slot of an earlier forward (a column of the attended past)
         # or one of this forward's new tree tokens of the same row (a column of the new block).
         new_slot = {
@@ -326,8 +355,13 @@ class ReplicaEngine:
         in_place = list(rows) == list(range(self.num_rows))
         # in place, the new slots are written past every row's kept scratch (the slots below its offset)
         past = int(np.maximum(reach, lengths + offs).max() if in_place else reach.max())
+        if static:  # and past what the rows not taking part may still read
+            idle = np.setdiff1d(np.arange(self.num_rows), taking_part)
+            past = max(past, int(self._top[idle].max()) if len(idle) else 0)
         self._ensure_capacity(max(past + width, int(dest.max()) + 1))
         self._flush_moves()
+        if static:  # the new slots are the storage's last ones: one shape per (width, capacity)
+            past = self._capacity - width
         dev = self.device
 
         # Host-side inputs: ids and positions padded to (rows, width), the additive mask.
@@ -351,14 +385,19 @@ class ReplicaEngine:
             allow[token_row[pt], j[pt], past + pj] = True
         allow[:, :, :past] &= real_q[:, :, 0][:, :, None]
 
-        if in_place:  # the storage itself is the cache buffer: new slots land at past .. past + width
+        if static:
+            keys, values = self._keys, self._values
+            storage = (self._keys.data_ptr(), self._capacity)
+            hidden = self.static.forward(grid_ids, grid_pos, allow, storage)
+        elif in_place:  # the storage itself is the cache buffer: new slots land at past .. past + width
             keys = self._keys[:, :, :, : past + width]
             values = self._values[:, :, :, : past + width]
+            hidden = self._forward(grid_ids, grid_pos, allow, keys, values, past, width)
         else:  # the taking-part rows' prefixes gathered into one buffer
             row_idx = torch.as_tensor(np.asarray(rows), device=dev)
             keys = self._gather_rows(self._keys, row_idx, past, width)
             values = self._gather_rows(self._values, row_idx, past, width)
-        hidden = self._forward(grid_ids, grid_pos, allow, keys, values, past, width)
+            hidden = self._forward(grid_ids, grid_pos, allow, keys, values, past, width)
 
         # New keys/values from their buffer columns to their own scratch slots (one copy for all layers).
         src_col = past + j
@@ -368,6 +407,8 @@ class ReplicaEngine:
             moved = dest != src_col
             src_row, src_col, dest_row, dest = src_row[moved], src_col[moved], dest_row[moved], dest[moved]
         self._write(keys, values, src_row, src_col, dest_row, dest)
+        if static:
+            return RoundOutput(hidden.reshape(n * width, -1), [int(r) * width for r in taking_part], width)
         return RoundOutput(hidden.reshape(n * width, -1), [i * width for i in range(n)])
 
     def _run_packed(
@@ -432,14 +473,41 @@ class ReplicaEngine:
         dev = self.device
         mask = torch.from_numpy(np.where(allow, 0.0, self._mask_min).astype(np.float32)[:, None])
         new_slots = torch.arange(past, past + width, device=dev)
+        return self._call(
+            torch.from_numpy(ids).to(dev),
+            torch.from_numpy(positions).to(dev),
+            mask.to(dev, self._dtype),
+            keys,
+            values,
+            new_slots,
+            past,
+        )
+
+    def _model_call(
+        self, ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, new_slots: torch.Tensor, past: int
+    ) -> torch.Tensor:
+        """A forward over the whole cache storage (a captured bucket's, :mod:`mara_env.capture`)."""
+        return self._call(ids, positions, mask, self._keys, self._values, new_slots, past)
+
+    def _call(
+        self,
+        ids: torch.Tensor,
+        positions: torch.Tensor,
+        mask: torch.Tensor,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        new_slots: torch.Tensor,
+        past: int,
+    ) -> torch.Tensor:
+        """The model on device tensors; each layer's new keys/values go to ``new_slots`` of ``keys``/``values``."""
         cache = DynamicCache()
         cache.layers = [
             _BufferLayer(k, v, new_slots, past) for k, v in zip(keys.unbind(0), values.unbind(0), strict=True)
         ]
         out = self.model.base_model(
-            input_ids=torch.from_numpy(ids).to(dev),
-            attention_mask=mask.to(dev, self._dtype),
-            position_ids=torch.from_numpy(positions).to(dev),
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=positions,
             **{self._cache_arg: cache},
             use_cache=True,
             cache_position=new_slots,
@@ -515,6 +583,13 @@ class ReplicaEngine:
         self._keys = k0.new_zeros((layers, self.num_rows, heads, capacity, key_dim))
         self._values = k0.new_zeros((layers, self.num_rows, heads, capacity, value_dim))
         self._capacity = capacity
+
+
+def _spread(full: np.ndarray, at: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """A copy of ``full`` with ``values`` at indices ``at`` (per-row arrays of the taking-part rows, over all rows)."""
+    out = full.copy()
+    out[at] = values
+    return out
 
 
 def cache_argument(model: torch.nn.Module) -> str:

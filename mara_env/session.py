@@ -53,6 +53,8 @@ class DecodingSession:
     :param max_prompt_tokens: the longest formatted prompt (``None``: the context minus the answer room).
     :param prompt_overflow: ``"truncate"`` (cut the user text from the left, with a warning) or ``"error"``.
     :param cache_prompts: keep each prompt's ids (a fixed prompt set, as in training).
+    :param capture: the decoders' forwards in static shapes, replayed as CUDA graphs on CUDA devices
+        (:mod:`mara_env.capture`).
     """
 
     def __init__(
@@ -69,6 +71,7 @@ class DecodingSession:
         max_prompt_tokens: int | None = None,
         prompt_overflow: str = "truncate",
         cache_prompts: bool = False,
+        capture: bool = False,
     ) -> None:
         self.replicas: list[LLMReplica] = load_replicas(
             llm, devices=devices, dtype=dtype, trust_remote_code=trust_remote_code
@@ -84,6 +87,7 @@ class DecodingSession:
         self.max_prompt_tokens = max_prompt_tokens
         self._chunk_setting = chunk_size
         self.rows = rows
+        self.capture = capture
         #: the chunk plan of a full decoder (:meth:`chunk_plan` for other row counts)
         self.chunking = self.chunk_plan(rows)
         # one rule per plan: what an adaptive rule learns about the agent carries over between decoders
@@ -153,6 +157,7 @@ class DecodingSession:
             packed=plan.packed,
             lookahead=lookahead,
             draft_tokens=draft_tokens,
+            capture=self.capture,
         )
         rule = self._chunk_rules.setdefault(plan, make_chunk_rule(plan.size, plan.coverage))
         return AcceptRejectDecoder(self.replicas, rows, config, chunk_rule=rule)

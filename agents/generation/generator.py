@@ -77,6 +77,7 @@ class MARAGenerator:
     :param deterministic: accept when ``pi(accept | s) >= 0.5`` instead of sampling.
     :param observation: what the agent observes, as in the environment (``"hidden"``: MARA-v0,
         ``"hidden+ref"``: MARA-v1), or ``"auto"``: read off the agent's input size.
+    :param capture: record the LLM's forwards as CUDA graphs on CUDA devices (:mod:`mara_env.capture`).
     """
 
     def __init__(
@@ -97,6 +98,7 @@ class MARAGenerator:
         batch_size: int = 16,
         deterministic: bool = False,
         observation: str = "auto",
+        capture: bool = False,
     ) -> None:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}.")
@@ -112,6 +114,7 @@ class MARAGenerator:
             rows=batch_size,
             max_prompt_tokens=max_prompt_tokens,
             prompt_overflow=prompt_overflow,
+            capture=capture,
         )
         self.batch_size = batch_size
         self.deterministic = deterministic

@@ -1,0 +1,108 @@
+"""Static-shape forwards (``capture``, :mod:`mara_env.capture`): on a CPU the buckets run eagerly, on the same
+buffers and in the same shapes that a CUDA device records as graphs. Episodes, observations and answers must
+be those of the eager layouts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import TINY_PROMPTS, build_tiny_llm
+
+from agents.generation import MARAGenerator
+from mara_env import MARAConfig, TokenAcceptRejectVectorEnv
+from mara_env.capture import MAX_CAPTURED_WIDTH, bucket_width
+from mara_env.engine import ReplicaEngine
+from mara_env.llm import LLMReplica
+
+
+@pytest.fixture(scope="module")
+def peaked_llm():
+    """Peaked next-token distributions: forced tokens, work ahead and guesses all happen."""
+    return build_tiny_llm(sharpness=60.0)
+
+
+def rollout(model, tok, capture: bool, chunk_size, both: bool, n: int = 6, steps: int = 100):
+    envs = TokenAcceptRejectVectorEnv(
+        n,
+        llm=(model, tok),
+        prompts=TINY_PROMPTS,
+        reward_model="zero",
+        cost_model=None,
+        max_new_tokens=16,
+        top_p=0.5,
+        chunk_size=chunk_size,
+        capture=capture,
+    )
+    envs.core.decoder.ahead_both = both  # the accelerators' rule (work ahead on both branches, guesses) or the CPU's
+    obs, info = envs.reset(seed=3)
+    rng = np.random.default_rng(0)
+    trace = []
+    for _ in range(steps):
+        actions = (rng.random(n) < 0.6).astype(np.int64)
+        obs_next, rewards, terminated, _, info_next = envs.step(actions)
+        trace.append((obs, info["token_id"], rewards, terminated))
+        obs, info = obs_next, info_next
+    decoder = envs.core.decoder
+    responses = [list(r.response) for r in decoder.rows]
+    static = decoder.engines[0].static
+    envs.close()
+    return trace, responses, decoder.num_forwards, static
+
+
+@pytest.mark.parametrize("chunk_size,both", [(1, True), ("adaptive", True), (1, False), (3, False)])
+def test_captured_shapes_give_the_eager_episodes(peaked_llm, chunk_size, both):
+    model, tok = peaked_llm
+    got, got_responses, got_forwards, static = rollout(model, tok, True, chunk_size, both)
+    want, want_responses, want_forwards, none = rollout(model, tok, False, chunk_size, both)
+    assert none is None and static is not None
+    assert got_responses == want_responses and got_forwards == want_forwards
+    for (o1, t1, r1, d1), (o2, t2, r2, d2) in zip(got, want):
+        np.testing.assert_array_equal(t1, t2)
+        np.testing.assert_array_equal(d1, d2)
+        np.testing.assert_allclose(o1, o2, atol=3e-5)
+        np.testing.assert_allclose(r1, r2, atol=1e-5)
+    # every rows-layout forward ran in a bucket (none captured on a CPU), in a few shapes
+    assert static.eager > 0 and static.captured == 0 and static.replayed == 0 and static.failure is None
+    assert len(static._buckets) <= 4
+
+
+def test_rows_outside_a_forward_keep_their_scratch(peaked_llm):
+    """A captured forward writes every cache row's last slots: rows that do not take part must keep what they may
+    still read (their prefix and their scratch), wherever it lies."""
+    model, tok = peaked_llm
+    fresh = ReplicaEngine(LLMReplica(model, tok, torch.device("cpu")), 3)
+    static = ReplicaEngine(LLMReplica(model, tok, torch.device("cpu")), 3, capture=True)
+    # row 0: 56 committed tokens and 8 candidates in scratch fill the cache's first capacity (64 slots)
+    long = [5 + i % 30 for i in range(56)]
+    for engine in (fresh, static):
+        engine.run([0, 1, 2], chain=[long, [7, 2], [11, 12, 13]])
+        engine.run([0, 1, 2], tree=[list(range(20, 28)), [30], [40, 41]])
+        engine.run([1], tree=[[31, 32]], offsets=[1])  # row 0 idle; its scratch must survive
+        engine.run([2], tree=[[42]], offsets=[2], follow=[[[1]]])
+    outs = []
+    for engine in (fresh, static):
+        # row 0 reads its slot 7 (candidate 27) now, after forwards it took no part in
+        outs.append(engine.run([0, 2], tree=[[50], [51]], offsets=[8, 3], follow=[[[7]], [[1, 2]]]))
+    for i in range(2):
+        np.testing.assert_allclose(outs[1].row(i)[0].numpy(), outs[0].row(i)[0].numpy(), atol=2e-5)
+    assert static.static.eager == 5 and bucket_width(3) == 4 and MAX_CAPTURED_WIDTH >= 16
+    assert static._capacity > 64  # the storage grew rather than let a forward write over row 0's scratch
+
+
+def test_generation_with_capture_gives_the_same_answers(tiny_llm):
+    texts = {}
+    for capture in (False, True):
+        gen = MARAGenerator(tiny_llm, None, top_k=8, chunk_size=2, batch_size=3, capture=capture)
+        torch.manual_seed(0)
+        texts[capture] = [g.text for g in gen.generate(TINY_PROMPTS[:5], max_new_tokens=10, seed=0)]
+        assert (gen.session.capture, gen.session.decoder(2, 4).engines[0].static is not None) == (capture, capture)
+    assert texts[True] == texts[False]
+
+
+def test_capture_setting_is_checked():
+    assert MARAConfig().capture is False
+    with pytest.raises(ValueError, match="capture"):
+        MARAConfig(capture="yes")
+    with pytest.raises(ValueError, match="at least one new token"):
+        bucket_width(0)
