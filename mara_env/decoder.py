@@ -116,6 +116,21 @@ class AcceptRejectDecoder(WorkAhead):
         return sum(e.num_forwards for e in self.engines)
 
     @property
+    def capture_stats(self) -> dict[str, object] | None:
+        """Static-shape forwards over all replicas (:mod:`mara_env.capture`): graphs ``captured``, forwards
+        ``replayed`` and run ``eager`` in a bucket, the first capture ``failure``; ``None`` without capture."""
+        static = [e.static for e in self.engines if e.static is not None]
+        if not static:
+            return None
+        failures = [s.failure for s in static if s.failure]
+        return {
+            "captured": sum(s.captured for s in static),
+            "replayed": sum(s.replayed for s in static),
+            "eager": sum(s.eager for s in static),
+            "failure": failures[0] if failures else None,
+        }
+
+    @property
     def num_tokens(self) -> int:
         """New tokens run through the LLM so far (prompts, candidates, forced tokens, work ahead)."""
         return sum(e.num_tokens for e in self.engines)

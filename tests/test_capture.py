@@ -46,6 +46,9 @@ def rollout(model, tok, capture: bool, chunk_size, both: bool, n: int = 6, steps
     decoder = envs.core.decoder
     responses = [list(r.response) for r in decoder.rows]
     static = decoder.engines[0].static
+    assert decoder.capture_stats == (
+        None if static is None else {"captured": 0, "replayed": 0, "eager": static.eager, "failure": None}
+    )
     envs.close()
     return trace, responses, decoder.num_forwards, static
 
