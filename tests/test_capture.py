@@ -109,3 +109,20 @@ def test_capture_setting_is_checked():
         MARAConfig(capture="yes")
     with pytest.raises(ValueError, match="at least one new token"):
         bucket_width(0)
+
+
+def test_a_bucket_step_is_one_graph(tiny_llm):
+    """What a CUDA graph records must not sync with the host or branch on tensor values: the bucket's step traces
+    as a single graph (``torch.compile(fullgraph=True)``, which refuses both), and the traced step computes the same
+    hidden states."""
+    model, tok = tiny_llm
+    engine = ReplicaEngine(LLMReplica(model, tok, torch.device("cpu")), 3, capture=True)
+    engine.run([0, 1, 2], chain=[[5, 9, 14, 3], [7, 2], [11, 12, 13]])
+    engine.run([0, 1, 2], tree=[[20, 21], [30], [40]])
+    (bucket,) = [b for (_, width, _), b in engine.static._buckets.items() if width == 2]
+    eager = bucket.hidden.clone()
+    torch._dynamo.reset()
+    traced = torch.compile(lambda: bucket.step(engine.static.call), fullgraph=True, backend="eager")
+    with torch.no_grad():
+        traced()
+    torch.testing.assert_close(bucket.hidden, eager, atol=1e-5, rtol=0)
