@@ -219,6 +219,12 @@ def add_decoding_arguments(parser: argparse.ArgumentParser, batch_size: int | No
         )
     g.add_argument("--seed", type=int, metavar="INT", default=0, help=with_default("sampling seed", 0))
     g.add_argument("--deterministic", action="store_true", help="accept when pi(accept|s) >= 0.5 instead of sampling")
+    g.add_argument(
+        "--capture",
+        action="store_true",
+        help="record the LLM's forwards as CUDA graphs and replay them (CUDA devices; the same answers; off by "
+        "default: not yet measured to win)",
+    )
 
 
 def generator_settings(env: dict[str, Any], args: argparse.Namespace) -> tuple[dict[str, Any], int]:
@@ -232,5 +238,7 @@ def generator_settings(env: dict[str, Any], args: argparse.Namespace) -> tuple[d
         settings["chunk_size"] = int(args.chunk_size) if args.chunk_size.isdigit() else args.chunk_size
     if "batch_size" in args:
         settings["batch_size"] = args.batch_size
+    if getattr(args, "capture", False):
+        settings["capture"] = True
     max_new = args.max_new_tokens if args.max_new_tokens is not None else env.get("max_new_tokens", 512)
     return settings, max_new
