@@ -63,3 +63,38 @@ def plain_forward_ops(model: torch.nn.Module, batch: int, past: int = 20) -> int
     with OpCounter() as ops:
         model(input_ids=step, past_key_values=prefill.past_key_values, use_cache=True)
     return ops.count
+
+
+class CapturedOps:
+    """Counts the aten ops run inside static-shape bucket forwards (:mod:`mara_env.capture`) in its ``with`` block:
+    ``count`` ops in ``steps`` bucket forwards, of any decoder built with ``capture=True``.
+
+    On a CUDA device each bucket forward is one graph replay, so of the ops a step runs, ``total - count`` still
+    launch one by one and each bucket forward launches once: ``total - count + steps`` is what a captured step
+    launches. On a CPU the buckets run eagerly, so these counts are exact here too.
+    """
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.steps = 0
+        self._step: Any = None
+
+    def __enter__(self) -> CapturedOps:
+        from mara_env import capture
+
+        self._step = step = capture._Bucket.step
+        counter = self
+
+        def counted(bucket: Any, call: Any) -> None:
+            with OpCounter() as ops:
+                step(bucket, call)
+            counter.count += ops.count
+            counter.steps += 1
+
+        capture._Bucket.step = counted
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        from mara_env import capture
+
+        capture._Bucket.step = self._step
