@@ -1,8 +1,8 @@
-"""The measured sections of ``benchmarks/gpu_suite.py``: environment throughput, aligned decode speed and the
-SAC learners, each time-boxed by the run's :class:`Budget`.
+"""The run's time plan of ``benchmarks/gpu_suite.py`` (:class:`Budget`, :class:`Slice`) and two of its measured
+sections: environment throughput and the SAC learners, each held to its slice (the decode section is in
+``gpu_decode.py``, the shaping section in ``gpu_shaping.py``).
 
-They reuse the CPU benchmarks' runners (``env_throughput.py``, ``decode_speed.py``, ``sac_update_speed.py``),
-imported as siblings.
+They reuse the CPU benchmarks' runners (``env_throughput.py``, ``sac_update_speed.py``), imported as siblings.
 """
 
 from __future__ import annotations
@@ -14,16 +14,57 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
+from gpu_profile import SetSizes, busy_share
 
-#: Accept probability of the random agent of the decode section (a stand-in for a trained agent).
-RANDOM_AGENT_P = 0.5
+#: Each section's weight in the run's time plan: a section's slice is its weight's share of the time left, over
+#: the weights of the sections still to run (:meth:`Budget.slice`). ``compiled``: the compiled plain baseline's
+#: extra share of a decode section (its compilations).
+WEIGHTS = dict(build=0.4, env=1.0, decode=1.0, compiled=1.0, shaping=1.0, sac=0.6)
+
+
+class Slice:
+    """One section's share of the run's time (``seconds`` from its start): rounds and parts after it are
+    skipped, each recorded in ``skipped`` with the reason; the first round of a section always runs."""
+
+    def __init__(self, label: str, seconds: float) -> None:
+        self.label, self.seconds, self.start = label, seconds, time.perf_counter()
+        self.used: float | None = None
+        self.skipped: list[str] = []
+
+    @property
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    def remaining(self) -> float:
+        return self.seconds - self.elapsed
+
+    def left(self) -> bool:
+        return self.elapsed < self.seconds
+
+    def skip(self, what: str) -> None:
+        """Record that ``what`` did not run because this slice was spent."""
+        self.skipped.append(f"{what} (its slice of {self.seconds:.0f} s spent)")
+
+    def close(self) -> None:
+        self.used = self.elapsed
+
+    def record(self) -> dict[str, Any]:
+        used = self.elapsed if self.used is None else self.used
+        return dict(section=self.label, slice_s=round(self.seconds, 1), used_s=round(used, 1))
 
 
 class Budget:
-    """The whole run's time limit: a section that would start after it is skipped and recorded so."""
+    """The whole run's time (``--budget-s``), shared out among its sections in :meth:`plan`'s order.
+
+    Each section gets its weight's share of the time left over the sections still to run, so a section that
+    overran (a compilation, a warm-up) takes its overrun out of every later section, not out of the last one
+    alone; a section is skipped only once the whole budget is spent.
+    """
 
     def __init__(self, seconds: float) -> None:
         self.seconds, self.start = seconds, time.perf_counter()
+        self.pending: dict[str, float] = {}  # label -> weight, in run order
+        self.slices: list[Slice] = []
 
     @property
     def elapsed(self) -> float:
@@ -32,14 +73,57 @@ class Budget:
     def left(self) -> bool:
         return self.elapsed < self.seconds
 
+    def plan(self, sections: Sequence[tuple[str, float]]) -> None:
+        """The sections to run, in order, as ``(label, weight)``."""
+        self.pending = dict(sections)
+
+    def drop(self, label: str) -> None:
+        """A planned section that will not run (its model failed to build, say)."""
+        self.pending.pop(label, None)
+
+    def slice(self, label: str) -> Slice:
+        """Section ``label``'s slice, from now (an unplanned label gets weight 1)."""
+        weight = self.pending.pop(label, 1.0)
+        share = weight / max(weight + sum(self.pending.values()), 1e-9)
+        piece = Slice(label, max(0.0, self.seconds - self.elapsed) * share)
+        self.slices.append(piece)
+        return piece
+
+    def overruns(self) -> list[str]:
+        """The sections that ran past their slice, by how much."""
+        return [
+            f"{s.label} +{s.used - s.seconds:.0f} s" for s in self.slices if s.used is not None and s.used > s.seconds
+        ]
+
 
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
-def env_section(replica: Any, args: argparse.Namespace, budget: Budget, progress: Any) -> list[dict[str, Any]]:
-    """Decisions/s of the authors' strategy, lazy batch-1 and the vector env at each N, in interleaved rounds."""
+def env_settings(args: argparse.Namespace) -> list[tuple[int, bool, bool]]:
+    """The vector-env rows, as ``(N, lookahead, capture)``: every N working ahead (the default), the largest
+    also without it ("wait"), and under ``--capture both`` the largest again with captured forwards; under
+    ``--capture on`` every row captured."""
+    top = max(args.envs)
+    rows = [(n, True) for n in args.envs] + [(top, False)]
+    if args.capture == "on":
+        return [(n, ahead, True) for n, ahead in rows]
+    captured = [(top, True, True)] if args.capture == "both" else []
+    return [(n, ahead, False) for n, ahead in rows] + captured
+
+
+def env_label(n: int, lookahead: bool, capture: bool) -> str:
+    return f"mara N={n}" + ("" if lookahead else " wait") + (" captured" if capture else "")
+
+
+def env_section(
+    replica: Any, args: argparse.Namespace, budget: Slice, progress: Any, sets: SetSizes
+) -> list[dict[str, Any]]:
+    """Decisions/s of the authors' strategy, lazy batch-1 and the vector env at each N (eager and captured),
+    in interleaved rounds sized to the section's slice; then per row what it pays for (op_count), and the
+    GPU-busy share of the largest N's eager and captured rows. Every set the vector envs' rows take goes to
+    ``sets``."""
     from env_throughput import Batch1Baseline, MaraRunner, measure
 
     from mara_env import PromptSet
@@ -51,26 +135,40 @@ def env_section(replica: Any, args: argparse.Namespace, budget: Budget, progress
     for label, eager in (("authors", True), ("lazy batch-1", False)):
         baseline = Batch1Baseline(replica, prompts, args.max_new_tokens, eager=eager, seed=0)
         runners[label] = (baseline.step_position, lambda b=baseline: (b.decisions, b.tokens))
-    # every N works ahead of the decisions (the default); the largest N also without it ("wait")
-    settings = [(n, True) for n in args.envs] + [(max(args.envs), False)]
-    for n, lookahead in settings:
-        name = f"mara N={n}" + ("" if lookahead else " wait")
+    for n, lookahead, capture in env_settings(args):
+        name = env_label(n, lookahead, capture)
         runner = MaraRunner(
-            replica, n, args.chunk, args.max_new_tokens, seed=0, prompts=args.prompt_source, lookahead=lookahead
+            replica,
+            n,
+            args.chunk,
+            args.max_new_tokens,
+            seed=0,
+            prompts=args.prompt_source,
+            lookahead=lookahead,
+            capture=capture,
         )
-        runners[name] = (runner.step, runner.counters)
+
+        def step(r: Any = runner) -> None:
+            r.step()
+            sets.observe(r.envs.core.decoder)
+
+        runners[name] = (step, runner.counters)
         mara[name] = runner
 
-    for step, _ in runners.values():  # warm-up: allocations, first prefill, kernel selection
+    for step, _ in runners.values():  # warm-up: allocations, first prefill, kernel selection, first captures
         for _ in range(2):
             step()
     synchronize(device)
+    # each configuration's time per round: what the slice leaves after the warm-up (a tenth kept for the
+    # counting and profiling after the rounds), at most --seconds
+    seconds = min(args.seconds, max(0.25, 0.9 * budget.remaining() / (len(runners) * args.rounds)))
     totals = {name: [0.0, 0, 0] for name in runners}
     for rnd in range(args.rounds):
         if rnd > 0 and not budget.left():
+            budget.skip(f"env rounds {rnd + 1}-{args.rounds}")
             break
         for name, (step, counters) in runners.items():
-            elapsed, decisions, tokens = measure(step, counters, args.seconds)
+            elapsed, decisions, tokens = measure(step, counters, seconds)
             synchronize(device)
             totals[name][0] += elapsed
             totals[name][1] += decisions
@@ -78,9 +176,18 @@ def env_section(replica: Any, args: argparse.Namespace, budget: Budget, progress
             progress.update(1)
     # what a GPU pays for per step (op_count), counted after the timed rounds
     costs = {name: runner.cost(args.count_steps) for name, runner in mara.items()}
+    busy = {}
+    for name, runner in mara.items():
+        if name.startswith(f"mara N={max(args.envs)}") and " wait" not in name:
+            decoder = runner.envs.core.decoder
+            watch = (lambda d=decoder: d.capture_stats) if decoder.capture_stats is not None else None
+            busy[name] = busy_share(runner.step, args.profile_steps, device, watch)
     rate = {name: d / max(t, 1e-9) for name, (t, d, _) in totals.items()}
     rows = []
     for name, (elapsed, decisions, tokens) in totals.items():
+        runner = mara.get(name)
+        eager = name.removesuffix(" captured")
+        captured = runner is not None and runner.envs.core.decoder.capture_stats is not None
         rows.append(
             dict(
                 strategy=name,
@@ -89,10 +196,14 @@ def env_section(replica: Any, args: argparse.Namespace, budget: Budget, progress
                 decisions=decisions,
                 tokens=tokens,
                 seconds=elapsed,
+                seconds_per_round=seconds,
                 x_lazy_b1=rate[name] / max(rate["lazy batch-1"], 1e-9),
                 x_authors=rate[name] / max(rate["authors"], 1e-9),
-                forwards_per_step=mara[name].forwards_per_step() if name in mara else None,
-                chunk_size=chunk_size(mara[name]) if name in mara else None,
+                x_eager=rate[name] / max(rate[eager], 1e-9) if captured and eager in rate else None,
+                capture_stats=runner.envs.core.decoder.capture_stats if runner is not None else None,
+                gpu_busy=busy.get(name),
+                forwards_per_step=runner.forwards_per_step() if runner is not None else None,
+                chunk_size=chunk_size(runner) if runner is not None else None,
                 **{k: v for k, v in costs.get(name, {}).items() if k != "forwards_per_step"},
             )
         )
@@ -109,76 +220,24 @@ def chunk_size(runner: Any) -> str:
     return f"adaptive (<= {config.chunk_size}, coverage {config.chunk_coverage})"
 
 
-def random_agent(obs: Any) -> Any:
-    """Accept with probability :data:`RANDOM_AGENT_P` whatever the observation (the generator samples it)."""
-    import numpy as np
-
-    return np.full(obs.shape[0], RANDOM_AGENT_P)
-
-
-def decode_section(replica: Any, args: argparse.Namespace, budget: Budget, progress: Any) -> list[dict[str, Any]]:
-    """Answer tokens/s of plain ``generate``, always-accept and a random agent, per batch size, interleaved."""
-    from decode_speed import always_accept, cost, run
-
-    from agents.generation import MARAGenerator
-    from mara_env import PromptSet
-
-    sampling = dict(top_k=50, top_p=0.95, temperature=1.0)
-    test_prompts = PromptSet.from_source(args.prompt_source, part="test")
-    agents = {"plain": None, "always-accept": always_accept, f"random agent (p={RANDOM_AGENT_P})": random_agent}
-    rows = []
-    for batch in args.batch_sizes:
-        prompts = [test_prompts[i % len(test_prompts)] for i in range(batch * args.prompts_per_batch)]
-        gens = {
-            name: MARAGenerator([replica], agent, batch_size=batch, chunk_size=args.chunk, **sampling)
-            for name, agent in agents.items()
-        }
-        for name in gens:  # warm-up
-            run(gens, name, prompts[:batch], args.max_new_tokens, seed=10_000)
-        totals = {name: [0, 0.0, 0] for name in gens}
-        for r in range(args.rounds):
-            if r > 0 and not budget.left():
-                break
-            for name in gens if r % 2 == 0 else reversed(list(gens)):
-                tokens, seconds, llm_tokens = run(gens, name, prompts, args.max_new_tokens, seed=r)
-                totals[name][0] += tokens
-                totals[name][1] += seconds
-                totals[name][2] += llm_tokens
-            progress.update(1)
-        costs = {name: cost(gens, name, prompts[:batch], args.max_new_tokens, seed=20_000) for name in gens}
-        plain = totals["plain"][0] / max(totals["plain"][1], 1e-9)
-        for name, (tokens, seconds, llm_tokens) in totals.items():
-            speed = tokens / max(seconds, 1e-9)
-            rows.append(
-                dict(
-                    system=name,
-                    batch_size=batch,
-                    answer_tokens=tokens,
-                    seconds=seconds,
-                    tokens_per_s=speed,
-                    x_plain=speed / max(plain, 1e-9),
-                    llm_tokens_per_answer_token=llm_tokens / max(tokens, 1),
-                    **costs[name],
-                )
-            )
-    return rows
-
-
 def sac_section(
-    hiddens: Sequence[int], args: argparse.Namespace, device: torch.device, budget: Budget, progress: Any
+    hiddens: Sequence[int], args: argparse.Namespace, device: torch.device, budget: Slice, progress: Any
 ) -> list[dict[str, Any]]:
-    """Gradient steps/s of DiscreteSAC and SB3's SAC at each observation size H, alternating call by call."""
+    """Gradient steps/s of DiscreteSAC and SB3's SAC at each observation size H, alternating call by call; each
+    H gets an equal part of what the slice has left (at most ``--sac-seconds`` per learner)."""
     import numpy as np
     from sac_update_speed import fill_buffer, make_learners
     from stable_baselines3.common.logger import Logger
 
     rows = []
     rng = np.random.default_rng(0)
-    for hidden in hiddens:
-        if not budget.left():
-            rows.append(dict(hidden=hidden, skipped="time budget spent"))
+    for i, hidden in enumerate(hiddens):
+        if i > 0 and not budget.left():
+            budget.skip(f"SAC H={hidden}")
+            rows.append(dict(hidden=hidden, skipped=f"its section's slice of {budget.seconds:.0f} s spent"))
             progress.update(1)
             continue
+        start = time.perf_counter()
         learners = make_learners(hidden, args.sac_batch, args.sac_buffer, device=device)
         del learners["DiscreteSAC (plain Adam)"]  # the CPU benchmark's optimiser comparison
         for model in learners.values():
@@ -186,14 +245,16 @@ def sac_section(
             model.set_logger(Logger(folder=None, output_formats=[]))
             model.train(gradient_steps=2, batch_size=args.sac_batch)  # warm-up: allocations, optimiser state
         synchronize(device)
+        part = budget.remaining() / (len(hiddens) - i)  # this H's part, after its set-up
+        seconds = min(args.sac_seconds, max(0.2, 0.9 * part / len(learners)))
         spent = dict.fromkeys(learners, 0.0)
         steps = dict.fromkeys(learners, 0)
-        while min(spent.values()) < args.sac_seconds:
+        while min(spent.values()) < seconds:
             for name, model in learners.items():
-                start = time.perf_counter()
+                began = time.perf_counter()
                 model.train(gradient_steps=args.sac_steps, batch_size=args.sac_batch)
                 synchronize(device)
-                spent[name] += time.perf_counter() - start
+                spent[name] += time.perf_counter() - began
                 steps[name] += args.sac_steps
         rate = {name: steps[name] / spent[name] for name in learners}
         for name in learners:
@@ -205,6 +266,7 @@ def sac_section(
                     gradient_steps_per_s=rate[name],
                     gradient_steps=steps[name],
                     seconds=spent[name],
+                    setup_seconds=round(time.perf_counter() - start - sum(spent.values()), 2),
                     x_sb3_sac=rate[name] / rate["SB3 SAC"],
                 )
             )

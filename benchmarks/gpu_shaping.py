@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 from gpu_models import shape_config
-from gpu_sections import Budget, synchronize
+from gpu_sections import Slice, synchronize
 
 #: The random agent's accept probability in this section (the env section's).
 ACCEPT_P = 0.7
@@ -42,9 +42,11 @@ def score_model_folder(shape: str, smollm2_config: Any, tokenizer: Any, dtype: t
 
 
 def shaping_section(
-    replica: Any, scorer_shape: str, smollm2_config: Any, args: argparse.Namespace, budget: Budget, progress: Any
+    replica: Any, scorer_shape: str, smollm2_config: Any, args: argparse.Namespace, budget: Slice, progress: Any
 ) -> dict[str, Any]:
-    """Decisions/s of MARA-v1 at the largest N with shaping off and on (incremental scoring), interleaved."""
+    """Decisions/s of MARA-v1 at the largest N with shaping off and on (incremental scoring), interleaved; each
+    mode's time per round is what the slice leaves after building the score model and the warm-up, at most
+    ``--seconds``."""
     import gymnasium as gym
 
     import mara_env  # noqa: F401  (registers MARA-v1)
@@ -74,13 +76,15 @@ def shaping_section(
             for _ in range(2):  # warm-up: allocations, first prefills, kernel selection
                 env.step((rng.random(n) < ACCEPT_P).astype(np.int64))
         synchronize(device)
+        seconds = min(args.seconds, max(0.25, 0.9 * budget.remaining() / (len(envs) * args.rounds)))
         spent, steps, answer = dict.fromkeys(envs, 0.0), dict.fromkeys(envs, 0), dict.fromkeys(envs, 0.0)
         for rnd in range(args.rounds):
             if rnd > 0 and not budget.left():
+                budget.skip(f"shaping rounds {rnd + 1}-{args.rounds}")
                 break
             for mode, env in envs.items():
                 began = time.perf_counter()
-                while time.perf_counter() - began < args.seconds:
+                while time.perf_counter() - began < seconds:
                     env.step((rng.random(n) < ACCEPT_P).astype(np.int64))
                     steps[mode] += 1
                     answer[mode] += float(np.mean([len(row.response) for row in env.unwrapped.core.decoder.rows]))
@@ -97,6 +101,7 @@ def shaping_section(
         score_model=scorer_shape,
         score_model_build_seconds=build_seconds,
         num_envs=n,
+        seconds_per_round=seconds,
         incremental=incremental,
         unshaped_decisions_per_s=rate["none"],
         shaped_decisions_per_s=rate["potential"],
