@@ -43,8 +43,9 @@ from op_count import OpCounter, plain_forward_ops
 from transformers import DynamicCache
 
 from mara_env import TokenAcceptRejectVectorEnv
+from mara_env.buffer_cache import cache_argument
 from mara_env.candidates import CandidateConfig, candidate_sets
-from mara_env.engine import ReplicaEngine, cache_argument
+from mara_env.engine import ReplicaEngine
 from mara_env.llm import LLMReplica, PromptFormat, load_replicas
 from mara_env.prompts import PromptSet
 

@@ -41,15 +41,14 @@ NumPy and copied over once. Two layouts:
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Sequence
 from typing import NamedTuple
 
 import numpy as np
 import torch
 from transformers import DynamicCache
-from transformers.cache_utils import DynamicLayer
 
+from mara_env.buffer_cache import BufferLayer, cache_argument
 from mara_env.capture import MAX_CAPTURED_WIDTH, StaticForwards, bucket_width
 from mara_env.llm import LLMReplica
 
@@ -502,7 +501,7 @@ class ReplicaEngine:
         """The model on device tensors; each layer's new keys/values go to ``new_slots`` of ``keys``/``values``."""
         cache = DynamicCache()
         cache.layers = [
-            _BufferLayer(k, v, new_slots, past) for k, v in zip(keys.unbind(0), values.unbind(0), strict=True)
+            BufferLayer(k, v, new_slots, past) for k, v in zip(keys.unbind(0), values.unbind(0), strict=True)
         ]
         out = self.model.base_model(
             input_ids=ids,
@@ -590,33 +589,3 @@ def _spread(full: np.ndarray, at: np.ndarray, values: np.ndarray) -> np.ndarray:
     out = full.copy()
     out[at] = values
     return out
-
-
-def cache_argument(model: torch.nn.Module) -> str:
-    """Name of the KV-cache argument of ``model.forward``: ``cache`` (transformers >= 5.24) or the
-    older ``past_key_values`` (now deprecated, with a warning on every call)."""
-    params = inspect.signature(model.forward).parameters
-    return "cache" if "cache" in params else "past_key_values"
-
-
-class _BufferLayer(DynamicLayer):
-    """A cache layer over a buffer sized for this forward: ``past`` cached slots, then the new tokens' slots.
-
-    The update is one ``index_copy_`` per keys and values, as many ops as ``DynamicLayer``'s concatenation.
-    """
-
-    def __init__(self, keys: torch.Tensor, values: torch.Tensor, new_slots: torch.Tensor, past: int) -> None:
-        super().__init__()
-        self.keys, self.values = keys, values
-        self.dtype, self.device = keys.dtype, keys.device
-        self.is_initialized = True
-        self._new_slots = new_slots
-        self._past = past
-
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
-        self.keys.index_copy_(-2, self._new_slots, key_states)
-        self.values.index_copy_(-2, self._new_slots, value_states)
-        return self.keys, self.values
-
-    def get_seq_length(self) -> int:
-        return self._past
