@@ -162,3 +162,60 @@ class CaptureTap:
 
     def reset(self) -> None:
         self.totals, self.calls = None, 0
+
+
+def capture_check(replica: Any, args: Any, steps: int = 8) -> dict[str, Any]:
+    """Captured against eager forwards on the same seeded decisions: two vector envs at the largest N (the env
+    section's settings), stepped together until their tokens differ or ``steps`` have run. Reports the largest
+    relative difference of a step's observations (``||captured - eager|| / ||eager||``) while the episodes agree,
+    and the step at
+    which the tokens first differ (a low-precision dtype can tip a near tie of the sampler; the captured forward
+    attends over the whole storage, so its sums run in another order). ``{"skipped": reason}`` without
+    ``--capture``."""
+    from mara_env import TokenAcceptRejectVectorEnv
+
+    if args.capture == "off":
+        return dict(skipped="--capture off")
+    n = max(args.envs)
+    envs = [
+        TokenAcceptRejectVectorEnv(
+            n,
+            llm=(replica.model, replica.tokenizer),
+            reward_model="zero",
+            cost_model=None,
+            chunk_size=args.chunk,
+            max_new_tokens=args.max_new_tokens,
+            devices=[str(replica.device)],
+            prompts=args.prompt_source,
+            capture=capture,
+        )
+        for capture in (False, True)
+    ]
+    obs = [env.reset(seed=0)[0] for env in envs]
+    rng = np.random.default_rng(0)
+    worst, agreed, first_difference = 0.0, 0, None
+    try:
+        for step in range(steps):
+            # ||captured - eager|| / ||eager|| over the step's observations (one outlier element of a bf16
+            # hidden state says little; the norm says how far the states moved)
+            norm = max(float(np.linalg.norm(obs[0])), 1e-9)
+            worst = max(worst, float(np.linalg.norm(obs[0] - obs[1])) / norm)
+            actions = (rng.random(n) < 0.7).astype(np.int64)
+            out = [env.step(actions) for env in envs]
+            if not np.array_equal(out[0][4]["token_id"], out[1][4]["token_id"]):
+                first_difference = step
+                break
+            agreed += 1
+            obs = [o[0] for o in out]
+        stats = envs[1].core.decoder.capture_stats
+    finally:
+        for env in envs:
+            env.close()
+    return dict(
+        n=n,
+        steps_agreed=agreed,
+        steps=steps,
+        first_token_difference=first_difference,
+        max_relative_obs_difference=worst,
+        capture_stats=stats,
+    )

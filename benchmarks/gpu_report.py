@@ -172,6 +172,23 @@ def capture_table(report: dict[str, Any]) -> list[str]:
                     f"| {name} | {section} | {label} | {stats_cell(r.get('capture_stats'))} "
                     f"| {busy_cell(r.get('gpu_busy'))} |"
                 )
+    checks = [(name, m["capture_check"]) for name, m in report["models"].items() if m.get("capture_check")]
+    if checks:
+        found = True
+        lines += [
+            "",
+            "| model | captured vs eager, same decisions: steps with the same tokens | first different token "
+            "| largest observation difference, norm relative to eager |",
+            "|---|---:|---:|---:|",
+        ]
+        for name, c in checks:
+            if "skipped" in c:
+                lines.append(f"| {name} | skipped: {c['skipped']} | | |")
+                continue
+            first = "none" if c["first_token_difference"] is None else f"step {c['first_token_difference']}"
+            lines.append(
+                f"| {name} | {c['steps_agreed']} / {c['steps']} | {first} | {c['max_relative_obs_difference']:.2e} |"
+            )
     return ["", *lines] if found else []
 
 

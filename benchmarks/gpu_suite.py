@@ -124,7 +124,7 @@ from gpu_models import (
     prompt_source,
 )
 from gpu_packages import check_packages, loaded_distributions, package_lines
-from gpu_profile import SetSizes
+from gpu_profile import SetSizes, capture_check
 from gpu_report import bars, failures, markdown, paper_rows
 from gpu_sections import WEIGHTS, Budget, Slice, env_section, env_settings, free_memory, sac_section
 from gpu_shaping import ACCEPT_P, shaping_section
@@ -339,6 +339,7 @@ class Suite:
         env = self.section(result, f"{name} env", "env", lambda s: env_section(replica, self.args, s, progress, sets))
         result["env"] = env or []
         result["candidate_sets"] = sets.summary(CandidateConfig().top_k)
+        result["capture_check"] = self.guarded(result, "capture check", lambda: capture_check(replica, self.args))
         progress.set_postfix_str(f"{name}: decode")
         decode = self.section(
             result, f"{name} decode", "decode", lambda s: decode_section(replica, name, self.args, s, progress)

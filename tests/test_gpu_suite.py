@@ -123,6 +123,15 @@ def test_the_captured_env_row_runs_static_shapes_eagerly_on_a_cpu(smoke):
     assert "| tiny | env | mara N=4 captured | 0 / 0 / " in table and "GPU-busy share of" in table
 
 
+def test_the_capture_check_steps_eager_and_captured_envs_together(smoke):
+    report, table, _ = smoke
+    check = report["models"]["tiny"]["capture_check"]
+    # the smoke run is bfloat16: the same tokens all the way, observations equal to bfloat16 rounding
+    assert check["steps_agreed"] == check["steps"] and check["first_token_difference"] is None
+    assert check["max_relative_obs_difference"] < 2e-2 and check["capture_stats"]["eager"] > 0
+    assert f"| tiny | {check['steps']} / {check['steps']} | none |" in table
+
+
 def test_candidate_set_sizes_over_the_env_steps(smoke):
     report, table, _ = smoke
     sets = report["models"]["tiny"]["candidate_sets"]
