@@ -126,9 +126,11 @@ def test_the_captured_env_row_runs_static_shapes_eagerly_on_a_cpu(smoke):
 def test_the_capture_check_steps_eager_and_captured_envs_together(smoke):
     report, table, _ = smoke
     check = report["models"]["tiny"]["capture_check"]
-    # the smoke run is bfloat16: the same tokens all the way, observations equal to bfloat16 rounding
+    # the smoke run is bfloat16: the same tokens all the way, observations equal to bfloat16 rounding (on this
+    # calibrated 2-layer model eager bfloat16 itself is 0.5-5% away from float32; captured vs eager 0.1-3.4%, and
+    # 1.6e-7 in float32)
     assert check["steps_agreed"] == check["steps"] and check["first_token_difference"] is None
-    assert check["max_relative_obs_difference"] < 2e-2 and check["capture_stats"]["eager"] > 0
+    assert check["max_relative_obs_difference"] < 0.1 and check["capture_stats"]["eager"] > 0
     assert f"| tiny | {check['steps']} / {check['steps']} | none |" in table
 
 
