@@ -42,8 +42,10 @@ ModelCall = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, in
 def bucket_width(width: int) -> int:
     """The padded width of a forward of ``width`` new tokens per row: the next power of two.
 
-    >>> [bucket_width(w) for w in (1, 2, 3, 5, 16, 17)]
-    [1, 2, 4, 8, 16, 32]
+    Example::
+
+        >>> [bucket_width(w) for w in (1, 2, 3, 5, 16, 17)]
+        [1, 2, 4, 8, 16, 32]
     """
     if width < 1:
         raise ValueError(f"a forward needs at least one new token per row, got width {width}.")
