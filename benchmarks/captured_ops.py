@@ -27,10 +27,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-import gymnasium as gym
 import numpy as np
 import torch
 from common import machine_info
+from forwards_per_step import counted_env  # benchmarks/forwards_per_step.py, beside this script
 from op_count import CapturedOps, ForwardCounter, OpCounter
 from tqdm import tqdm
 
@@ -54,19 +54,8 @@ def launches(total: int, inside: int, graphs: int) -> int:
 
 def env_counts(replica: Any, n: int, steps: int, capture: bool) -> dict[str, Any]:
     """Ops, forwards and (captured) launches per step of an N-row MARA-v1 under seeded random decisions."""
-    env = gym.make_vec(
-        "MARA-v1",
-        num_envs=n,
-        llm=(replica.model, replica.tokenizer),
-        max_new_tokens=48,
-        reward_model="zero",
-        cost_model="zero",
-        reward_shaping="none",
-        chunk_size=1,
-        capture=capture,
-    )
-    decoder = env.unwrapped.core.decoder
-    decoder.ahead_both = True  # the accelerators' rule: what a GPU runs
+    # the accelerators' rule (what a GPU runs), with the default guesses
+    env = counted_env(replica, n, both=True, draft=4, capture=capture)
     env.reset(seed=0)
     rng = np.random.default_rng(0)
     for _ in range(4):

@@ -26,9 +26,10 @@ import mara_env  # noqa: F401  (registers MARA-v1)
 from mara_env import load_replicas
 
 
-def counted_env(replica, envs: int, both: bool, draft: int):
+def counted_env(replica, envs: int, both: bool, draft: int, capture: bool = False):
     """The vector env whose forwards these benchmarks count (48-token answers, no scorers, one candidate per
-    forward), with the accelerators' rule of working ahead forced on or off (``both``)."""
+    forward), with the accelerators' rule of working ahead forced on or off (``both``) and, with ``capture``,
+    static-shape forwards (``captured_ops.py``)."""
     env = gym.make_vec(
         "MARA-v1",
         num_envs=envs,
@@ -39,6 +40,7 @@ def counted_env(replica, envs: int, both: bool, draft: int):
         reward_shaping="none",
         chunk_size=1,
         draft_tokens=draft,
+        capture=capture,
     )
     env.unwrapped.core.decoder.ahead_both = both
     return env

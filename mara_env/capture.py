@@ -88,7 +88,6 @@ class StaticForwards:
         self.dtype = dtype
         self.hidden_size = hidden_size
         self.graphs = graphs and device.type == "cuda"
-        self._mask_min = torch.finfo(dtype).min
         self._buckets: dict[tuple[int, int, int], _Bucket] = {}
         self._storage: tuple[int, int] | None = None
         self._pool: Any = None
@@ -98,18 +97,18 @@ class StaticForwards:
         self.failure: str | None = None  # why capture was given up, if it was
 
     def forward(
-        self, ids: np.ndarray, positions: np.ndarray, allow: np.ndarray, storage: tuple[int, int]
+        self, ids: np.ndarray, positions: np.ndarray, mask: np.ndarray, storage: tuple[int, int]
     ) -> torch.Tensor:
         """Run one padded forward; returns the last hidden states ``(rows, width, hidden)`` (a copy).
 
         :param ids: ``(rows, width)`` token ids; ``positions`` the same shape.
-        :param allow: ``(rows, width, capacity)`` which slots each new token sees (the last ``width`` slots are
-            the new tokens').
+        :param mask: ``(rows, width, capacity)`` the additive attention mask, float32 (0 where a new token sees a
+            slot; the last ``width`` slots are the new tokens').
         :param storage: the cache storage's identity ``(data pointer, capacity)``: a new storage (it grew)
             drops the buckets recorded over the old one.
         """
         rows, width = ids.shape
-        capacity = allow.shape[2]
+        capacity = mask.shape[2]
         if storage != self._storage:
             self._buckets.clear()
             self._storage = storage
@@ -120,7 +119,7 @@ class StaticForwards:
             bucket = self._buckets[key] = _Bucket(rows, width, capacity, self.hidden_size, self.device, self.dtype)
         bucket.ids.copy_(torch.from_numpy(ids))
         bucket.positions.copy_(torch.from_numpy(positions))
-        bucket.mask.copy_(torch.from_numpy(np.where(allow, 0.0, self._mask_min).astype(np.float32))[:, None])
+        bucket.mask.copy_(torch.from_numpy(mask)[:, None])
         if bucket.graph is not None:
             bucket.graph.replay()
             self.replayed += 1

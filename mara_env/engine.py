@@ -136,8 +136,7 @@ class ReplicaEngine:
         self._top = np.zeros(num_rows, dtype=np.int64)
         self.static: StaticForwards | None = None
         if capture:
-            hidden_size = int(getattr(self.model.config, "hidden_size", 0) or replica.hidden_size)
-            self.static = StaticForwards(self._model_call, self.device, self._dtype, hidden_size)
+            self.static = StaticForwards(self._model_call, self.device, self._dtype, replica.hidden_size)
 
     # ----------------------------------------------------------------------------------- public
 
@@ -232,7 +231,8 @@ class ReplicaEngine:
             out = self._run_packed(rows, lengths, ids, token_row, j, n_chain, positions, dest)
         else:
             out = self._run_rows(rows, lengths, ids, token_row, j, n_chain, n_new, offs, token_follow, positions, dest)
-        np.maximum.at(self._top, np.asarray(rows)[token_row], dest + 1)
+        if self.static is not None:  # only captured forwards read it
+            np.maximum.at(self._top, np.asarray(rows)[token_row], dest + 1)
         for r, c in zip(rows, n_chain):
             self.length[r] += int(c)
         return out
@@ -387,7 +387,7 @@ class ReplicaEngine:
         if static:
             keys, values = self._keys, self._values
             storage = (self._keys.data_ptr(), self._capacity)
-            hidden = self.static.forward(grid_ids, grid_pos, allow, storage)
+            hidden = self.static.forward(grid_ids, grid_pos, self._additive_mask(allow), storage)
         elif in_place:  # the storage itself is the cache buffer: new slots land at past .. past + width
             keys = self._keys[:, :, :, : past + width]
             values = self._values[:, :, :, : past + width]
@@ -470,7 +470,7 @@ class ReplicaEngine:
     ) -> torch.Tensor:
         """One model forward over the buffers ``keys``/``values`` ``(layers, batch, heads, past + width, dim)``."""
         dev = self.device
-        mask = torch.from_numpy(np.where(allow, 0.0, self._mask_min).astype(np.float32)[:, None])
+        mask = torch.from_numpy(self._additive_mask(allow)[:, None])
         new_slots = torch.arange(past, past + width, device=dev)
         return self._call(
             torch.from_numpy(ids).to(dev),
@@ -481,6 +481,10 @@ class ReplicaEngine:
             new_slots,
             past,
         )
+
+    def _additive_mask(self, allow: np.ndarray) -> np.ndarray:
+        """The attention mask the model adds to its scores: 0 where ``allow``, the dtype's minimum elsewhere."""
+        return np.where(allow, 0.0, self._mask_min).astype(np.float32)
 
     def _model_call(
         self, ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, new_slots: torch.Tensor, past: int

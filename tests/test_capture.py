@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import torch
 from conftest import TINY_PROMPTS, build_tiny_llm
+from test_lookahead import rollout
 
 from agents.generation import MARAGenerator
-from mara_env import MARAConfig, TokenAcceptRejectVectorEnv
+from mara_env import MARAConfig
 from mara_env.capture import MAX_CAPTURED_WIDTH, bucket_width
 from mara_env.engine import ReplicaEngine
 from mara_env.llm import LLMReplica
@@ -22,44 +23,16 @@ def peaked_llm():
     return build_tiny_llm(sharpness=60.0)
 
 
-def rollout(model, tok, capture: bool, chunk_size, both: bool, n: int = 6, steps: int = 100):
-    envs = TokenAcceptRejectVectorEnv(
-        n,
-        llm=(model, tok),
-        prompts=TINY_PROMPTS,
-        reward_model="zero",
-        cost_model=None,
-        max_new_tokens=16,
-        top_p=0.5,
-        chunk_size=chunk_size,
-        capture=capture,
-    )
-    envs.core.decoder.ahead_both = both  # the accelerators' rule (work ahead on both branches, guesses) or the CPU's
-    obs, info = envs.reset(seed=3)
-    rng = np.random.default_rng(0)
-    trace = []
-    for _ in range(steps):
-        actions = (rng.random(n) < 0.6).astype(np.int64)
-        obs_next, rewards, terminated, _, info_next = envs.step(actions)
-        trace.append((obs, info["token_id"], rewards, terminated))
-        obs, info = obs_next, info_next
-    decoder = envs.core.decoder
-    responses = [list(r.response) for r in decoder.rows]
-    static = decoder.engines[0].static
-    assert decoder.capture_stats == (
-        None if static is None else {"captured": 0, "replayed": 0, "eager": static.eager, "failure": None}
-    )
-    envs.close()
-    return trace, responses, decoder.num_forwards, static
-
-
 @pytest.mark.parametrize("chunk_size,both", [(1, True), ("adaptive", True), (1, False), (3, False)])
 def test_captured_shapes_give_the_eager_episodes(peaked_llm, chunk_size, both):
     model, tok = peaked_llm
-    got, got_responses, got_forwards, static = rollout(model, tok, True, chunk_size, both)
-    want, want_responses, want_forwards, none = rollout(model, tok, False, chunk_size, both)
+    # test_lookahead's rollout: seeded decisions, every observation also checked against a fresh full forward
+    got, got_responses, got_error, (got_forwards, *_, static) = rollout(
+        model, tok, True, chunk_size, both=both, capture=True
+    )
+    want, want_responses, _, (want_forwards, *_, none) = rollout(model, tok, True, chunk_size, both=both)
     assert none is None and static is not None
-    assert got_responses == want_responses and got_forwards == want_forwards
+    assert got_responses == want_responses and got_forwards == want_forwards and got_error < 3e-5
     for (o1, t1, r1, d1), (o2, t2, r2, d2) in zip(got, want):
         np.testing.assert_array_equal(t1, t2)
         np.testing.assert_array_equal(d1, d2)

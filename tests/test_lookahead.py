@@ -107,8 +107,19 @@ def test_offsets_are_for_tree_tokens_only_and_chains_follow_only_new_tokens(peak
 
 
 def rollout(
-    model, tok, lookahead: bool, chunk_size, n: int = 6, steps: int = 120, both: bool = True, draft_tokens: int = 4
+    model,
+    tok,
+    lookahead: bool,
+    chunk_size,
+    n: int = 6,
+    steps: int = 120,
+    both: bool = True,
+    draft_tokens: int = 4,
+    capture: bool = False,
 ):
+    """Seeded random decisions on the peaked model: the trace, final responses, the largest error of an observation
+    against a fresh full forward, and ``(forwards, ahead forwarded, ahead used, guessed, engine 0's static
+    forwards)`` (the last ``None`` without ``capture``, :mod:`mara_env.capture`)."""
     envs = TokenAcceptRejectVectorEnv(
         n,
         llm=(model, tok),
@@ -120,6 +131,7 @@ def rollout(
         chunk_size=chunk_size,
         lookahead=lookahead,
         draft_tokens=draft_tokens,
+        capture=capture,
     )
     envs.core.decoder.ahead_both = both  # both branches (the accelerators' rule), or the CPU's
     fmt = PromptFormat(tok)
@@ -137,7 +149,11 @@ def rollout(
         obs, info = obs_next, info_next
     decoder = envs.core.decoder
     responses = [list(r.response) for r in decoder.rows]
-    stats = (decoder.num_forwards, decoder.ahead_forwarded, decoder.ahead_used, decoder.guessed)
+    static = decoder.engines[0].static
+    assert decoder.capture_stats == (
+        None if static is None else {"captured": 0, "replayed": 0, "eager": static.eager, "failure": None}
+    )
+    stats = (decoder.num_forwards, decoder.ahead_forwarded, decoder.ahead_used, decoder.guessed, static)
     envs.close()
     return trace, responses, max(exact), stats
 
@@ -147,10 +163,12 @@ def rollout(
 )
 def test_lookahead_gives_the_same_episodes_with_fewer_forwards(peaked_llm, chunk_size, both, draft):
     model, tok = peaked_llm
-    ahead, ahead_responses, ahead_error, (ahead_forwards, forwarded, used, guessed) = rollout(
+    ahead, ahead_responses, ahead_error, (ahead_forwards, forwarded, used, guessed, _) = rollout(
         model, tok, True, chunk_size, both=both, draft_tokens=draft
     )
-    wait, wait_responses, _, (wait_forwards, none_forwarded, _, none_guessed) = rollout(model, tok, False, chunk_size)
+    wait, wait_responses, _, (wait_forwards, none_forwarded, _, none_guessed, _) = rollout(
+        model, tok, False, chunk_size
+    )
     assert ahead_responses == wait_responses
     for (o1, t1, r1, d1), (o2, t2, r2, d2) in zip(ahead, wait):
         np.testing.assert_array_equal(t1, t2)
@@ -166,8 +184,8 @@ def test_lookahead_gives_the_same_episodes_with_fewer_forwards(peaked_llm, chunk
 def test_right_guesses_save_forwards_and_change_nothing(peaked_llm):
     """Guessing on (the default) against off, on the same decisions: the same episodes, fewer forwards."""
     model, tok = peaked_llm
-    guess, guess_responses, error, (guess_forwards, _, _, guessed) = rollout(model, tok, True, 1, draft_tokens=4)
-    plain, plain_responses, _, (plain_forwards, _, _, _) = rollout(model, tok, True, 1, draft_tokens=0)
+    guess, guess_responses, error, (guess_forwards, _, _, guessed, _) = rollout(model, tok, True, 1, draft_tokens=4)
+    plain, plain_responses, _, (plain_forwards, _, _, _, _) = rollout(model, tok, True, 1, draft_tokens=0)
     assert guess_responses == plain_responses and error < 2e-5
     for (o1, t1, r1, _), (o2, t2, r2, _) in zip(guess, plain):
         np.testing.assert_array_equal(t1, t2)
