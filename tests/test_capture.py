@@ -99,3 +99,53 @@ def test_a_bucket_step_is_one_graph(tiny_llm):
     with torch.no_grad():
         traced()
     torch.testing.assert_close(bucket.hidden, eager, atol=1e-5, rtol=0)
+
+
+def test_a_failed_capture_falls_back_to_eager_with_one_warning(tiny_llm, monkeypatch):
+    """The CUDA path of a bucket's first forward, on a CPU: the side-stream warm-up runs, recording the graph
+    fails (as it does for a model whose forward syncs with the host), the engine warns once, records the
+    failure and runs every forward eagerly in the same shapes, and the answers are those of eager decoding."""
+    import contextlib
+
+    import mara_env.capture as capture
+
+    class Stream:  # what _capture uses of a CUDA stream
+        def __init__(self, *args, **kwargs) -> None:
+            pass
+
+        def wait_stream(self, other) -> None:
+            pass
+
+    def graph(*args, **kwargs):
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(torch.cuda, "Stream", Stream)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: Stream())
+    monkeypatch.setattr(torch.cuda, "stream", lambda stream: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", lambda: object())
+    monkeypatch.setattr(torch.cuda, "graph", graph)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: None)
+    init = capture.StaticForwards.__init__
+
+    def on_cuda(self, *args, **kwargs) -> None:  # as if the device were CUDA
+        init(self, *args, **kwargs)
+        self.graphs = True
+
+    monkeypatch.setattr(capture.StaticForwards, "__init__", on_cuda)
+    eager = MARAGenerator(tiny_llm, None, top_k=8, chunk_size=2, batch_size=3)
+    torch.manual_seed(0)
+    want = [g.text for g in eager.generate(TINY_PROMPTS[:5], max_new_tokens=10, seed=0)]
+    gen = MARAGenerator(tiny_llm, None, top_k=8, chunk_size=2, batch_size=3, capture=True)
+    decoder = gen.session.decoder(3, 10)
+    static = decoder.engines[0].static
+    with pytest.warns(RuntimeWarning, match="recording this model's forward as a CUDA graph failed") as caught:
+        decoder.engines[0].run([0, 1, 2], chain=[[5, 9], [7, 2], [11, 12]])
+        decoder.engines[0].run([0, 1, 2], tree=[[20, 21], [30], [40]])
+    assert len([w for w in caught if issubclass(w.category, RuntimeWarning)]) == 1
+    assert static.graphs is False and "operation not permitted" in static.failure
+    assert static.captured == 0 and static.replayed == 0 and static.eager >= 2
+    assert decoder.capture_stats["failure"] == static.failure
+    torch.manual_seed(0)
+    with pytest.warns(RuntimeWarning, match="CUDA graph failed"):
+        got = [g.text for g in gen.generate(TINY_PROMPTS[:5], max_new_tokens=10, seed=0)]
+    assert got == want
