@@ -160,6 +160,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
                 ax.plot(run["decisions"], run[key] * scale, "o", color="tab:gray", alpha=0.5, ms=4)
         ax.errorbar(budgets, [m * scale for m in means], yerr=[s * scale for s in stds], marker="s", capsize=3)
         ax.set_xscale("log")
+        ax.minorticks_off()  # the log axis's minor labels (2 x 10^4, ...) would crowd the budgets' own
         ax.set_xticks(budgets)
         ax.set_xticklabels([f"{b // 1000}k" for b in budgets])
         ax.set_xlabel("training decisions")
