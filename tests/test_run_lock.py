@@ -101,3 +101,21 @@ def test_a_lock_held_by_another_process_is_refused_and_a_dead_ones_taken_over(tm
         assert lock_path(out).read_text().split()[0] == str(os.getpid())
     assert f"left by pid {holder.pid}, which is no longer running" in capsys.readouterr().err
     assert not lock_path(out).exists()
+
+
+def test_a_refused_writer_waits_for_the_holder_to_write_its_pid(tmp_path):
+    """The holder writes its pid just after taking the lock; a writer refused in between names it all the same."""
+    import threading
+
+    fcntl = pytest.importorskip("fcntl")
+    out = tmp_path / "run"
+    fd = os.open(lock_path(out), os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # taken, its line not written yet
+    writer = threading.Timer(0.2, lambda: os.pwrite(fd, f"{os.getpid()} mara train --out run\n".encode(), 0))
+    writer.start()
+    try:
+        with pytest.raises(RunLocked, match=rf"pid {os.getpid()}: mara train --out run\)"), run_lock(out):
+            pass
+    finally:
+        writer.join()
+        os.close(fd)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
+import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -93,7 +94,7 @@ def _acquire(path: Path, out: Path) -> int:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = _read(fd)
+            holder = _holder(fd)
             os.close(fd)
             pid = holder.split(" ", 1)[0] if holder else "?"
             raise RunLocked(
@@ -122,6 +123,28 @@ def _acquire(path: Path, out: Path) -> int:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()} {' '.join(sys.argv)[:300]}\n".encode(), 0)
         return fd
+
+
+def _holder(fd: int, patience: float = 1.0) -> str:
+    """The lock holder's ``pid command`` line. The holder writes it just after taking the lock, so a process
+    refused in between reads an empty file (or a dead holder's line): read again for up to ``patience``
+    seconds until the line names a live process, then give the last one read."""
+    deadline = time.monotonic() + patience
+    while True:
+        holder = _read(fd)
+        if (holder and _alive(holder.split(" ", 1)[0])) or time.monotonic() >= deadline:
+            return holder
+        time.sleep(0.01)
+
+
+def _alive(pid: str) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
 
 
 def _read(fd: int) -> str:
