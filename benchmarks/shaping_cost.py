@@ -88,9 +88,9 @@ def measure_length(replicas: list[Any], scorer: str, length: int, args: argparse
         terminal = TerminalReward(scorer, None, device="cpu", dtype=dtype)
         potentials[f"incremental-{dtype}"] = ShapingPotential(terminal, args.num_envs)
     modes = list(potentials)
-    for mode in modes:
-        if mode.startswith("incremental"):
-            assert potentials[mode].incremental["reward"], "the score model must score incrementally"
+    incremental = [mode for mode in modes if mode.startswith("incremental")]
+    for mode in incremental:
+        assert potentials[mode].incremental["reward"], "the score model must score incrementally"
     rng = np.random.default_rng(0)
 
     def step() -> None:
@@ -110,7 +110,7 @@ def measure_length(replicas: list[Any], scorer: str, length: int, args: argparse
                 continue
             core.shaping = potentials[mode] is not None
             core.shaping_potential = potentials[mode]
-            if mode.startswith("incremental"):
+            if mode in incremental:
                 step()  # untimed: catches up with the tokens committed in the other modes' steps
                 done += 1
             for _ in range(1 if mode == "full" else args.round):
@@ -121,7 +121,7 @@ def measure_length(replicas: list[Any], scorer: str, length: int, args: argparse
                 answer[mode] += sum(len(row.response) for row in core.decoder.rows)
                 done += 1
         print(f"T={length}: {done}/{total} steps", flush=True)
-    stats = {mode: potentials[mode].stats()["reward"] for mode in modes if mode.startswith("incremental")}
+    stats = {mode: potentials[mode].stats()["reward"] for mode in incremental}
     envs.close()
     rows: dict[str, Any] = {}
     for mode in modes:
@@ -132,7 +132,9 @@ def measure_length(replicas: list[Any], scorer: str, length: int, args: argparse
             "decisions_per_second": args.num_envs * steps[mode] / spent[mode],
             "mean_answer_tokens": answer[mode] / (steps[mode] * args.num_envs),
         }
-    for mode in modes[1:]:
+    for mode in modes:
+        if mode == "off":
+            continue
         rows[mode]["x_unshaped"] = rows[mode]["decisions_per_second"] / rows["off"]["decisions_per_second"]
         rows[mode]["ms_added_per_step"] = rows[mode]["ms_per_step"] - rows["off"]["ms_per_step"]
     for mode, counts in stats.items():
