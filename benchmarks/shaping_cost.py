@@ -6,22 +6,25 @@ over each row's cached keys/values); any other scorer re-scores the whole prefix
 the MARA-v1 vector env (the embedded SmolLM2-135M-Instruct, an agent accepting 70% of candidates) with
 a 135M causal score model (an ``AutoModelForSequenceClassification`` of SmolLM2's architecture with
 random weights, built from its config: the speed of a 135M reward model, not a trained one) as the
-reward, at each answer limit of ``--lengths``, three ways:
+reward, at each answer limit of ``--lengths``, in these modes:
 
 - ``off``: no shaping (the score model still scores each finished answer);
 - ``incremental``: shaping, the score model scoring incrementally;
 - ``full``: shaping, the same model behind a plain callable, so every grown prefix is scored in full;
-- ``incremental-<dtype>`` for each further ``--scorer-dtypes`` value: incremental shaping with the score
-  model in that dtype (``bfloat16`` halves its weights' traffic; on a CPU with ``avx512_bf16`` its
-  matrix products run natively). The environment's own scorer, and so every other mode, is float32.
+- ``off-<dtype>`` and ``incremental-<dtype>`` for each further ``--scorer-dtypes`` value: the score model
+  in that dtype (``scorer_dtype``), unshaped and shaped; the second's ratio is against the first
+  (``bfloat16`` halves the weights' traffic; on a CPU with ``avx512_bf16`` its matrix products run
+  natively).
 
-The three take turns on **one** environment, in rounds (``--round`` steps each; ``full`` one step, being
-the slowest, in every ``--full-every``-th round), from the first step of the episodes on, for
-``--steps-per-token`` x the answer limit steps in all: each mode sees answers of every length the
-episodes go through, and the machine's load is shared fairly. The mode is switched by swapping the
-core's shaping potential (the shaping rewards of the first step after a switch are then wrong, the time
-is not); the first incremental step after a switch, which catches up with the tokens committed
-meanwhile, is run untimed.
+Every mode has its own environment, seeded alike and driven by its own copy of the same seeded agent, so
+all of them walk the same episodes (shaping changes rewards, not the answers). The environments take
+turns, in rounds of ``--round`` steps each, from the first step of the episodes on, until each has run
+``--steps-per-token`` x the answer limit steps: each mode sees answers of every length the episodes go
+through (restarts and finished answers' scoring included), and the machine's load is shared fairly.
+``full``, the slowest, times one step in every ``--full-every``-th round and runs its other steps unshaped
+and untimed (full scoring keeps nothing between steps), so it keeps pace with the others (its shaping
+rewards are then wrong; its time is not). Ratios are per step, against the unshaped environment with the
+same score model.
 
 Usage::
 
@@ -48,8 +51,7 @@ from common import machine_info
 
 import mara_env
 from mara_env.llm import load_replicas
-from mara_env.prefix_scoring import ShapingPotential
-from mara_env.scoring import TerminalReward, make_scorer
+from mara_env.scoring import make_scorer
 
 RESULTS = Path(__file__).resolve().parent / "results" / "shaping_cost.json"
 
@@ -71,58 +73,62 @@ def model_scorer_folder(replica: Any, folder: Path) -> Path:
 
 
 def measure_length(replicas: list[Any], scorer: str, length: int, args: argparse.Namespace) -> dict[str, Any]:
-    """The three modes taking turns on one environment with answers of up to ``length`` tokens."""
-    settings = mara_env.variant_settings("default") | dict(
-        llm=replicas, chunk_size=1, max_new_tokens=length, reward_model=scorer, cost_model=None
+    """Every mode on its own environment, the environments taking turns, with answers of up to ``length`` tokens."""
+    base = mara_env.variant_settings("default") | dict(
+        llm=replicas, chunk_size=1, max_new_tokens=length, cost_model=None
     )
-    envs = gym.make_vec("MARA-v1", num_envs=args.num_envs, **settings, reward_shaping="potential")
-    core = envs.unwrapped.core
     full_model = make_scorer(scorer, role="reward", device="cpu")
-    potentials = {
-        "off": None,
-        "incremental": core.shaping_potential,
+    settings: dict[str, dict[str, Any]] = {
+        "off": dict(reward_model=scorer, reward_shaping="none"),
+        "incremental": dict(reward_model=scorer, reward_shaping="potential"),
         # the same model, but behind a callable: it cannot score incrementally
-        "full": ShapingPotential(TerminalReward(lambda p, r: full_model(p, r), None), args.num_envs),
+        "full": dict(reward_model=lambda p, r: full_model(p, r), reward_shaping="potential"),
     }
-    for dtype in args.scorer_dtypes[1:]:
-        terminal = TerminalReward(scorer, None, device="cpu", dtype=dtype)
-        potentials[f"incremental-{dtype}"] = ShapingPotential(terminal, args.num_envs)
-    modes = list(potentials)
+    for dtype in args.scorer_dtypes[1:]:  # each against the unshaped environment with the same score model
+        settings[f"off-{dtype}"] = dict(reward_model=scorer, reward_shaping="none", scorer_dtype=dtype)
+        settings[f"incremental-{dtype}"] = dict(reward_model=scorer, reward_shaping="potential", scorer_dtype=dtype)
+    envs = {mode: gym.make_vec("MARA-v1", num_envs=args.num_envs, **(base | extra)) for mode, extra in settings.items()}
+    modes = list(envs)
     incremental = [mode for mode in modes if mode.startswith("incremental")]
     for mode in incremental:
-        assert potentials[mode].incremental["reward"], "the score model must score incrementally"
-    rng = np.random.default_rng(0)
+        assert envs[mode].unwrapped.core.shaping_potential.incremental["reward"], "must score incrementally"
+    # one seeded agent per mode, drawing the same decisions: every environment walks the same episodes
+    rngs = {mode: np.random.default_rng(0) for mode in modes}
 
-    def step() -> None:
-        envs.step((rng.random(args.num_envs) < 0.7).astype(np.int64))
+    def step(mode: str) -> None:
+        envs[mode].step((rngs[mode].random(args.num_envs) < 0.7).astype(np.int64))
 
-    envs.reset(seed=0)
-    step()  # untimed: first forwards and prompt prefills
+    for mode in modes:
+        envs[mode].reset(seed=0)
+        step(mode)  # untimed: first forwards and prompt prefills
     spent = dict.fromkeys(modes, 0.0)
     steps = dict.fromkeys(modes, 0)
     answer = dict.fromkeys(modes, 0.0)  # answer tokens so far, summed over rows and timed steps
     total = int(args.steps_per_token * length)
-    done = rounds = 0
-    while done < total:
+    rounds = 0
+    while steps["off"] < total:
         rounds += 1
         for mode in modes:
-            if mode == "full" and (rounds - 1) % args.full_every:
-                continue
-            core.shaping = potentials[mode] is not None
-            core.shaping_potential = potentials[mode]
-            if mode in incremental:
-                step()  # untimed: catches up with the tokens committed in the other modes' steps
-                done += 1
-            for _ in range(1 if mode == "full" else args.round):
+            timed = args.round
+            if mode == "full":
+                # the slowest: one timed step in every full_every-th round; its other steps run unshaped and
+                # untimed (full scoring keeps nothing between steps), so it keeps pace with the other modes
+                core = envs[mode].unwrapped.core
+                timed = 0 if (rounds - 1) % args.full_every else 1
+                core.shaping = False
+                for _ in range(args.round - timed):
+                    step(mode)
+                core.shaping = True
+            for _ in range(timed):
                 start = time.perf_counter()
-                step()
+                step(mode)
                 spent[mode] += time.perf_counter() - start
                 steps[mode] += 1
-                answer[mode] += sum(len(row.response) for row in core.decoder.rows)
-                done += 1
-        print(f"T={length}: {done}/{total} steps", flush=True)
-    stats = {mode: potentials[mode].stats()["reward"] for mode in incremental}
-    envs.close()
+                answer[mode] += sum(len(row.response) for row in envs[mode].unwrapped.core.decoder.rows)
+        print(f"T={length}: {steps['off']}/{total} steps per mode", flush=True)
+    stats = {mode: envs[mode].unwrapped.core.shaping_potential.stats()["reward"] for mode in incremental}
+    for env in envs.values():
+        env.close()
     rows: dict[str, Any] = {}
     for mode in modes:
         ms = 1000 * spent[mode] / steps[mode]
@@ -133,10 +139,11 @@ def measure_length(replicas: list[Any], scorer: str, length: int, args: argparse
             "mean_answer_tokens": answer[mode] / (steps[mode] * args.num_envs),
         }
     for mode in modes:
-        if mode == "off":
+        if mode.startswith("off"):
             continue
-        rows[mode]["x_unshaped"] = rows[mode]["decisions_per_second"] / rows["off"]["decisions_per_second"]
-        rows[mode]["ms_added_per_step"] = rows[mode]["ms_per_step"] - rows["off"]["ms_per_step"]
+        unshaped = rows["off" + mode.removeprefix("incremental")] if mode.startswith("incremental-") else rows["off"]
+        rows[mode]["x_unshaped"] = rows[mode]["decisions_per_second"] / unshaped["decisions_per_second"]
+        rows[mode]["ms_added_per_step"] = rows[mode]["ms_per_step"] - unshaped["ms_per_step"]
     for mode, counts in stats.items():
         rows[mode]["score_tokens_run"] = counts["tokens_run"]
         rows[mode]["score_tokens_full"] = counts["tokens_full"]
