@@ -19,6 +19,12 @@ Usage::
     python benchmarks/teacher_ablation.py                       # 3 arms x seeds 100 101 102, 30k decisions
     python benchmarks/teacher_ablation.py --arms sac teacher --seeds 100 --train-only
     python benchmarks/teacher_ablation.py --sac-runs benchmarks/results/scaling/runs   # reuse scaling's 30k runs
+    python benchmarks/teacher_ablation.py --arms teacher+bc --merge earlier/teacher_ablation.json  # add an arm
+
+``--merge`` adds arms to an earlier result without decoding its agents again: every system's answers
+depend only on its own seeds (:mod:`agents.evaluation.pipeline`), so the base LLM and best-of-2 answer
+as they did then; the merge checks that they did (their mean scores and best-of-2's rate against the base
+must be equal) and refuses otherwise.
 
 Outputs under ``--out`` (default ``benchmarks/results/teacher_ablation/``): ``teacher_ablation.json``,
 ``teacher_ablation.md``, ``teacher_ablation.png``, ``report/`` (the comparison); run folders in ``runs/``.
@@ -66,6 +72,22 @@ def arm_config(arm: str, seed: int, decisions: int, bc: float, prompts: int) -> 
     return RunConfig.from_sections({"train": train}, source=f"teacher ablation {arm}")
 
 
+def same_comparison(earlier: dict[str, Any], report: dict[str, Any], args: argparse.Namespace) -> None:
+    """Refuse to merge unless the base LLM and best-of-2 answered as in ``earlier`` (equal mean scores and rate)."""
+    then, now = earlier["meta"], report["systems"]
+    checks = [(f"best-of-2 {k}", then["best_of_2"][k], now["best-of-2"][k]) for k in ("reward_mean", "cost_mean")]
+    checks.append(("best-of-2 vs base", then["best_of_2_vs_base"], report["comparisons"]["best-of-2"]["rate"]))
+    if "base" in then:  # results written before the base's scores were kept say only the rate above
+        checks += [(f"base {k}", then["base"][k], now["base"][k]) for k in ("reward_mean", "cost_mean")]
+    differ = [f"{name}: {a!r} then, {b!r} now" for name, a, b in checks if a != b]
+    if differ:
+        raise SystemExit(
+            f"--merge {args.merge}: the base LLM or best-of-2 answered otherwise than in that comparison "
+            f"({'; '.join(differ)}), so its figures and this run's are not one comparison. Run every arm "
+            "together instead (drop --merge)."
+        )
+
+
 def markdown(result: dict[str, Any]) -> str:
     meta = result["meta"]
     lines = [
@@ -88,6 +110,15 @@ def markdown(result: dict[str, Any]) -> str:
             f"| {arm} | **{percent(p['mean'])} ± {p['std'] * 100:.1f}** ({seeds}) | {percent(h['mean'])} ± "
             f"{h['std'] * 100:.1f} | {kl['mean']:.2f} | {cpu_text} | {calls or 0:,.0f} |"
         )
+    merged = meta.get("merged_from")
+    if merged:
+        new_arms = [arm for arm in meta["arms"] if arm not in merged["arms"]]
+        lines += [
+            "",
+            f"The {', '.join(merged['arms'])} arm(s) come from the comparison of {merged['created']}; "
+            f"{', '.join(new_arms)} was decoded on {meta['created']} and merged (the base LLM and best-of-2 "
+            "answered as they did then: equal mean scores and rate).",
+        ]
     lines += ["", f"Winner (highest mean preference vs base): **{result['winner']}**."]
     return "\n".join(lines) + "\n"
 
@@ -132,7 +163,21 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--train-only", action="store_true")
     p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--merge", type=Path, help="an earlier teacher_ablation.json whose arms this run adds to")
     args = p.parse_args(argv)
+    earlier = json.loads(args.merge.read_text()) if args.merge is not None else None
+    if earlier is not None:
+        if overlap := sorted(set(earlier["meta"]["arms"]) & set(args.arms)):
+            p.error(f"--merge: {args.merge} already has the arm(s) {overlap}; pass only new arms with --arms.")
+        for key, value in (
+            ("seeds", args.seeds),
+            ("decisions", args.decisions),
+            ("samples_per_prompt", args.samples_per_prompt),
+            ("prompts", args.num_prompts),
+            ("teacher_prompts", args.teacher_prompts),
+        ):
+            if earlier["meta"][key] != value:
+                p.error(f"--merge: {args.merge} has {key}={earlier['meta'][key]!r}, this run {value!r}; use the same.")
     if args.threads:
         torch.set_num_threads(args.threads)
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
@@ -154,7 +199,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     names = {key: f"{key[0]}-s{key[1]}" for key in folders}
     report = compare_agents(
         {names[key]: folder / MODEL_FILE for key, folder in folders.items()},
-        args.out / "report",
+        args.out / ("report" if earlier is None else "report-" + "-".join(args.arms)),
         prompts,
         samples_per_prompt=args.samples_per_prompt,
         best_of=2,
@@ -183,9 +228,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 "teacher": summary.get("teacher"),
             }
         )
+    all_arms = list(args.arms)
+    if earlier is not None:
+        same_comparison(earlier, report, args)
+        all_arms = [*earlier["meta"]["arms"], *args.arms]
+        runs = [*earlier["runs"], *runs]
     keys = ("preference", "vs_best_of_2", "kl", "reward", "train_wall_seconds", "train_cpu_seconds", "scorer_calls")
-    arms = {arm: {k: spread([r[k] for r in runs if r["arm"] == arm]) for k in keys} for arm in args.arms}
-    winner = max(args.arms, key=lambda arm: arms[arm]["preference"]["mean"])
+    arms = {arm: {k: spread([r[k] for r in runs if r["arm"] == arm]) for k in keys} for arm in all_arms}
+    winner = max(all_arms, key=lambda arm: arms[arm]["preference"]["mean"])
     result = {
         "meta": {
             "created": started,
@@ -195,9 +245,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "samples_per_prompt": args.samples_per_prompt,
             "decisions": args.decisions,
             "seeds": args.seeds,
-            "arms": args.arms,
+            "arms": all_arms,
+            "merged_from": None
+            if earlier is None
+            else {"created": earlier["meta"]["created"], "arms": earlier["meta"]["arms"]},
             "bc": args.bc,
             "teacher_prompts": args.teacher_prompts,
+            "base": {k: report["systems"]["base"][k] for k in ("reward_mean", "cost_mean")},
             "best_of_2": {k: report["systems"]["best-of-2"][k] for k in ("reward_mean", "cost_mean")},
             "best_of_2_vs_base": report["comparisons"]["best-of-2"]["rate"],
         },
