@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
+from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
@@ -18,6 +22,22 @@ from mara_env.tiny import (  # noqa: F401  (the tests import them from here)
     build_tokenizer,
     save_tiny_files,
 )
+
+#: benchmarks/ holds scripts, not a package
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def load_benchmark(name: str, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    """``benchmarks/<name>.py`` as a module, loaded as running the script would: its siblings importable, and the
+    module registered under its own name while it runs (dataclasses look their module up); both undone with
+    ``monkeypatch``."""
+    script = BENCHMARKS / f"{name}.py"
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    spec = importlib.util.spec_from_file_location(f"benchmark_{name}", script)
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, module)
+    spec.loader.exec_module(module)
+    return module
 
 
 def make_actor(hidden: int):

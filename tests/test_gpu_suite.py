@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import TINY_PROMPTS, build_tokenizer
+from conftest import TINY_PROMPTS, build_tokenizer, load_benchmark
 from packaging.requirements import Requirement
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -337,10 +337,7 @@ def test_bad_arguments_exit_with_a_message():
 
 
 def test_a_failed_section_is_recorded_and_the_report_still_written(monkeypatch):
-    monkeypatch.syspath_prepend(str(SCRIPT.parent))  # as running the script does: its siblings are importable
-    spec = importlib.util.spec_from_file_location("gpu_suite_module", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_benchmark("gpu_suite", monkeypatch)
     result: dict = {}
     assert module.Suite.guarded(None, result, "env", lambda: 1 / 0) is None
     assert result["errors"] == {"env": "ZeroDivisionError: division by zero"} and "env" in result["section_seconds"]

@@ -4,23 +4,16 @@ a finished one is only evaluated, and a folder it cannot use is refused with the
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "main_job_seeds.py"
+from conftest import load_benchmark
 
 
 @pytest.fixture
 def driver(monkeypatch):
-    monkeypatch.syspath_prepend(str(SCRIPT.parent))  # its helpers sit beside it, as when run as a script
-    spec = importlib.util.spec_from_file_location("main_job_seeds_module", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, module)
-    spec.loader.exec_module(module)
+    module = load_benchmark("main_job_seeds", monkeypatch)
     commands = []
 
     def fake_timed(command, log):

@@ -3,26 +3,17 @@ checkpoint instead of training it again from the start."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
-import sys
-from pathlib import Path
 
-from conftest import save_tiny_files
+from conftest import load_benchmark, save_tiny_files
 
 from agents.cli import main
 from agents.training.run_config import RunConfig
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "seeded_runs.py"
-
 
 def test_a_stopped_run_goes_on_from_its_checkpoint(tmp_path, monkeypatch):
-    monkeypatch.syspath_prepend(str(SCRIPT.parent))  # its helpers sit beside it, as when run as a script
-    spec = importlib.util.spec_from_file_location("seeded_runs_module", SCRIPT)
-    seeded_runs = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, seeded_runs)
-    spec.loader.exec_module(seeded_runs)
+    seeded_runs = load_benchmark("seeded_runs", monkeypatch)
     llm, prompts = save_tiny_files(tmp_path / "tiny")
     out = tmp_path / "run"
     flags = [

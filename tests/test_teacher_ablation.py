@@ -4,23 +4,15 @@ answered as they did then."""
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "teacher_ablation.py"
+from conftest import load_benchmark
 
 
 @pytest.fixture
 def ablation(monkeypatch):
-    monkeypatch.syspath_prepend(str(SCRIPT.parent))  # its helpers sit beside it, as when run as a script
-    spec = importlib.util.spec_from_file_location("teacher_ablation_module", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, module)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("teacher_ablation", monkeypatch)
 
 
 def _report(base_reward: float, bo2_reward: float, rate: float) -> dict:

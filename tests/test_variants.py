@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import sys
-from pathlib import Path
 
 import pytest
-from conftest import TINY_PROMPTS
+from conftest import TINY_PROMPTS, load_benchmark
 
 import mara_env
 from agents.training.run_config import DEFAULT_RUN
@@ -17,20 +15,12 @@ from mara_env.config import MARAConfig
 from mara_env.prompts import BUILTIN_PROMPT_SETS
 from mara_env.variants import VARIANTS, variant_settings
 
-BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "algorithms.py"
-
 
 @pytest.fixture(scope="module")
 def bench():
     """``benchmarks/algorithms.py`` as a module (benchmarks/ is not a package)."""
-    spec = importlib.util.spec_from_file_location("benchmark_algorithms", BENCHMARK)
-    module = importlib.util.module_from_spec(spec)
     with pytest.MonkeyPatch.context() as patch:
-        patch.syspath_prepend(str(BENCHMARK.parent))  # as running the script does: its siblings are importable
-        sys.modules[spec.name] = module  # dataclasses look their module up while the file executes
-        spec.loader.exec_module(module)
-        yield module
-    sys.modules.pop(spec.name, None)
+        yield load_benchmark("algorithms", patch)
 
 
 # --------------------------------------------------------------------------------------------- variants
