@@ -37,6 +37,7 @@ from typing import Any
 import torch
 from seeded_runs import (  # benchmarks/seeded_runs.py, beside this script
     TIMING_FILE,
+    assignments,
     compare_agents,
     extend,
     machine,
@@ -65,11 +66,7 @@ def budget_config(seed: int, decisions: int, checkpoint_every: int, extra: Seque
             "progress_bar": False,
         }
     }
-    for item in extra:
-        key, _, value = item.partition("=")
-        section, _, name = key.partition(".")
-        sections.setdefault(section, {})[name] = json.loads(value) if value[:1] in "[{0123456789-tfn" else value
-    return RunConfig.from_sections(sections, source="scaling")
+    return RunConfig.from_sections(assignments(extra, sections), source="scaling")
 
 
 def snapshot(folder: Path, to: Path) -> None:

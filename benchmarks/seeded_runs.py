@@ -126,6 +126,26 @@ def extend(folder: Path, decisions: int) -> dict[str, Any]:
     return trained(folder)
 
 
+def assignments(items: Sequence[str], into: dict[str, dict[str, Any]] | None = None) -> dict[str, dict[str, Any]]:
+    """``["env.kl_coef=0.05", "train.teacher=args"]`` -> ``{"env": {"kl_coef": 0.05}, "train": {"teacher": "args"}}``.
+
+    A value that reads as JSON (a number, ``true``, ``null``, a list) is that value, anything else a string.
+    :raises SystemExit: an item that is not ``SECTION.KEY=VALUE``.
+    """
+    sections: dict[str, dict[str, Any]] = {} if into is None else into
+    for item in items:
+        key, equals, value = item.partition("=")
+        section, dot, name = key.partition(".")
+        if not (equals and dot and section and name):
+            raise SystemExit(f"{item!r} is not a setting: write SECTION.KEY=VALUE, e.g. env.kl_coef=0.05.")
+        try:
+            parsed: Any = json.loads(value)
+        except json.JSONDecodeError:
+            parsed = value
+        sections.setdefault(section, {})[name] = parsed
+    return sections
+
+
 def prompts_of(part: str, num_prompts: int | None) -> list[str]:
     """The default run's prompts: its ``"train"`` part (for tuning) or its held-out ``"test"`` part (for reports)."""
     env = RunConfig.default().env
