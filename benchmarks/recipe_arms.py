@@ -132,6 +132,16 @@ def describe(changes: Mapping[str, Mapping[str, Any]] | None) -> str:
     return ", ".join(items) or "the default"
 
 
+def compared_on(result: Mapping[str, Any], arm: str) -> str:
+    """When ``arm``'s models were decoded: its runs' ``compared`` date, else (results written before runs kept
+    it) the date of the comparison the result says the arm was merged from, else the result's own."""
+    dates = {r["compared"] for r in result["runs"] if r["arm"] == arm and "compared" in r}
+    if dates:
+        return min(dates)
+    merged = result["meta"].get("merged_from")
+    return merged["created"] if merged and arm in merged["arms"] else result["meta"]["created"]
+
+
 def markdown(result: Mapping[str, Any]) -> str:
     meta = result["meta"]
     lines = [
@@ -154,14 +164,14 @@ def markdown(result: Mapping[str, Any]) -> str:
             f"| {arm} | {settings} | **{percent(p['mean'])} ± {p['std'] * 100:.1f}** ({seeds}) | "
             f"{percent(h['mean'])} ± {h['std'] * 100:.1f} | {kl['mean']:.2f} | {cpu_text} | {calls or 0:,.0f} |"
         )
-    merged = meta.get("merged_from")
-    if merged:
-        new_arms = [arm for arm in meta["arms"] if arm not in merged["arms"]]
+    when = {arm: compared_on(result, arm) for arm in meta["arms"]}
+    if len(set(when.values())) > 1:
+        dates = dict.fromkeys(sorted(when.values()))
+        parts = [f"{', '.join(a for a in meta['arms'] if when[a] == d)} on {d}" for d in dates]
         lines += [
             "",
-            f"The {', '.join(merged['arms'])} arm(s) come from the comparison of {merged['created']}; "
-            f"{', '.join(new_arms)} was decoded on {meta['created']} and merged (the base LLM and best-of-2 "
-            "answered as they did then: equal mean scores and rate).",
+            f"Decoded in {len(dates)} comparisons and merged: {'; '.join(parts)} (each merge checked that the base "
+            "LLM and best-of-2 answered as they did before: equal mean scores and rate).",
         ]
     kl_max = meta.get("kl_max", KL_MAX)
     winner = result["winner"]
@@ -284,6 +294,7 @@ def run_arms(
                 "train_cpu_seconds": summary["train_cpu_seconds"],
                 "scorer_calls": (summary.get("teacher") or {}).get("scorer_calls", 0),
                 "teacher": summary.get("teacher"),
+                "compared": started,
             }
         )
     all_arms = list(arms)
@@ -291,7 +302,10 @@ def run_arms(
     if earlier is not None:
         same_comparison(earlier, report, merge)
         all_arms = [*kept, *arms]
-        runs = [*(r for r in earlier["runs"] if r["arm"] in kept), *runs]
+        runs = [
+            *({**r, "compared": compared_on(earlier, r["arm"])} for r in earlier["runs"] if r["arm"] in kept),
+            *runs,
+        ]
         arm_settings = {
             **{a: s for a, s in (earlier["meta"].get("arm_settings") or {}).items() if a in kept},
             **arm_settings,

@@ -1,10 +1,10 @@
 """What the seed and budget studies share: timed training runs, one comparison of many agents, seed statistics.
 
 Used by ``benchmarks/main_job_seeds.py`` (the default main job over training seeds, held-out prompts),
-``benchmarks/scaling.py`` (preference against training decisions) and ``benchmarks/teacher_ablation.py``
-(SAC alone against learning from ARGS, on training prompts). Every training run records its wall time
-and the CPU time of the process (all threads) beside it, since the machine these figures come from is
-shared: wall time alone says little about the run when other jobs share the cores.
+``benchmarks/scaling.py`` (preference against training decisions) and ``benchmarks/recipe_arms.py``
+(arms of the default recipe, on training prompts; ``teacher_ablation.py`` is one preset of it). Every training
+run records its wall time and the CPU time of the process (all threads) beside it, since the machine these figures
+come from is shared: wall time alone says little about the run when other jobs share the cores.
 """
 
 from __future__ import annotations

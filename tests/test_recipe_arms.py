@@ -126,8 +126,19 @@ def test_a_merged_table_says_which_arms_came_from_which_comparison(ablation):
     table = ablation.markdown(result)
     assert "| sac | the default | **+20.0% ± 1.0** (+20.0%)" in table
     assert "| teacher+bc | `train.teacher=args`, `train.teacher_bc=1.0` | **+20.0% ± 1.0** (+10.0%)" in table
-    assert "The sac arm(s) come from the comparison of 2026-12-05 16:05 UTC; teacher+bc was decoded on" in table
+    assert (
+        "Decoded in 2 comparisons and merged: sac on 2026-12-05 16:05 UTC; teacher+bc on 2026-12-05 21:06 UTC" in table
+    )
+    # a result merged again keeps each arm's own date in its runs
+    result["runs"] = [{**r, "compared": ablation.compared_on(result, r["arm"])} for r in result["runs"]]
+    result["runs"].append({"arm": "kl0.07", "preference": 0.3, "compared": "2026-12-06 00:00 UTC"})
+    result["meta"].update(arms=["sac", "teacher+bc", "kl0.07"], merged_from={"created": "x", "arms": ["teacher+bc"]})
+    result["arms"]["kl0.07"] = arm
+    assert "3 comparisons and merged: sac on 2026-12-05 16:05 UTC; teacher+bc on 2026-12-05 21:06 UTC; kl0.07 on" in (
+        ablation.markdown(result)
+    )
     result["meta"]["merged_from"] = None
-    assert "come from the comparison" not in ablation.markdown(result)
+    result["runs"] = [{k: v for k, v in r.items() if k != "compared"} for r in result["runs"]]
+    assert "comparisons and merged" not in ablation.markdown(result)
     result["winner"] = None
     assert "No arm has a mean KL <= 5 nats: no winner." in ablation.markdown(result)
