@@ -32,7 +32,6 @@ Outputs under ``--out``: ``<name>.json``, ``<name>.md``, ``<name>.png`` (``--nam
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import time
 from collections.abc import Mapping, Sequence
@@ -56,13 +55,11 @@ from agents.training.run_folder import MODEL_FILE
 
 #: The issue-23 bar on the KL to the LLM; the default of ``--kl-max``.
 KL_MAX = 5.0
-#: What an earlier result must share with this run to be merged: meta key -> what it is.
-SAME_SETUP = ("seeds", "decisions", "samples_per_prompt", "prompts")
 
 
 def arm_config(settings: Mapping[str, Mapping[str, Any]], seed: int, decisions: int, name: str) -> RunConfig:
     """The default run with an arm's ``{"section": {"key": value}}`` changes, its seed and its length."""
-    sections = copy.deepcopy({k: dict(v) for k, v in settings.items()})
+    sections = {section: dict(values) for section, values in settings.items()}  # the caller's stay as they are
     sections.setdefault("train", {}).update(seed=seed, total_decisions=decisions, progress_bar=False)
     return RunConfig.from_sections(sections, source=f"arm {name}")
 
@@ -189,7 +186,7 @@ def plot(result: Mapping[str, Any], path: Path) -> None:
     from matplotlib.figure import Figure
 
     arms = result["meta"]["arms"]
-    fig = Figure(figsize=(max(10, 1.6 * len(arms) * 3 / 2), 3.4))
+    fig = Figure(figsize=(max(10, 2.4 * len(arms)), 3.4))
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, 3)
     for ax, key, scale, label in (
