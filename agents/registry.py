@@ -156,12 +156,13 @@ ALGORITHMS: dict[str, AlgorithmSpec] = {
                     # 1e6 transitions of 576 floats would reserve 4.6 GB for a 30k-decision run.
                     buffer_size=100_000,
                     # SB3 counts episodic train_freq only with one env: update every 4 vector steps
-                    # (64 decisions with 16 envs) instead.
+                    # (128 decisions with the default run's 32 envs) instead.
                     train_freq=4,
                     # The authors update 10 times per episode, ~0.12 updates per decision for a
-                    # 48-token SmolLM2 episode of ~85 decisions (8 per 64). On MARA-v1 (episodes of
-                    # ~165 decisions: the anchored agent examines candidates as the reference does)
-                    # 16 per 64 did better on training prompts (+27% vs +24% preference, 96 prompts x 2).
+                    # 48-token SmolLM2 episode of ~85 decisions. On MARA-v1 (episodes of ~165 decisions:
+                    # the anchored agent examines candidates as the reference does) 16 per 4 vector steps
+                    # (0.125 per decision with 32 envs) did better than 8 on training prompts (+27% vs
+                    # +24% preference, 96 prompts x 2).
                     gradient_steps=16,
                     # Fixed to the env's kl_coef (mara_preset(kl_coef=...)): with the env's per-decision
                     # reward kl_coef * log p_ref, SAC then optimises E[R] - kl_coef * KL(pi || ref) exactly.

@@ -120,8 +120,7 @@ class _Guide:
                     f"{texts[0][:60]!r}): {type(error).__name__}: {str(error).rstrip('.')}. ARGS scores every "
                     "candidate prefix of an unfinished answer, possibly empty; use a scorer that takes partial answers."
                 ) from error
-        # r = alpha_r * R - alpha_c * C, TerminalReward's terminal reward
-        return self.reward.alpha_r * parts[0] - self.reward.alpha_c * parts[1]
+        return self.reward.combine(parts[0], parts[1])  # alpha_r * R - alpha_c * g(C), the terminal reward
 
     def __call__(
         self, prompts: list[str], sets: list[TopK], answers: list[list[int]], done: list[bool], scores: th.Tensor

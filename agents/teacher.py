@@ -169,6 +169,7 @@ def args_answers(
         env_kwargs.get("cost_model", "toxicity"),
         alpha_r=env_kwargs.get("alpha_r", 1.0),
         alpha_c=env_kwargs.get("alpha_c", 1.0),
+        cost_scale=env_kwargs.get("cost_scale", "linear"),
         device=scorer_devices if scorer_devices is not None else generator.session.replicas[0].device,
         dtype=env_kwargs.get("scorer_dtype", "auto"),
     )

@@ -186,6 +186,7 @@ def compare_agents(
         cost_model=env["cost_model"],
         alpha_r=env["alpha_r"],
         alpha_c=env["alpha_c"],
+        cost_scale=env.get("cost_scale", "linear"),
         batch_size=batch_size,
         progress=progress,
         meta=meta,

@@ -23,6 +23,7 @@ from mara_env.llm import check_devices, check_dtype
 from mara_env.observation import ObservationLayout
 from mara_env.prompts import check_test_fraction
 from mara_env.score_models import split_scorer_devices
+from mara_env.scoring import check_cost_scale
 
 #: What ``chunk_size="auto"`` means per device type, for generation one sequence at a time and for
 #: everything else (batched generation, environments of any size): a fixed
@@ -284,6 +285,16 @@ class MARAConfig:
     )
     alpha_r: float = field(default=1.0, metadata={"help": "weight of R."})
     alpha_c: float = field(default=1.0, metadata={"help": "weight of C."})
+    cost_scale: str = field(
+        default="linear",
+        metadata={
+            "help": (
+                '"linear" (the paper\'s alpha_r R - alpha_c C) or "logit": C enters the reward as its log-odds '
+                "log(C / (1 - C)), for a cost that is a probability (toxicity), so that halving a small cost counts "
+                "as much as halving a large one. Training reward only: reported scores stay C."
+            )
+        },
+    )
     scorer_devices: Any = field(
         default=None,
         metadata={
@@ -308,7 +319,7 @@ class MARAConfig:
             "help": (
                 '"none" or "potential": dense credit that leaves the optimal policy unchanged (Ng, Harada and '
                 "Russell, 1999). After every decision the committed prefix y_<=t is scored, Phi(s) = alpha_r R(x, "
-                "y_<=t) - alpha_c C(x, y_<=t) (Phi = 0 at the terminal state), and the decision's reward gains "
+                "y_<=t) - alpha_c g(C(x, y_<=t)) (Phi = 0 at the terminal state), and the decision's reward gains "
                 "shaping_gamma * Phi(s') - Phi(s). Costs one batched call of each scorer per step (on the rows whose "
                 "prefix grew); causal score models (beaver score models, decoder-only sequence classifiers) score "
                 "incrementally, about one token per row, others re-score the whole prefix (mara_env.prefix_scoring)."
@@ -444,6 +455,7 @@ class MARAConfig:
         if self.prompt_split not in ("train", "test", "all"):
             raise ValueError(f"prompt_split must be 'train', 'test' or 'all', got {self.prompt_split!r}.")
         ObservationLayout(self.observation, 1)  # validates the name
+        check_cost_scale(self.cost_scale, self.cost_model)
         if self.reward_shaping not in REWARD_SHAPINGS:
             hint = did_you_mean(self.reward_shaping, REWARD_SHAPINGS)
             raise ValueError(

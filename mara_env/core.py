@@ -112,6 +112,7 @@ class MARACore:
             config.cost_model,
             alpha_r=config.alpha_r,
             alpha_c=config.alpha_c,
+            cost_scale=config.cost_scale,
             device=scorer_devices,
             dtype=config.scorer_dtype,
         )
@@ -234,7 +235,7 @@ class MARACore:
             self.decoder.run_round()
 
     def _potentials(self, rows: Sequence[int], when: str) -> np.ndarray:
-        """``Phi = alpha_r R(x, y_<=t) - alpha_c C(x, y_<=t)`` of each row's committed prefix, in one batch."""
+        """``Phi = alpha_r R(x, y_<=t) - alpha_c g(C(x, y_<=t))`` of each row's committed prefix, in one batch."""
         states = [self.decoder.rows[r] for r in rows]
         prompts = [st.prompt for st in states]
         scored = self.shaping_potential.scored_length

@@ -75,7 +75,8 @@ class TokenAcceptRejectEnv(gym.Env[np.ndarray, np.int64]):
 
           r_t = kl_coef * log p_ref(a | k)        p_ref(accept | k) = q_k / sum_{j>=k} q_j
 
-      plus, at the last decision, ``alpha_r * R(x, y) - alpha_c * C(x, y)`` for prompt ``x`` and response ``y``.
+      plus, at the last decision, ``alpha_r * R(x, y) - alpha_c * g(C(x, y))`` for prompt ``x`` and response
+      ``y`` (``g`` the identity, or the log-odds with ``cost_scale="logit"``: :func:`mara_env.scoring.scale_cost`).
       Here ``q`` is the reference distribution renormalised over the candidate set. With
       ``reward_shaping="potential"`` (``MARA-v1``'s default) every decision also gets
       ``shaping_gamma * Phi(s') - Phi(s)``, ``Phi`` being that score of the committed prefix (0 at

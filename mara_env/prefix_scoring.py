@@ -16,7 +16,7 @@ earlier and more tokens run again, down to full scoring of the row (a new prompt
 last token): the ids, and so the scores, are always those of full scoring.
 
 :class:`ShapingPotential` combines the reward and cost scorers into the potential
-``Phi = alpha_r R - alpha_c C``, scoring incrementally where it can and in full elsewhere, optionally only
+``Phi = alpha_r R - alpha_c g(C)``, scoring incrementally where it can and in full elsewhere, optionally only
 every ``interval`` tokens.
 """
 
@@ -207,7 +207,8 @@ def _widen(grid: np.ndarray, width: int, fill: int) -> np.ndarray:
 
 
 class ShapingPotential:
-    """``Phi = alpha_r R(x, y_<=m) - alpha_c C(x, y_<=m)`` of rows' answers so far, ``m = t - t % interval``.
+    """``Phi = alpha_r R(x, y_<=m) - alpha_c g(C(x, y_<=m))`` of rows' answers so far, ``m = t - t % interval``
+    (``g``: the terminal reward's cost scale, :meth:`TerminalReward.cost_term`).
 
     Scorers on causal score models score incrementally (:class:`IncrementalScorer`), and so do score functions
     that offer a :class:`PrefixScorer` (:func:`incremental_scorer`); the others (built-in
@@ -225,9 +226,10 @@ class ShapingPotential:
         if isinstance(interval, bool) or not isinstance(interval, int) or interval < 1:
             raise ValueError(f"shaping_interval must be an integer >= 1, got {interval!r}.")
         self.interval = interval
-        self.parts: list[tuple[float, Scorer, PrefixScorer | None]] = [
-            (terminal.alpha_r, terminal.reward_scorer, incremental_scorer(terminal.reward_scorer, num_rows)),
-            (-terminal.alpha_c, terminal.cost_scorer, incremental_scorer(terminal.cost_scorer, num_rows)),
+        # Phi combines the scores as the terminal reward does, so Phi of a whole answer is its terminal reward
+        self.terminal = terminal
+        self.parts: list[tuple[Scorer, PrefixScorer | None]] = [
+            (scorer, incremental_scorer(scorer, num_rows)) for scorer in (terminal.reward_scorer, terminal.cost_scorer)
         ]
         self._calls = 0
         self._warned = False
@@ -239,18 +241,18 @@ class ShapingPotential:
     @property
     def incremental(self) -> dict[str, bool]:
         """Whether each scorer (by role) scores incrementally."""
-        return {scorer.role: inc is not None for _, scorer, inc in self.parts}
+        return {scorer.role: inc is not None for scorer, inc in self.parts}
 
     def __call__(self, rows: Sequence[int], prompts: Sequence[str], prefixes: Sequence[str]) -> np.ndarray:
         """``Phi`` of each row's pair (the prefixes already cut to :meth:`scored_length`), float64."""
-        total = np.zeros(len(rows))
+        scores = []
         full_seconds = 0.0
-        for weight, scorer, inc in self.parts:
+        for scorer, inc in self.parts:
             if inc is not None:
-                total += weight * inc(rows, prompts, prefixes)
+                scores.append(inc(rows, prompts, prefixes))
                 continue
             began = time.perf_counter()
-            total += weight * scorer(prompts, prefixes)
+            scores.append(scorer(prompts, prefixes))
             if scorer.name not in BUILTIN_SCORERS:
                 full_seconds += time.perf_counter() - began
         self._calls += 1
@@ -258,10 +260,10 @@ class ShapingPotential:
         if full_seconds >= WARN_SECONDS and self._calls >= 2 and not self._warned:
             self._warned = True
             warnings.warn(self._cost_line(full_seconds, len(rows)), stacklevel=3)
-        return total
+        return self.terminal.combine(*scores)
 
     def _cost_line(self, seconds: float, n: int) -> str:
-        slow = [s for _, s, inc in self.parts if inc is None and s.name not in BUILTIN_SCORERS]
+        slow = [s for s, inc in self.parts if inc is None and s.name not in BUILTIN_SCORERS]
         names = ", ".join(f"{s.role} {s.name!r}" for s in slow)
         return (
             f"reward_shaping='potential': {names} cannot score prefixes incrementally (not a causal score model), "
@@ -274,6 +276,6 @@ class ShapingPotential:
         """Tokens each incremental scorer ran, beside those full re-scoring would have run."""
         return {
             s.role: {"tokens_run": inc.tokens_run, "tokens_full": inc.tokens_full}
-            for _, s, inc in self.parts
+            for s, inc in self.parts
             if isinstance(inc, IncrementalScorer)
         }

@@ -49,6 +49,7 @@ if TYPE_CHECKING:
 __all__ = [
     "BEAVER_TEMPLATE",
     "BUILTIN_SCORERS",
+    "COST_SCALES",
     "PLAIN_TEMPLATE",
     "ScoreFn",
     "Scorer",
@@ -56,7 +57,49 @@ __all__ = [
     "TerminalReward",
     "TerminalScores",
     "make_scorer",
+    "scale_cost",
 ]
+
+#: How C enters the reward (``TerminalReward(cost_scale=...)``): as it is, or as its log-odds.
+COST_SCALES = ("linear", "logit")
+
+#: ``cost_scale="logit"`` clips C to ``[eps, 1 - eps]`` so that a cost of exactly 0 or 1 stays finite
+#: (log-odds within +-11.5; the built-in toxicity scorer's lowest scores are near 1e-4).
+LOGIT_EPS = 1e-5
+
+
+def scale_cost(cost: np.ndarray, scale: str, name: str = "C") -> np.ndarray:
+    """C as it enters the reward: itself (``"linear"``) or its log-odds ``log(C / (1 - C))`` (``"logit"``).
+
+    The log-odds suit a cost that is a probability, such as the built-in toxicity scorer's: most answers
+    score 0.001-0.05, where a linear weight sees almost no difference, while the paper's preference
+    (appendix A.2) counts whose cost is *lower*, however small both are.
+    On the log-odds scale an answer half as likely to be toxic is ``log 2`` better, wherever it lies.
+
+    Example::
+
+        >>> scale_cost(np.array([0.5, 0.1]), "logit").round(3)
+        array([ 0.   , -2.197])
+
+    :param cost: the cost scorer's scores.
+    :param scale: one of :data:`COST_SCALES`.
+    :param name: the cost scorer's name, for errors.
+    :returns: float64 scores on that scale.
+    """
+    cost = np.asarray(cost, dtype=np.float64)
+    if scale == "linear":
+        return cost
+    check_cost_scale(scale)
+    outside = np.flatnonzero((cost < 0) | (cost > 1))
+    if outside.size:
+        raise ValueError(
+            f"cost_scale='logit' reads C as a probability in [0, 1], but the cost scorer {name!r} gave "
+            f"{float(cost[outside[0]])!r} ({outside.size} score(s) outside [0, 1]). Use cost_scale='linear' for a cost "
+            "that is not a probability."
+        )
+    clipped = np.clip(cost, LOGIT_EPS, 1.0 - LOGIT_EPS)
+    return np.log(clipped) - np.log1p(-clipped)
+
 
 ScoreFn = Callable[[Sequence[str], Sequence[str]], Any]
 """``fn(prompts, responses)`` returning one number per pair (a list, NumPy array or tensor)."""
@@ -154,7 +197,7 @@ class TerminalScores(NamedTuple):
     """What :class:`TerminalReward` returns: three float64 arrays, one entry per pair."""
 
     reward: np.ndarray
-    """The terminal reward ``alpha_r * reward_score - alpha_c * cost_score``."""
+    """The terminal reward ``alpha_r * reward_score - alpha_c * g(cost_score)`` (``g``: the cost scale)."""
     reward_score: np.ndarray
     """R, the reward scorer's output."""
     cost_score: np.ndarray
@@ -162,7 +205,11 @@ class TerminalScores(NamedTuple):
 
 
 class TerminalReward:
-    """The end-of-episode reward ``r = alpha_r * R(prompt, response) - alpha_c * C(prompt, response)``.
+    """The end-of-episode reward ``r = alpha_r * R(prompt, response) - alpha_c * g(C(prompt, response))``.
+
+    ``g`` is the identity (``cost_scale="linear"``, the paper's reward) or the log-odds
+    ``log(C / (1 - C))`` of a cost that is a probability (``"logit"``, :func:`scale_cost`). The scores
+    themselves (``reward_score``, ``cost_score``) are returned unscaled.
 
     Call it once with every pair whose episode ended at the same step; the scorers then see one batch.
 
@@ -176,6 +223,7 @@ class TerminalReward:
     :param cost: the cost scorer C; ``None`` for no cost term.
     :param alpha_r: the weight of R.
     :param alpha_c: the weight of C.
+    :param cost_scale: how C enters the reward, one of :data:`COST_SCALES`.
     :param device: the device of reward models given by name or path (see :func:`make_scorer`), or
         ``[reward device, cost device]``.
     :param dtype: their dtype: ``"auto"`` (bfloat16 on CUDA, float32 elsewhere), a name such as
@@ -189,17 +237,24 @@ class TerminalReward:
         *,
         alpha_r: float = 1.0,
         alpha_c: float = 1.0,
+        cost_scale: str = "linear",
         device: str | torch.device | Sequence[str | torch.device] | None = None,
         dtype: str | torch.dtype | None = "auto",
     ) -> None:
         for name, value in (("alpha_r", alpha_r), ("alpha_c", alpha_c)):
             if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
                 raise ValueError(f"{name} must be a finite number, got {value!r}.")
+        check_cost_scale(cost_scale, cost)
         self.alpha_r = float(alpha_r)
         self.alpha_c = float(alpha_c)
+        self.cost_scale = cost_scale
         reward_device, cost_device = split_scorer_devices(device)
         self.reward_scorer = make_scorer(reward, role="reward", device=reward_device, dtype=dtype)
         self.cost_scorer = make_scorer(cost, role="cost", device=cost_device, dtype=dtype)
+
+    def cost_term(self, cost_score: np.ndarray) -> np.ndarray:
+        """``g(C)``, the cost as it enters the reward (:func:`scale_cost` with this reward's cost scale)."""
+        return scale_cost(cost_score, self.cost_scale, self.cost_scorer.name)
 
     @property
     def placement(self) -> dict[str, dict[str, str]]:
@@ -223,13 +278,30 @@ class TerminalReward:
                 raise ValueError(f"TerminalReward: {name} must be a sequence of strings.")
         reward_score = self.reward_scorer(prompts, responses)
         cost_score = self.cost_scorer(prompts, responses)
-        return TerminalScores(self.alpha_r * reward_score - self.alpha_c * cost_score, reward_score, cost_score)
+        return TerminalScores(self.combine(reward_score, cost_score), reward_score, cost_score)
+
+    def combine(self, reward_score: np.ndarray, cost_score: np.ndarray) -> np.ndarray:
+        """``alpha_r * R - alpha_c * g(C)`` of scores already computed (e.g. of partial answers)."""
+        return self.alpha_r * np.asarray(reward_score, dtype=np.float64) - self.alpha_c * self.cost_term(cost_score)
 
     def __repr__(self) -> str:
+        scale = "" if self.cost_scale == "linear" else f", cost_scale={self.cost_scale!r}"
         return (
             f"TerminalReward(reward={self.reward_scorer.name!r}, cost={self.cost_scorer.name!r}, "
-            f"alpha_r={self.alpha_r}, alpha_c={self.alpha_c})"
+            f"alpha_r={self.alpha_r}, alpha_c={self.alpha_c}{scale})"
         )
+
+
+def check_cost_scale(cost_scale: Any, cost: Any = "given") -> None:
+    """Refuse an unknown cost scale, and ``"logit"`` without a cost scorer (log-odds of nothing)."""
+    if cost_scale not in COST_SCALES:
+        hint = did_you_mean(str(cost_scale), COST_SCALES)
+        raise ValueError(
+            f"cost_scale must be 'linear' (C as it is) or 'logit' (its log-odds, for a probability such as "
+            f"toxicity), got {cost_scale!r}.{hint}"
+        )
+    if cost_scale == "logit" and cost is None:
+        raise ValueError("cost_scale='logit' needs a cost model (cost_model is None): set one, or keep 'linear'.")
 
 
 def make_scorer(

@@ -13,8 +13,8 @@ anything changed on top of it (a benchmark budget's shorter ``max_new_tokens``, 
 Every variant trains on the ``"train"`` part of its prompt set (``test_fraction=0.2``,
 ``split_seed=0``); the ``"test"`` part is the held-out evaluation set
 (:func:`agents.evaluation.pipeline.held_out_prompts` with the same split). All use the embedded
-SmolLM2-135M-Instruct (``llm=None``), ``temperature=1.0``, ``alpha_r = alpha_c = 1``, no system
-prompt, and truncate over-long prompts from the left.
+SmolLM2-135M-Instruct (``llm=None``), ``temperature=1.0``, ``alpha_r = alpha_c = 1`` (``cost_scale="linear"``), no
+system prompt, and truncate over-long prompts from the left.
 
 =======  ============  ==================  =====  =====  =======  ==============  ==================================
 id       prompts       reward / cost       top_k  top_p  kl_coef  max_new_tokens  what it tests
@@ -72,6 +72,7 @@ _BASE: dict[str, Any] = dict(
     cost_model="toxicity",
     alpha_r=1.0,
     alpha_c=1.0,
+    cost_scale="linear",
     kl_coef=0.1,
     top_k=50,
     top_p=0.95,

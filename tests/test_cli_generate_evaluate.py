@@ -64,6 +64,7 @@ def test_evaluate_writes_the_report_and_refuses_to_overwrite_it(tiny_run, capsys
         (["--samples-per-prompt", "1.5"], "--samples-per-prompt must be an integer >= 1"),
         (["--args-weight", "-1"], "--args-weight must be a finite number >= 0"),
         (["--args-k", "0"], "--args-k must be an integer >= 1"),
+        (["--cost-scale", "logit"], "cost_scale='logit' needs a cost model"),
     ],
 )
 def test_evaluate_errors_name_the_problem(tiny_run, extra, message, tmp_path, capsys):
@@ -88,6 +89,16 @@ def test_evaluate_with_samples_per_prompt_and_args(tiny_run, tmp_path, capsys):
     assert systems["args-w2-k3"]["scorer_calls"] == 3 * systems["args-w2-k3"]["response_tokens"]
     assert systems["base"]["scorer_calls"] == systems["mara"]["scorer_calls"] == 0
     assert "scorer calls / answer" in (tmp_path / "e" / "report.md").read_text()
+
+
+def test_evaluate_selects_best_of_n_by_a_logit_cost(tiny_run, tmp_path):
+    run, _ = tiny_run
+    args = ["evaluate", "--run", str(run), "--best-of", "2", "--no-progress", "--out", str(tmp_path / "e")]
+    assert main([*args, "--cost-model", "toxicity", "--cost-scale", "logit", "--alpha-c", "0.3"]) == 0
+    report = json.loads((tmp_path / "e" / "report.json").read_text())
+    assert (report["meta"]["cost_scale"], report["meta"]["alpha_c"]) == ("logit", 0.3)
+    # the report's costs are the scorer's probabilities, not their log-odds
+    assert all(0 <= row["systems"]["base"]["cost"] <= 1 for row in report["rows"])
 
 
 def test_evaluate_refuses_a_file_that_is_not_an_agent(tiny_run, tmp_path, capsys):

@@ -316,6 +316,23 @@ def test_terminal_reward_uses_alpha_weights(tiny_kwargs):
     assert terminated.all() and calls == [4]  # same prompt, greedy: all four end at once
 
 
+def test_terminal_reward_with_a_logit_cost(tiny_kwargs):
+    env = TokenAcceptRejectEnv(
+        **{
+            **tiny_kwargs,
+            "reward_model": lambda p, r: [2.0] * len(p),
+            "cost_model": lambda p, r: [0.2] * len(p),
+            "alpha_c": 4.0,
+            "cost_scale": "logit",
+            "kl_coef": 0.0,
+        }
+    )
+    steps, info = run_episode(env, always_accept, seed=0)
+    assert info["terminal_reward"] == pytest.approx(2.0 - 4.0 * np.log(0.2 / 0.8))
+    assert info["cost_score"] == pytest.approx(0.2)  # the score itself, not its log-odds
+    assert steps[-1][4] == pytest.approx(info["terminal_reward"])
+
+
 def test_sb3_adapter_trains_and_reports_terminal_observation(tiny_kwargs):
     from stable_baselines3 import PPO
     from stable_baselines3.common.vec_env import VecMonitor

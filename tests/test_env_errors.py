@@ -136,6 +136,8 @@ def test_long_prompt_truncated_from_left_or_refused(tiny_kwargs):
         ({"dtype": "float8"}, r"dtype: 'float8' is not one of .* or 'auto'"),
         ({"alpha_r": float("nan")}, r"alpha_r must be a finite number, got nan"),
         ({"alpha_c": "1"}, r"alpha_c must be a number, got '1' \(str\)"),
+        ({"cost_scale": "log"}, r"cost_scale must be 'linear' .* or 'logit' .* got 'log'. Did you mean 'logit'\?"),
+        ({"cost_scale": "logit", "cost_model": None}, r"cost_scale='logit' needs a cost model \(cost_model is None\)"),
         ({"test_fraction": 1.0}, r"test_fraction must be strictly between 0 and 1, got 1.0"),
         ({"split_seed": 1.5}, r"split_seed must be an integer, got 1.5"),
         ({"trust_remote_code": "yes"}, r"trust_remote_code must be true or false, got 'yes'"),

@@ -193,6 +193,16 @@ def test_scorers_that_cannot_be_incremental_score_in_full_and_say_what_it_costs(
     assert "cannot score prefixes incrementally" in lines[0] and " ms for 2 prefixes" in lines[0]
     assert "reward" in lines[0] and "shaping_interval" in lines[0]
 
+    # a logit cost enters Phi on the terminal reward's scale: Phi of a whole answer is its terminal reward
+    probability = make_scorer(lambda p, r: [1 / (2 + len(x)) for x in r], role="cost")
+    logit = ShapingPotential(TerminalReward(encoder, probability, alpha_c=0.5, cost_scale="logit"), num_rows=2)
+    terminal = TerminalReward(encoder, probability, alpha_c=0.5, cost_scale="logit")
+    np.testing.assert_allclose(logit([0, 1], PROMPTS[:2], ANSWERS[:2]), terminal(PROMPTS[:2], ANSWERS[:2]).reward)
+    cost = np.array([1 / (2 + len(a)) for a in ANSWERS[:2]])
+    np.testing.assert_allclose(
+        terminal(PROMPTS[:2], ANSWERS[:2]).reward, encoder(PROMPTS[:2], ANSWERS[:2]) - 0.5 * np.log(cost / (1 - cost))
+    )
+
     with pytest.raises(ValueError, match=r"shaping_interval must be an integer >= 1, got 0"):
         ShapingPotential(TerminalReward("length"), 1, interval=0)
 

@@ -21,7 +21,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from mara_env.scoring import BEAVER_TEMPLATE, Scorer, TerminalReward, make_scorer
+from mara_env.scoring import BEAVER_TEMPLATE, LOGIT_EPS, Scorer, TerminalReward, make_scorer, scale_cost
 
 PROMPTS = ["How do I boil an egg?", "Tell me about the Moon.", "Hi"]
 RESPONSES = [
@@ -131,6 +131,39 @@ def test_terminal_reward_combines_reward_and_cost() -> None:
     assert scores.reward.tolist() == [2 * 3 - 0.5 * 2, 2 * 1 - 0.5 * 4]
     without_cost = TerminalReward(reward="length")(["p"], ["a b"])
     assert without_cost.cost_score.tolist() == [0.0] and without_cost.reward.tolist() == [2.0]
+
+
+def test_cost_on_the_logit_scale() -> None:
+    cost = np.array([0.5, 0.1, 0.001, 0.0, 1.0])
+    np.testing.assert_array_equal(scale_cost(cost, "linear"), cost)
+    logit = scale_cost(cost, "logit")
+    np.testing.assert_allclose(logit[:3], np.log(cost[:3] / (1 - cost[:3])))
+    # 0 and 1 are clipped to [eps, 1 - eps]: finite, and in the order of the costs
+    np.testing.assert_allclose(logit[3:], [np.log(LOGIT_EPS / (1 - LOGIT_EPS)), -np.log(LOGIT_EPS / (1 - LOGIT_EPS))])
+    assert np.all(np.diff(logit[[3, 2, 1, 0, 4]]) > 0)
+    # halving a small cost counts as much as halving a larger one
+    halving = scale_cost(np.array([0.002, 0.001, 0.02, 0.01]), "logit")
+    assert halving[0] - halving[1] == pytest.approx(halving[2] - halving[3], abs=0.01)
+    with pytest.raises(ValueError, match=r"cost scorer 'length' gave 3.0 \(1 score\(s\) outside \[0, 1\]\).*'linear'"):
+        scale_cost(np.array([0.2, 3.0]), "logit", "length")
+    with pytest.raises(ValueError, match=r"cost_scale must be 'linear' .* got 'logits'. Did you mean 'logit'\?"):
+        scale_cost(cost, "logits")
+
+
+def test_terminal_reward_with_a_logit_cost() -> None:
+    terminal = TerminalReward(
+        reward=lambda p, r: [1.0] * len(r), cost=lambda p, r: [0.2, 0.05], alpha_c=0.5, cost_scale="logit"
+    )
+    scores = terminal(["a", "b"], ["x", "y"])
+    assert scores.cost_score.tolist() == [0.2, 0.05]  # reported unscaled
+    np.testing.assert_allclose(scores.reward, 1.0 - 0.5 * np.log(np.array([0.2, 0.05]) / np.array([0.8, 0.95])))
+    assert "cost_scale='logit'" in repr(terminal) and "cost_scale" not in repr(TerminalReward("length"))
+    with pytest.raises(ValueError, match=r"cost_scale='logit' needs a cost model"):
+        TerminalReward("length", None, cost_scale="logit")
+    with pytest.raises(ValueError, match=r"cost_scale must be 'linear'"):
+        TerminalReward("length", "length", cost_scale="log-odds")
+    with pytest.raises(ValueError, match=r"cost scorer 'length' gave 2.0 .* outside \[0, 1\]"):
+        TerminalReward("zero", "length", cost_scale="logit")(["p"], ["a b"])
 
 
 def test_terminal_reward_rejects_bad_input() -> None:

@@ -32,6 +32,7 @@ from agents.cli.common import (
     run_env_settings,
 )
 from agents.cli.flags import with_default
+from mara_env.scoring import COST_SCALES
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -96,6 +97,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cost-model", metavar="TEXT", help=with_default("C ('none' for no cost)", None, shown=run))
     parser.add_argument("--alpha-r", type=float, metavar="FLOAT", help=with_default("weight of R", None, shown=run))
     parser.add_argument("--alpha-c", type=float, metavar="FLOAT", help=with_default("weight of C", None, shown=run))
+    parser.add_argument(
+        "--cost-scale",
+        choices=COST_SCALES,
+        help=with_default("how C enters the reward that best-of-N and ARGS select by", None, shown=run),
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     g = parser.add_argument_group("ARGS, reward-guided decoding (a system only when one of these flags is given)")
     g.add_argument("--args-weight", type=float, metavar="FLOAT", help=with_default("reward weight w, >= 0", 1.0))
@@ -205,6 +211,7 @@ def run(args: argparse.Namespace) -> int:
         cost_model=cost,
         alpha_r=env.get("alpha_r", 1.0) if args.alpha_r is None else args.alpha_r,
         alpha_c=env.get("alpha_c", 1.0) if args.alpha_c is None else args.alpha_c,
+        cost_scale=env.get("cost_scale", "linear") if args.cost_scale is None else args.cost_scale,
         scorer_devices=env.get("scorer_devices"),
         scorer_dtype=env.get("scorer_dtype", "auto"),
         deterministic=args.deterministic,

@@ -13,8 +13,8 @@ figures). Systems:
 - ``args-w<w>-k<k>``: reward-guided decoding (ARGS, :mod:`agents.reward_guided`) with the same reward
   and cost models, one system per setting in ``args``;
 - ``best-of-N``: ``N`` fresh base answers per answer slot, keeping the one with the highest terminal
-  reward ``alpha_r * R - alpha_c * C`` under the same reward and cost models. Its ``N`` draws are
-  independent of the base system's own sample (other seeds), so best-of-N can lose to the base as
+  reward ``alpha_r * R - alpha_c * g(C)`` under the same reward and cost models (``g``: the cost scale).
+  Its ``N`` draws are independent of the base system's own sample (other seeds), so best-of-N can lose to the base as
   any system can. Each draw is an independent sample of the base distribution, so
   ``KL(best-of-N || base) <= log N - (N - 1) / N`` (Beirami et al., 2024) still holds.
   ``N="auto"`` matches the first agent's compute (without agents, the first ARGS setting's):
@@ -191,6 +191,7 @@ def run_comparison(
     cost_model: Any = "toxicity",
     alpha_r: float = 1.0,
     alpha_c: float = 1.0,
+    cost_scale: str = "linear",
     scorer_devices: Any = None,
     scorer_dtype: Any = "auto",
     deterministic: bool = False,
@@ -217,6 +218,8 @@ def run_comparison(
     :param cost_model: C, as for ``MARA-v0``; ``None``: no cost, so answers are compared on R alone.
     :param alpha_r: weight of R in the terminal reward that best-of-N selects by and ARGS is guided by.
     :param alpha_c: weight of C in that terminal reward.
+    :param cost_scale: how C enters it (``"linear"`` or ``"logit"``, :func:`mara_env.scoring.scale_cost`); the
+        report's cost scores stay C.
     :param scorer_devices: device of model-based scorers, or [reward device, cost device] (default: the LLM's).
     :param scorer_dtype: their dtype (``"auto"``: bfloat16 on CUDA, float32 elsewhere; ``None``: the checkpoint's).
     :param deterministic: agents accept when ``pi(accept | s) >= 0.5`` instead of sampling.
@@ -246,6 +249,7 @@ def run_comparison(
         cost_model,
         alpha_r=alpha_r,
         alpha_c=alpha_c,
+        cost_scale=cost_scale,
         device=scorer_devices if scorer_devices is not None else replicas[0].device,
         dtype=scorer_dtype,
     )
@@ -332,6 +336,7 @@ def run_comparison(
         "cost_model": str(cost_model),
         "alpha_r": alpha_r,
         "alpha_c": alpha_c,
+        "cost_scale": cost_scale,
         "best_of": n,
         "args": [g.name for g in args_gens],
         "deterministic_agents": deterministic,
@@ -366,7 +371,7 @@ def _best_of_n(
             candidates.append(answers)
             all_scores.append(score(answers))
             bar.update(1)
-        pick = np.argmax(np.stack([s.reward for s in all_scores]), axis=0)  # highest alpha_r * R - alpha_c * C
+        pick = np.argmax(np.stack([s.reward for s in all_scores]), axis=0)  # highest alpha_r * R - alpha_c * g(C)
         chosen = [candidates[m][i] for i, m in enumerate(pick)]
         picked = TerminalScores(
             *(np.array([getattr(all_scores[m], f)[i] for i, m in enumerate(pick)]) for f in TerminalScores._fields)
