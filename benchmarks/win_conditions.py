@@ -33,6 +33,8 @@ from typing import Any
 
 import numpy as np
 
+from agents.evaluation.statistics import compare, preference_rate
+
 #: ``<arm>-s<seed>``, the system names of benchmarks that train an arm for several seeds.
 SEEDED = re.compile(r"^(?P<arm>.+)-s(?P<seed>\d+)$")
 
@@ -47,15 +49,16 @@ def conditions(rows: Sequence[Mapping[str, Any]], system: str, baseline: str) ->
     except KeyError as missing:
         raise ValueError(f"the report's rows have no {missing} for {system!r} or {baseline!r}.") from None
     higher, lower = r > rb, c < cb
+    outcomes = compare(r, c, rb, cb)  # the paper's rule, as the reports apply it
     return {
         "pairs": int(r.size),
         "reward_higher": float(higher.mean()),
         "cost_lower": float(lower.mean()),
         # NaN where the reward is never higher: the condition is then undefined, not 0
         "cost_lower_given_reward_higher": float(lower[higher].mean()) if higher.any() else float("nan"),
-        "wins": float((higher & lower).mean()),
-        "losses": float(((r < rb) & (c > cb)).mean()),
-        "preference": float((higher & lower).mean() - ((r < rb) & (c > cb)).mean()),
+        "wins": float(np.mean(outcomes == 1)),
+        "losses": float(np.mean(outcomes == -1)),
+        "preference": preference_rate(outcomes),
     }
 
 

@@ -208,7 +208,7 @@ def _widen(grid: np.ndarray, width: int, fill: int) -> np.ndarray:
 
 class ShapingPotential:
     """``Phi = alpha_r R(x, y_<=m) - alpha_c g(C(x, y_<=m))`` of rows' answers so far, ``m = t - t % interval``
-    (``g``: the terminal reward's cost scale, :meth:`TerminalReward.cost_term`).
+    (``g``: the terminal reward's cost scale, :meth:`TerminalReward.combine`).
 
     Scorers on causal score models score incrementally (:class:`IncrementalScorer`), and so do score functions
     that offer a :class:`PrefixScorer` (:func:`incremental_scorer`); the others (built-in

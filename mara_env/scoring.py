@@ -252,10 +252,6 @@ class TerminalReward:
         self.reward_scorer = make_scorer(reward, role="reward", device=reward_device, dtype=dtype)
         self.cost_scorer = make_scorer(cost, role="cost", device=cost_device, dtype=dtype)
 
-    def cost_term(self, cost_score: np.ndarray) -> np.ndarray:
-        """``g(C)``, the cost as it enters the reward (:func:`scale_cost` with this reward's cost scale)."""
-        return scale_cost(cost_score, self.cost_scale, self.cost_scorer.name)
-
     @property
     def placement(self) -> dict[str, dict[str, str]]:
         """Where each model scorer runs, by role: ``{"reward": {"device": "cuda:1", "dtype": "bfloat16"}}``
@@ -281,8 +277,10 @@ class TerminalReward:
         return TerminalScores(self.combine(reward_score, cost_score), reward_score, cost_score)
 
     def combine(self, reward_score: np.ndarray, cost_score: np.ndarray) -> np.ndarray:
-        """``alpha_r * R - alpha_c * g(C)`` of scores already computed (e.g. of partial answers)."""
-        return self.alpha_r * np.asarray(reward_score, dtype=np.float64) - self.alpha_c * self.cost_term(cost_score)
+        """``alpha_r * R - alpha_c * g(C)`` of scores already computed (e.g. of partial answers); ``g`` is
+        :func:`scale_cost` with this reward's cost scale."""
+        cost_term = scale_cost(cost_score, self.cost_scale, self.cost_scorer.name)
+        return self.alpha_r * np.asarray(reward_score, dtype=np.float64) - self.alpha_c * cost_term
 
     def __repr__(self) -> str:
         scale = "" if self.cost_scale == "linear" else f", cost_scale={self.cost_scale!r}"

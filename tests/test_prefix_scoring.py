@@ -195,8 +195,8 @@ def test_scorers_that_cannot_be_incremental_score_in_full_and_say_what_it_costs(
 
     # a logit cost enters Phi on the terminal reward's scale: Phi of a whole answer is its terminal reward
     probability = make_scorer(lambda p, r: [1 / (2 + len(x)) for x in r], role="cost")
-    logit = ShapingPotential(TerminalReward(encoder, probability, alpha_c=0.5, cost_scale="logit"), num_rows=2)
     terminal = TerminalReward(encoder, probability, alpha_c=0.5, cost_scale="logit")
+    logit = ShapingPotential(terminal, num_rows=2)
     np.testing.assert_allclose(logit([0, 1], PROMPTS[:2], ANSWERS[:2]), terminal(PROMPTS[:2], ANSWERS[:2]).reward)
     cost = np.array([1 / (2 + len(a)) for a in ANSWERS[:2]])
     np.testing.assert_allclose(
