@@ -18,6 +18,8 @@ Usage::
     python benchmarks/recipe_arms.py --arm kl0.05 env.kl_coef=0.05 \\
         --merge benchmarks/results/teacher_ablation/teacher_ablation.json --keep sac --out results/kl
 
+``--redraw RESULT.json`` writes an earlier result's table and figure again (training and decoding nothing).
+
 ``--merge EARLIER.json`` adds arms to an earlier result (of this script or of ``teacher_ablation.py``, which is
 one preset of it) without decoding its agents again: every system's answers depend only on its own seeds
 (:mod:`agents.evaluation.pipeline`), so the base LLM and best-of-2 answer as they did then; the merge checks
@@ -38,6 +40,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from seeded_runs import (  # benchmarks/seeded_runs.py, beside this script
     assignments,
@@ -121,6 +124,28 @@ def choose(arms: Mapping[str, Mapping[str, Any]], kl_max: float) -> str | None:
     return max(allowed, key=lambda a: arms[a]["preference"]["mean"]) if allowed else None
 
 
+def trade_off(result: Mapping[str, Any]) -> dict[str, float] | None:
+    """Preference against KL over every seed's run: the least-squares line ``preference = a + b KL``.
+
+    ``slope`` is ``b`` (preference per nat), ``at_kl_max`` the line's preference at the KL bar and ``r`` the
+    correlation. It says how much preference the arms bought with KL, whatever setting moved it; None when fewer
+    than 3 runs have a KL or all have the same.
+    """
+    runs = [(r["kl"], r["preference"]) for r in result["runs"] if r.get("kl") is not None]
+    if len(runs) < 3 or len({kl for kl, _ in runs}) < 2:
+        return None
+    kl, pref = np.array(runs).T
+    slope, intercept = np.polyfit(kl, pref, 1)
+    kl_max = result["meta"].get("kl_max", KL_MAX)
+    return {
+        "slope": float(slope),
+        "intercept": float(intercept),
+        "at_kl_max": float(intercept + slope * kl_max),
+        "r": float(np.corrcoef(kl, pref)[0, 1]),
+        "runs": len(runs),
+    }
+
+
 def describe(changes: Mapping[str, Mapping[str, Any]] | None) -> str:
     """An arm's settings for the table: ``env.kl_coef=0.05`` items, "the default", or "-" when not recorded."""
     if changes is None:
@@ -171,6 +196,14 @@ def markdown(result: Mapping[str, Any]) -> str:
             "LLM and best-of-2 answered as they did before: equal mean scores and rate).",
         ]
     kl_max = meta.get("kl_max", KL_MAX)
+    line = trade_off(result)
+    if line is not None:
+        lines += [
+            "",
+            f"Preference against KL over the {line['runs']} runs (least squares, every arm and seed): "
+            f"{line['slope'] * 100:+.2f} points per nat (r = {line['r']:.2f}); the line gives "
+            f"{percent(line['at_kl_max'])} at {kl_max:g} nats.",
+        ]
     winner = result["winner"]
     lines += [
         "",
@@ -186,9 +219,9 @@ def plot(result: Mapping[str, Any], path: Path) -> None:
     from matplotlib.figure import Figure
 
     arms = result["meta"]["arms"]
-    fig = Figure(figsize=(max(10, 2.4 * len(arms)), 3.4))
+    fig = Figure(figsize=(max(13, 3.2 * len(arms)), 3.4))
     FigureCanvasAgg(fig)
-    axes = fig.subplots(1, 3)
+    axes = fig.subplots(1, 4, gridspec_kw={"width_ratios": [1, 1, 1, 0.8]})
     for ax, key, scale, label in (
         (axes[0], "preference", 100, "preference vs base LLM (%)"),
         (axes[1], "vs_best_of_2", 100, "head to head vs best-of-2 (%)"),
@@ -205,8 +238,47 @@ def plot(result: Mapping[str, Any], path: Path) -> None:
         ax.tick_params(axis="x", labelsize=8)
     axes[2].axhline(result["meta"].get("kl_max", KL_MAX), color="tab:red", lw=0.8, ls="--")
     axes[0].set_title("mean ± std over seeds (dots: each seed)", fontsize=9)
+    _plot_trade_off(axes[3], result)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+
+
+def _plot_trade_off(ax: Any, result: Mapping[str, Any]) -> None:
+    """Preference against KL: each arm's mean ± std in both, the least-squares line over the runs, the KL bar."""
+    for arm in result["meta"]["arms"]:
+        agg = result["arms"][arm]
+        if agg["kl"]["mean"] is None:
+            continue
+        ax.errorbar(
+            agg["kl"]["mean"],
+            agg["preference"]["mean"] * 100,
+            xerr=agg["kl"]["std"],
+            yerr=agg["preference"]["std"] * 100,
+            fmt="o",
+            ms=4,
+            capsize=3,
+        )
+        ax.annotate(
+            arm,
+            (agg["kl"]["mean"], agg["preference"]["mean"] * 100),
+            fontsize=7,
+            xytext=(3, 3),
+            textcoords="offset points",
+        )
+    line = trade_off(result)
+    if line is not None:
+        xs = np.array(ax.get_xlim())
+        ax.plot(
+            xs,
+            (line["intercept"] + line["slope"] * xs) * 100,
+            color="gray",
+            lw=0.8,
+            label=f"{line['slope'] * 100:+.1f} points / nat",
+        )
+        ax.legend(fontsize=7, loc="lower right")
+    ax.axvline(result["meta"].get("kl_max", KL_MAX), color="tab:red", lw=0.8, ls="--")
+    ax.set_xlabel("KL to the reference (nats)")
+    ax.set_ylabel("preference vs base LLM (%)")
 
 
 def run_arms(
@@ -334,10 +406,26 @@ def run_arms(
     }
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_views(result, out, name)
+    return result
+
+
+def write_views(result: Mapping[str, Any], out: Path, name: str) -> None:
+    """``<name>.md`` and ``<name>.png`` of a result (also from ``--redraw``, which trains and decodes nothing)."""
     table = markdown(result)
     (out / f"{name}.md").write_text(table)
     plot(result, out / f"{name}.png")
     print(table)
+
+
+def redraw(path: Path) -> dict[str, Any]:
+    """Write the table and figure of an earlier result again, beside it; exit naming the problem if unreadable."""
+    try:
+        result = json.loads(path.read_text())
+        markdown(result)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise SystemExit(f"--redraw {path}: not a readable recipe_arms result ({type(exc).__name__}: {exc}).") from None
+    write_views(result, path.parent, path.stem)
     return result
 
 
@@ -347,7 +435,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "--arm",
         nargs="+",
         action="append",
-        required=True,
         metavar=("NAME", "SECTION.KEY=VALUE"),
         help="an arm: its name and the settings it changes (none: the default recipe); repeat per arm",
     )
@@ -357,13 +444,20 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p.add_argument("--samples-per-prompt", type=int, default=2)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--train-only", action="store_true")
-    p.add_argument("--out", type=Path, required=True, help="folder of the result and the comparison")
+    p.add_argument("--out", type=Path, help="folder of the result and the comparison (required with --arm)")
     p.add_argument("--name", default="recipe_arms", help="file name of the result (<name>.json, .md, .png)")
     p.add_argument("--runs", type=Path, help="folder of the run folders (default: <out>/runs)")
     p.add_argument("--merge", type=Path, help="an earlier result whose arms this run adds to")
     p.add_argument("--keep", nargs="+", help="the earlier result's arms to keep (default: all)")
     p.add_argument("--kl-max", type=float, default=KL_MAX, help="the winner's mean KL must be at most this (nats)")
+    p.add_argument("--redraw", type=Path, metavar="RESULT.json", help="write RESULT's .md and .png again, nothing else")
     args = p.parse_args(argv)
+    if args.redraw is not None:
+        if args.arm:
+            p.error("--redraw writes an earlier result's views only; give it without --arm")
+        return redraw(args.redraw)
+    if not args.arm or args.out is None:
+        p.error("give --arm NAME [SECTION.KEY=VALUE ...] (repeat per arm) and --out, or --redraw RESULT.json")
     arms = parse_arms(args.arm)
     return run_arms(
         arms,

@@ -4,6 +4,7 @@ bar."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -142,3 +143,49 @@ def test_a_merged_table_says_which_arms_came_from_which_comparison(ablation):
     assert "comparisons and merged" not in ablation.markdown(result)
     result["winner"] = None
     assert "No arm has a mean KL <= 5 nats: no winner." in ablation.markdown(result)
+
+
+def test_the_trade_off_line_is_fitted_over_every_run_with_a_kl(ablation):
+    # preference = 0.1 + 0.02 KL exactly; a run without a KL is left out
+    runs = [{"arm": "a", "kl": kl, "preference": 0.1 + 0.02 * kl} for kl in (2.0, 4.0, 8.0)]
+    result = {"meta": {"kl_max": 5.0}, "runs": [*runs, {"arm": "b", "preference": 0.9}]}
+    line = ablation.trade_off(result)
+    assert line["slope"] == pytest.approx(0.02) and line["intercept"] == pytest.approx(0.1)
+    assert line["at_kl_max"] == pytest.approx(0.2) and line["r"] == pytest.approx(1.0) and line["runs"] == 3
+    assert ablation.trade_off({"meta": {}, "runs": runs[:2]}) is None  # two points always fit a line
+    assert ablation.trade_off({"meta": {}, "runs": [{**r, "kl": 3.0} for r in runs]}) is None  # one KL: no slope
+
+
+def test_redraw_writes_the_views_of_a_result_and_refuses_an_unreadable_file(ablation, tmp_path):
+    spread = {"mean": 0.2, "std": 0.01}
+    arm = {k: spread for k in ("preference", "vs_best_of_2", "kl", "train_cpu_seconds")}
+    arm["scorer_calls"] = {"mean": 0}
+    runs = [
+        {"arm": "sac", "seed": s, "kl": 2.0 + s, "preference": 0.2 + 0.01 * s, "vs_best_of_2": 0.05} for s in range(3)
+    ]
+    result = {
+        "meta": {
+            "prompts": 96,
+            "samples_per_prompt": 2,
+            "decisions": 30000,
+            "seeds": [0, 1, 2],
+            "machine": {"torch_threads": 2},
+            "arms": ["sac"],
+            "arm_settings": {"sac": {}},
+            "created": "2026-12-06 05:00 UTC",
+            "merged_from": None,
+        },
+        "runs": runs,
+        "arms": {"sac": arm},
+        "winner": "sac",
+    }
+    path = tmp_path / "arms.json"
+    path.write_text(json.dumps(result))
+    ablation.main(["--redraw", str(path)])
+    assert "+1.00 points per nat (r = 1.00); the line gives +23.0% at 5 nats." in (tmp_path / "arms.md").read_text()
+    assert (tmp_path / "arms.png").stat().st_size > 0
+    (tmp_path / "bad.json").write_text('{"meta": {}}')
+    with pytest.raises(SystemExit, match=r"--redraw .*bad.json: not a readable recipe_arms result \(KeyError"):
+        ablation.main(["--redraw", str(tmp_path / "bad.json")])
+    with pytest.raises(SystemExit):  # neither arms nor --redraw: argparse's usage error
+        ablation.main([])
