@@ -130,12 +130,13 @@ def _nulls(value: Any) -> Any:
 
 
 def figure(arms: Mapping[str, Mapping[str, Any]], path: Path) -> None:
-    import matplotlib
+    # a bare Figure on an Agg canvas: no pyplot, so no global backend switch for a caller and nothing to close
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4.5))
+    fig = Figure(figsize=(6, 4.5))
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
     for arm, f in arms.items():
         point = (100 * f["reward_higher"], 100 * f["cost_lower"])
         ax.scatter(*point)
@@ -148,7 +149,6 @@ def figure(arms: Mapping[str, Mapping[str, Any]], path: Path) -> None:
     ax.set_title("The two conditions of a win (preference and KL in brackets)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
